@@ -1,0 +1,171 @@
+"""The explain request and its response (SPEC §3)."""
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.methods import PARAMS_BY_METHOD
+
+MAX_TOP_K = 5
+_TOP_K = re.compile(r"^top([1-5])$")
+
+Target = str | int | list[int]
+
+
+class OutputOptions(BaseModel):
+    """How the maps come back: overlays for people, score arrays for programs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overlay: bool = True
+    heatmap: bool = False
+    scores: Literal["json", "base64", "none"] = "json"
+    colormap: Literal["jet", "viridis", "inferno", "gray", "coolwarm"] = "jet"
+    alpha: float = Field(default=0.45, ge=0.0, le=1.0)
+    size: Literal["original", "model"] = "original"
+    grid: int | None = Field(default=None, ge=1, le=256, description="pool scores to N×N")
+
+
+class ExplainOptions(BaseModel):
+    """Everything an explain request says besides the image itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=64, examples=["demo-lesions"])
+    methods: list[str] = Field(default=["gradcam"], min_length=1, max_length=8)
+    target: Target = Field(
+        default="top1", description='"top1", "topK" (K ≤ 5), a class index, or a list of them'
+    )
+    params: dict[str, dict[str, object]] = Field(default_factory=dict)
+    output: OutputOptions = Field(default_factory=OutputOptions)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in PARAMS_BY_METHOD]
+        if unknown:
+            known = ", ".join(sorted(PARAMS_BY_METHOD))
+            raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {known}")
+        if len(set(methods)) != len(methods):
+            raise ValueError("a method is listed twice")
+        return methods
+
+    @field_validator("target")
+    @classmethod
+    def _valid_target(cls, target: Target) -> Target:
+        if isinstance(target, str) and not _TOP_K.match(target):
+            raise ValueError(f'target must be "top1".."top{MAX_TOP_K}", an index or a list')
+        if isinstance(target, int) and target < 0:
+            raise ValueError("a class index is never negative")
+        if isinstance(target, list):
+            if not 1 <= len(target) <= MAX_TOP_K:
+                raise ValueError(f"a target list holds 1 to {MAX_TOP_K} class indices")
+            if any(t < 0 for t in target) or len(set(target)) != len(target):
+                raise ValueError("class indices must be distinct and non-negative")
+        return target
+
+    @model_validator(mode="after")
+    def _params_for_requested_methods(self) -> "ExplainOptions":
+        for method, values in self.params.items():
+            if method not in self.methods:
+                raise ValueError(f"params given for {method!r}, which is not requested")
+            PARAMS_BY_METHOD[method].model_validate(values)
+        return self
+
+    def applied_params(self) -> dict[str, dict[str, object]]:
+        """Every requested method's parameters with defaults filled in."""
+        return {
+            method: PARAMS_BY_METHOD[method]
+            .model_validate(self.params.get(method, {}))
+            .model_dump()
+            for method in self.methods
+        }
+
+    def class_indices(self) -> list[int] | None:
+        """The explicitly requested classes, or None when the target is a top-K."""
+        if isinstance(self.target, int):
+            return [self.target]
+        if isinstance(self.target, list):
+            return list(self.target)
+        return None
+
+    def top_k(self) -> int:
+        """K of a "topK" target; 0 for explicit classes."""
+        if isinstance(self.target, str):
+            return int(self.target[3:])
+        return 0
+
+
+class ExplainRequest(ExplainOptions):
+    """`POST /v1/explanations` and `POST /v1/jobs` as JSON."""
+
+    image: str = Field(min_length=1, description="base64 of PNG or JPEG bytes (or a data URL)")
+
+    def options(self) -> ExplainOptions:
+        return ExplainOptions.model_validate(self.model_dump(exclude={"image"}))
+
+
+class Prediction(BaseModel):
+    class_index: int
+    label: str
+    score: float
+
+
+class ExplanationTarget(BaseModel):
+    class_index: int
+    label: str
+
+
+class Scores(BaseModel):
+    """An attribution map as numbers: `values` ([H][W] floats) or `base64` (float32 LE)."""
+
+    shape: list[int]
+    values: list[list[float]] | None = None
+    base64: str | None = None
+    dtype: Literal["float32"] = "float32"
+    min: float
+    max: float
+    signed: bool
+    normalized: bool
+
+
+class Explanation(BaseModel):
+    method: str
+    target: ExplanationTarget
+    overlay_png: str | None = None
+    heatmap_png: str | None = None
+    scores: Scores | None = None
+    compute_ms: float
+
+
+class ModelRef(BaseModel):
+    id: str
+    version: str
+
+
+class Timings(BaseModel):
+    queue_ms: float
+    compute_ms: float
+    render_ms: float
+    total_ms: float
+
+
+class Provenance(BaseModel):
+    """What an auditor needs to reproduce a map."""
+
+    model_sha256: str
+    service_version: str
+    device: str
+    params: dict[str, dict[str, object]]
+    target: Target
+    output: OutputOptions
+
+
+class ExplainResponse(BaseModel):
+    job_id: str
+    model: ModelRef
+    predictions: list[Prediction]
+    explanations: list[Explanation]
+    timings: Timings
+    provenance: Provenance

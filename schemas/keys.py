@@ -1,0 +1,37 @@
+"""Every Redis key, stream and channel name that the gateway and the workers share."""
+
+PREFIX = "glimpse"
+
+CONSUMER_GROUP = "workers"
+MODEL_REGISTRY = f"{PREFIX}:models"
+LIVE_WORKERS = f"{PREFIX}:workers:alive"
+
+
+def job_stream(model_id: str) -> str:
+    """The stream of queued jobs for one model."""
+    return f"{PREFIX}:stream:{model_id}"
+
+
+def job_record(job_id: str) -> str:
+    """Hash holding a job's status, owner, and (once done) its result or error."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_image(job_id: str) -> str:
+    """The raw image bytes of a job; they travel here, not in the stream."""
+    return f"{PREFIX}:image:{job_id}"
+
+
+def gateway_channel(gateway_id: str) -> str:
+    """Pub/sub channel on which a gateway hears that its jobs have finished."""
+    return f"{PREFIX}:done:{gateway_id}"
+
+
+def model_workers(model_id: str) -> str:
+    """Sorted set of the workers serving a model, scored by their last heartbeat."""
+    return f"{PREFIX}:model-workers:{model_id}"
+
+
+def worker_info(worker_id: str) -> str:
+    """A worker's self-description (models, device), refreshed with its heartbeat."""
+    return f"{PREFIX}:worker:{worker_id}"

@@ -1,0 +1,70 @@
+"""Models in the repository: the manifest on disk and what the API says about a model."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ModelFormat = Literal["onnx", "safetensors"]
+
+
+class Architecture(BaseModel):
+    """An importable factory that builds the network whose weights a safetensors file holds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factory: str = Field(
+        description="`module:callable`, e.g. `workers.demo.model:build_lesion_net`"
+    )
+    kwargs: dict[str, object] = Field(default_factory=dict)
+
+
+class InputSpec(BaseModel):
+    """The tensor a model takes: channels, size and per-channel normalisation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: Literal[1, 3]
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def color_mode(self) -> Literal["grayscale", "rgb"]:
+        return "grayscale" if self.channels == 1 else "rgb"
+
+
+class ModelManifest(BaseModel):
+    """`models/<id>/<version>/manifest.json`: a model's declared interface."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    format: ModelFormat = Field(description="which weights file the workers serve")
+    architecture: Architecture | None = Field(
+        default=None, description="required for the safetensors format"
+    )
+    labels: list[str] = Field(min_length=1)
+    input: InputSpec
+    cam_layer: str | None = Field(
+        default=None, description="default layer for CAM methods; the last conv block if unset"
+    )
+    description: str = ""
+    notes: str = ""
+
+
+class ModelInfo(BaseModel):
+    """What `GET /v1/models/{id}` answers; workers publish it when they load a model."""
+
+    id: str
+    version: str
+    format: ModelFormat
+    input: InputSpec
+    labels: list[str]
+    cam_layers: list[str] = Field(description="layers usable for CAM methods, last conv first")
+    default_cam_layer: str
+    methods: list[str]
+    sha256: str
+    description: str = ""
+    live_workers: int = 0

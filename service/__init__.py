@@ -1,0 +1,1 @@
+"""The Glimpse gateway: HTTP in, Redis out. It never imports torch."""

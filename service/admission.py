@@ -1,0 +1,152 @@
+"""Turns an HTTP explain request into a queued job, or into the error that says why not."""
+
+import json
+import time
+import uuid
+
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from schemas.explain import ExplainOptions, ExplainRequest
+from schemas.jobs import JobMessage
+from schemas.models import ModelInfo
+from schemas.problems import Problem
+from service.auth import Principal
+from service.config import Settings
+from service.errors import (
+    BadImage,
+    InvalidRequest,
+    NotFound,
+    QueueFull,
+    Unavailable,
+    UnsupportedMedia,
+    invalid,
+)
+from service.images import decode_base64_image, inspect_image
+from service.queue import JobQueue
+
+JSON_FIELDS = ("target", "params", "output")
+
+
+class InvalidFields(InvalidRequest):
+    """A request whose fields fail validation; carries pydantic's field errors."""
+
+    def __init__(self, error: ValidationError) -> None:
+        super().__init__("The request has invalid fields.")
+        self.errors = error.errors(include_url=False, include_context=False)
+
+    def problem(self) -> Problem:
+        return invalid(self.errors)
+
+
+async def read_explain_request(request: Request) -> tuple[ExplainOptions, bytes]:
+    """The options and the raw image bytes of a JSON or multipart explain request."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        body = await request.body()
+        try:
+            parsed = ExplainRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise InvalidFields(exc) from exc
+        return parsed.options(), decode_base64_image(parsed.image)
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request)
+    raise UnsupportedMedia("Send application/json or multipart/form-data.")
+
+
+async def _read_multipart(request: Request) -> tuple[ExplainOptions, bytes]:
+    form = await request.form()
+    upload = form.get("image")
+    if not isinstance(upload, UploadFile):
+        raise InvalidRequest("The form needs a file part named `image`.")
+    image = await upload.read()
+    fields: dict[str, object] = {}
+    for name, value in form.multi_items():
+        if name == "image" or not isinstance(value, str):
+            continue
+        if name == "methods":
+            methods = fields.setdefault("methods", [])
+            assert isinstance(methods, list)
+            methods.extend(part.strip() for part in value.split(",") if part.strip())
+        elif name in JSON_FIELDS:
+            fields[name] = _form_json(name, value)
+        else:
+            fields[name] = value
+    try:
+        return ExplainOptions.model_validate(fields), image
+    except ValidationError as exc:
+        raise InvalidFields(exc) from exc
+
+
+def _form_json(name: str, value: str) -> object:
+    """Form fields are text: `target` may be a bare word, the rest is JSON."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        if name == "target":
+            return value
+        raise InvalidRequest(f"Form field `{name}` is not valid JSON.") from None
+
+
+def check_against_model(options: ExplainOptions, info: ModelInfo) -> None:
+    """What only the model can tell: supported methods, class range, CAM layers."""
+    unsupported = [m for m in options.methods if m not in info.methods]
+    if unsupported:
+        raise InvalidRequest(
+            f"Model {info.id!r} does not support {', '.join(unsupported)}; "
+            f"it supports {', '.join(info.methods)}."
+        )
+    classes = options.class_indices() or []
+    out_of_range = [c for c in classes if c >= len(info.labels)]
+    if out_of_range:
+        raise InvalidRequest(
+            f"Class index {out_of_range[0]} is out of range: {info.id!r} has "
+            f"{len(info.labels)} classes (0–{len(info.labels) - 1})."
+        )
+    if options.top_k() > len(info.labels):
+        raise InvalidRequest(f"{info.id!r} has only {len(info.labels)} classes.")
+    for method, params in options.params.items():
+        layer = params.get("layer")
+        if layer is not None and layer not in info.cam_layers:
+            raise InvalidRequest(
+                f"Layer {layer!r} of {method} is not a convolutional layer of {info.id!r}; "
+                "GET /v1/models/{id} lists them."
+            )
+
+
+async def admit(
+    options: ExplainOptions,
+    image: bytes,
+    principal: Principal,
+    queue: JobQueue,
+    settings: Settings,
+    reply_to: str | None,
+) -> JobMessage:
+    """Validate against the model and the queue, then enqueue. Returns the queued message."""
+    info = await queue.model(options.model)
+    if info is None:
+        raise NotFound(f"No model {options.model!r}; GET /v1/models lists the models.")
+    check_against_model(options, info)
+    if not image:
+        raise BadImage("The image is empty.")
+    inspect_image(image, settings.max_image_pixels)
+    if info.live_workers == 0:
+        raise Unavailable(f"No live worker serves {info.id!r}.", retry_after=settings.retry_after_s)
+    if await queue.depth(info.id) >= settings.queue_limit:
+        raise QueueFull(
+            f"{info.id!r} has {settings.queue_limit} jobs waiting.",
+            retry_after=settings.retry_after_s,
+        )
+    message = JobMessage(
+        job_id=uuid.uuid4().hex,
+        model=info.id,
+        methods=options.methods,
+        target=options.target,
+        params=options.applied_params(),
+        output=options.output,
+        reply_to=reply_to,
+        enqueued_at=time.time(),
+    )
+    await queue.enqueue(message, image, principal.name)
+    return message

@@ -1,0 +1,81 @@
+"""The FastAPI application: routers, error handlers, shared resources."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from redis.asyncio import Redis
+
+from schemas import SERVICE_VERSION
+from service.auth import KeyStore
+from service.config import Settings, get_settings
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.openapi import component_schemas
+from service.queue import CompletionListener, JobQueue
+from service.routes import explanations, health, jobs, models
+
+log = logging.getLogger("glimpse.gateway")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build a gateway; settings come from the environment unless given."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=1.0,
+            socket_timeout=5.0,
+            health_check_interval=15,
+        )
+        listener = CompletionListener(redis)
+        app.state.settings = settings
+        app.state.keys = KeyStore.from_file(settings.api_keys_file)
+        app.state.queue = JobQueue(
+            redis,
+            result_ttl_s=settings.result_ttl_s,
+            worker_timeout_s=settings.worker_timeout_s,
+        )
+        app.state.listener = listener
+        await listener.start()
+        if not settings.auth:
+            log.warning("authentication is DISABLED (GLIMPSE_AUTH=off): every caller is trusted")
+        try:
+            yield
+        finally:
+            await listener.stop()
+            await redis.aclose()
+
+    app = FastAPI(
+        title="Glimpse",
+        version=SERVICE_VERSION,
+        summary="Attribution maps for image classifiers, over HTTP.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app, settings.retry_after_s)
+    for router in (explanations.router, jobs.router, models.router, health.router):
+        app.include_router(router)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def demo_page() -> str:
+        return resources.files("service").joinpath("static/index.html").read_text()
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                component_schemas()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,45 @@
+"""`glimpse`: the gateway (`serve`), a worker (`worker`), or everything for development (`run`)."""
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from service.config import get_settings
+
+
+def serve(host: str | None, port: int | None) -> None:
+    settings = get_settings()
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="glimpse", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the HTTP gateway")
+    serve_cmd.add_argument("--host")
+    serve_cmd.add_argument("--port", type=int)
+    commands.add_parser("worker", help="run a worker (same as glimpse-worker)")
+    commands.add_parser("run", help="Redis + gateway + one worker, for development")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        serve(args.host, args.port)
+    elif args.command == "worker":
+        # A separate process image: the gateway package never imports the worker's torch.
+        os.execvp("glimpse-worker", ["glimpse-worker", *rest])
+    else:
+        from service.devstack import run_dev_stack
+
+        sys.exit(run_dev_stack())
+
+
+if __name__ == "__main__":
+    main()

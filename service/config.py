@@ -1,0 +1,35 @@
+"""Gateway settings, read once from the environment."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every gateway setting; see the README for the environment variable of each."""
+
+    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"),
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    auth: bool = True
+    api_keys_file: Path | None = None
+    sync_timeout_s: float = Field(default=30.0, gt=0)
+    max_sync_timeout_s: float = Field(default=300.0, gt=0)
+    result_ttl_s: int = Field(default=3600, gt=0)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=64_000_000, gt=0)
+    queue_limit: int = Field(default=1000, gt=0, description="queued jobs per model before 429")
+    worker_timeout_s: float = Field(default=10.0, gt=0, description="heartbeat age of a live one")
+    retry_after_s: int = Field(default=2, ge=1)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

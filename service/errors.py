@@ -1,0 +1,141 @@
+"""One exception type per kind of failure, each mapped to one problem+json answer."""
+
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from schemas.problems import PROBLEM_MEDIA_TYPE, FieldError, Problem, problem_type
+
+
+class ApiError(Exception):
+    """Base of every error the API describes; subclasses fix the status and the type."""
+
+    status = 500
+    slug = "internal"
+    title = "Internal error"
+
+    def __init__(
+        self, detail: str, *, retry_after: int | None = None, job_id: str | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after = retry_after
+        self.job_id = job_id
+
+    def problem(self) -> Problem:
+        return Problem(
+            type=problem_type(self.slug),
+            title=self.title,
+            status=self.status,
+            detail=self.detail,
+            job_id=self.job_id,
+        )
+
+
+class BadImage(ApiError):
+    status, slug, title = 400, "bad-image", "Image cannot be decoded"
+
+
+class Unauthenticated(ApiError):
+    status, slug, title = 401, "unauthenticated", "Missing or wrong credentials"
+
+
+class Forbidden(ApiError):
+    status, slug, title = 403, "forbidden", "The key lacks the scope"
+
+
+class NotFound(ApiError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class PayloadTooLarge(ApiError):
+    status, slug, title = 413, "too-large", "Body or image too large"
+
+
+class UnsupportedMedia(ApiError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type or image format"
+
+
+class InvalidRequest(ApiError):
+    status, slug, title = 422, "invalid-request", "Invalid request"
+
+
+class QueueFull(ApiError):
+    status, slug, title = 429, "queue-full", "Too many queued jobs for this model"
+
+
+class Unavailable(ApiError):
+    status, slug, title = 503, "unavailable", "Service unavailable"
+
+
+class SyncTimeout(ApiError):
+    status, slug, title = 504, "timeout", "The job did not finish in time"
+
+
+def field_errors(errors: Sequence[object]) -> list[FieldError]:
+    """Pydantic's error list as the `errors` member of a problem."""
+    result = []
+    for error in errors:
+        assert isinstance(error, dict)
+        result.append(
+            FieldError(
+                loc=[part for part in error.get("loc", ()) if isinstance(part, str | int)],
+                msg=str(error.get("msg", "")),
+                type=str(error.get("type", "")),
+            )
+        )
+    return result
+
+
+def problem_response(problem: Problem, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return JSONResponse(
+        problem.model_dump(exclude_none=True),
+        status_code=problem.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+def invalid(errors: Sequence[object], detail: str = "The request has invalid fields.") -> Problem:
+    return Problem(
+        type=problem_type("invalid-request"),
+        title="Invalid request",
+        status=422,
+        detail=detail,
+        errors=field_errors(errors),
+    )
+
+
+def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
+    """Every error leaves the gateway as problem+json, never as a bare 500 for bad input."""
+
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return problem_response(exc.problem(), exc.retry_after)
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        return problem_response(invalid(exc.errors()))
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        problem = Problem(title=str(exc.detail), status=exc.status_code)
+        return problem_response(problem)
+
+    async def on_redis_down(_: Request, __: Exception) -> JSONResponse:
+        problem = Unavailable("The job store (Redis) is unreachable.").problem()
+        return problem_response(problem, retry_after_s)
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RedisConnectionError, on_redis_down)
+    app.add_exception_handler(RedisTimeoutError, on_redis_down)

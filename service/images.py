@@ -1,0 +1,63 @@
+"""Checks an uploaded image at the door: format, integrity and size, before it is queued."""
+
+import base64
+import binascii
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import BadImage, PayloadTooLarge, UnsupportedMedia
+
+_SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    format: str
+    width: int
+    height: int
+
+
+def decode_base64_image(text: str) -> bytes:
+    """The bytes of a base64 (or data-URL) image; BadImage when it is not base64."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadImage("`image` is not valid base64.") from exc
+
+
+def sniff_format(data: bytes) -> str:
+    """`png` or `jpeg` by magic bytes; UnsupportedMedia for anything else."""
+    for signature, name in _SIGNATURES.items():
+        if data.startswith(signature):
+            return name
+    raise UnsupportedMedia("The image is neither PNG nor JPEG.")
+
+
+def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
+    """Check format, dimensions and integrity without keeping decoded pixels."""
+    fmt = sniff_format(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width <= 0 or height <= 0:
+                    raise BadImage("The image has no pixels.")
+                if width * height > max_pixels:
+                    raise PayloadTooLarge(
+                        f"The image is {width}×{height}; at most {max_pixels} pixels are accepted."
+                    )
+                image.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise PayloadTooLarge("The image decompresses to too many pixels.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"The {fmt.upper()} image is corrupt or truncated.") from exc
+    return ImageHeader(format=fmt, width=width, height=height)

@@ -1,0 +1,160 @@
+"""The gateway's side of the queue: enqueue jobs, wait for them, read their state."""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import cast
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from schemas import keys
+from schemas.jobs import JobMessage, JobRecord, JobState, JobStatus
+from schemas.models import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+class JobQueue:
+    """Redis-backed job store shared by every gateway and worker."""
+
+    def __init__(self, redis: Redis, *, result_ttl_s: int, worker_timeout_s: float) -> None:
+        self.redis = redis
+        self.result_ttl_s = result_ttl_s
+        self.worker_timeout_s = worker_timeout_s
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def models(self) -> dict[str, ModelInfo]:
+        """Every model a worker has registered, with its count of live workers."""
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(keys.MODEL_REGISTRY))
+        infos = {name.decode(): ModelInfo.model_validate_json(value) for name, value in raw.items()}
+        if infos:
+            since = time.time() - self.worker_timeout_s
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for model_id in infos:
+                    pipe.zcount(keys.model_workers(model_id), since, "+inf")
+                counts = await pipe.execute()
+            for info, count in zip(infos.values(), counts, strict=True):
+                info.live_workers = int(count)
+        return infos
+
+    async def model(self, model_id: str) -> ModelInfo | None:
+        return (await self.models()).get(model_id)
+
+    async def live_workers(self) -> int:
+        return int(
+            await self.redis.zcount(keys.LIVE_WORKERS, time.time() - self.worker_timeout_s, "+inf")
+        )
+
+    async def depth(self, model_id: str) -> int:
+        """Jobs in the model's stream: queued or in a worker's hands (workers delete acked ones)."""
+        return int(await self.redis.xlen(keys.job_stream(model_id)))
+
+    async def enqueue(self, message: JobMessage, image: bytes, owner: str) -> None:
+        """Store the job's record and image, then queue it: all in one transaction."""
+        record_key = keys.job_record(message.job_id)
+        # The record must outlive a long queue wait plus the result's own lifetime.
+        ttl = self.result_ttl_s * 2
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                record_key,
+                mapping={
+                    JobRecord.STATUS: JobState.QUEUED.value,
+                    JobRecord.OWNER: owner,
+                    JobRecord.MODEL: message.model,
+                    JobRecord.CREATED_AT: repr(message.enqueued_at),
+                },
+            )
+            pipe.expire(record_key, ttl)
+            pipe.set(keys.job_image(message.job_id), image, ex=ttl)
+            pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
+            await pipe.execute()
+
+    async def status(self, job_id: str, owner: str) -> JobStatus | None:
+        """The job as its owner sees it; None for an unknown job or another key's job."""
+        record = cast(dict[bytes, bytes], await self.redis.hgetall(keys.job_record(job_id)))
+        if not record or record.get(JobRecord.OWNER.encode(), b"").decode() != owner:
+            return None
+        fields = {name.decode(): value.decode() for name, value in record.items()}
+        return JobStatus(
+            job_id=job_id,
+            status=JobState(fields[JobRecord.STATUS]),
+            model=fields[JobRecord.MODEL],
+            created_at=float(fields[JobRecord.CREATED_AT]),
+            result=json.loads(fields[JobRecord.RESULT]) if JobRecord.RESULT in fields else None,
+            error=json.loads(fields[JobRecord.ERROR]) if JobRecord.ERROR in fields else None,
+        )
+
+    async def cancel(self, job_id: str, owner: str) -> JobStatus | None:
+        """Cancel a queued job; a job already running or finished is left as it is."""
+        status = await self.status(job_id, owner)
+        if status is None or status.status is not JobState.QUEUED:
+            return status
+        record_key = keys.job_record(job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(record_key, JobRecord.STATUS, JobState.CANCELLED.value)
+            pipe.delete(keys.job_image(job_id))
+            await pipe.execute()
+        status.status = JobState.CANCELLED
+        return status
+
+
+class CompletionListener:
+    """Wakes waiting requests when a worker announces that their job has finished.
+
+    Each gateway process listens on its own channel; jobs carry that channel as `reply_to`.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self.channel = keys.gateway_channel(uuid.uuid4().hex)
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._listen(), name="completion-listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def expect(self, job_id: str) -> asyncio.Future[None]:
+        """Register before enqueueing, so that no announcement can be missed."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[job_id] = future
+        return future
+
+    def forget(self, job_id: str) -> None:
+        self._waiters.pop(job_id, None)
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._subscribed.set()
+                    delay = 0.1
+                    async for message in pubsub.listen():
+                        job_id = message["data"].decode()
+                        future = self._waiters.pop(job_id, None)
+                        if future is not None and not future.done():
+                            future.set_result(None)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError):
+                # Waiting requests still finish: they re-read the record when their wait ends.
+                log.warning("completion listener lost Redis; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

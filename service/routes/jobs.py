@@ -1,0 +1,31 @@
+"""`GET /v1/jobs/{id}` and `DELETE /v1/jobs/{id}`."""
+
+from fastapi import APIRouter
+
+from schemas.jobs import JobStatus
+from service.deps import ExplainerDep, QueueDep
+from service.errors import NotFound
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"No job {job_id!r} for this key (it may have expired).")
+
+
+@router.get("/{job_id}", name="get_job", response_model=JobStatus)
+async def get_job(job_id: str, principal: ExplainerDep, queue: QueueDep) -> JobStatus:
+    """The job's state, with its result or error once it has finished."""
+    status = await queue.status(job_id, principal.name)
+    if status is None:
+        raise _not_found(job_id)
+    return status
+
+
+@router.delete("/{job_id}", response_model=JobStatus)
+async def cancel_job(job_id: str, principal: ExplainerDep, queue: QueueDep) -> JobStatus:
+    """Cancel a queued job; a running or finished job is returned unchanged."""
+    status = await queue.cancel(job_id, principal.name)
+    if status is None:
+        raise _not_found(job_id)
+    return status

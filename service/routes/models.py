@@ -1,0 +1,30 @@
+"""`GET /v1/models`, `GET /v1/models/{id}` and `GET /v1/methods`."""
+
+from fastapi import APIRouter
+
+from schemas.methods import MethodSpec, method_catalogue
+from schemas.models import ModelInfo
+from service.deps import ExplainerDep, QueueDep
+from service.errors import NotFound
+
+router = APIRouter(prefix="/v1", tags=["models"])
+
+
+@router.get("/models", response_model=list[ModelInfo])
+async def list_models(_: ExplainerDep, queue: QueueDep) -> list[ModelInfo]:
+    """Every model a worker has registered, with its live worker count."""
+    return sorted((await queue.models()).values(), key=lambda info: info.id)
+
+
+@router.get("/models/{model_id}", response_model=ModelInfo)
+async def get_model(model_id: str, _: ExplainerDep, queue: QueueDep) -> ModelInfo:
+    info = await queue.model(model_id)
+    if info is None:
+        raise NotFound(f"No model {model_id!r}; GET /v1/models lists the models.")
+    return info
+
+
+@router.get("/methods", response_model=list[MethodSpec])
+async def list_methods(_: ExplainerDep) -> list[MethodSpec]:
+    """Each method with its description, parameters (JSON Schema) and cost in passes."""
+    return method_catalogue()

@@ -1,0 +1,73 @@
+import pytest
+from pydantic import ValidationError
+
+from schemas.explain import ExplainOptions, ExplainRequest
+from schemas.jobs import JobState
+from schemas.methods import PARAMS_BY_METHOD, method_catalogue
+
+
+def request(**fields: object) -> ExplainRequest:
+    return ExplainRequest.model_validate({"model": "m", "image": "aGk=", **fields})
+
+
+def test_defaults_follow_the_contract() -> None:
+    parsed = request()
+    assert parsed.methods == ["gradcam"]
+    assert parsed.target == "top1"
+    assert parsed.output.overlay and not parsed.output.heatmap
+    assert parsed.output.scores == "json" and parsed.output.size == "original"
+    assert parsed.output.alpha == 0.45
+    assert parsed.top_k() == 1 and parsed.class_indices() is None
+
+
+@pytest.mark.parametrize(
+    ("target", "classes", "k"),
+    [("top3", None, 3), (2, [2], 0), ([0, 4], [0, 4], 0), ("top5", None, 5)],
+)
+def test_targets(target: object, classes: list[int] | None, k: int) -> None:
+    parsed = request(target=target)
+    assert parsed.class_indices() == classes
+    assert parsed.top_k() == k
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"target": "top6"},
+        {"target": "best"},
+        {"target": -1},
+        {"target": [1, 1]},
+        {"target": []},
+        {"methods": ["nope"]},
+        {"methods": []},
+        {"methods": ["gradcam", "gradcam"]},
+        {"params": {"saliency": {"abs": True}}},
+        {"params": {"gradcam": {"unknown": 1}}},
+        {"output": {"scores": "xml"}},
+        {"output": {"grid": 0}},
+        {"extra": 1},
+    ],
+)
+def test_invalid_fields_are_refused(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        request(**fields)
+
+
+def test_applied_params_fill_defaults_and_options_drop_the_image() -> None:
+    parsed = request(methods=["gradcam", "saliency"], params={"saliency": {"abs": False}})
+    assert parsed.applied_params() == {"gradcam": {"layer": None}, "saliency": {"abs": False}}
+    options = parsed.options()
+    assert isinstance(options, ExplainOptions) and not hasattr(options, "image")
+    assert options.methods == parsed.methods
+
+
+def test_catalogue_describes_every_method() -> None:
+    catalogue = {spec.id: spec for spec in method_catalogue()}
+    assert set(catalogue) == set(PARAMS_BY_METHOD)
+    assert catalogue["gradcam"].parameters["type"] == "object"
+    assert all(spec.description and spec.passes for spec in catalogue.values())
+
+
+def test_job_states() -> None:
+    assert not JobState.QUEUED.finished and not JobState.RUNNING.finished
+    assert JobState.SUCCEEDED.finished and JobState.FAILED.finished and JobState.CANCELLED.finished

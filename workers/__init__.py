@@ -1,0 +1,1 @@
+"""The Glimpse worker: Redis in, attribution maps out."""

@@ -1,0 +1,61 @@
+"""`glimpse-worker`: serve every model of the repository from Redis streams."""
+
+import argparse
+import logging
+import socket
+import sys
+import time
+from typing import cast
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from schemas import keys
+from workers.config import WorkerSettings
+
+
+def healthcheck(settings: WorkerSettings) -> int:
+    """0 when Redis answers and a worker on this host has a fresh heartbeat (for containers)."""
+    try:
+        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        since = time.time() - 5 * settings.heartbeat_s
+        alive = cast(list[bytes], redis.zrangebyscore(keys.LIVE_WORKERS, since, "+inf"))
+    except RedisError:
+        return 1
+    prefix = f"{socket.gethostname()}-".encode()
+    return 0 if any(member.startswith(prefix) for member in alive) else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="glimpse-worker", description=__doc__)
+    parser.add_argument(
+        "--healthcheck", action="store_true", help="exit 0 if this host's worker is alive"
+    )
+    args = parser.parse_args(argv)
+    settings = WorkerSettings()
+    if args.healthcheck:
+        sys.exit(healthcheck(settings))
+
+    # Imported here so that `--healthcheck` answers without loading torch.
+    from workers.repository import choose_device, load_repository
+    from workers.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log = logging.getLogger("glimpse.worker")
+    device = choose_device(settings.device)
+    started = time.perf_counter()
+    models = load_repository(settings.model_repository, device)
+    if not models:
+        log.error("no model found in %s", settings.model_repository)
+        sys.exit(2)
+    log.info(
+        "loaded %d model(s) on %s in %.1f s", len(models), device, time.perf_counter() - started
+    )
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=15)
+    worker = Worker(settings, models, redis)
+    worker.install_signal_handlers()
+    worker.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Worker settings, read once from the environment."""
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerSettings(BaseSettings):
+    """Every worker setting; see the README for the environment variable of each."""
+
+    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"),
+    )
+    model_repository: Path = Path("models")
+    device: str = Field(default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
+    worker_id: str = Field(default_factory=_worker_id)
+    max_batch: int = Field(default=8, ge=1, description="jobs read per batch")
+    max_wait_ms: int = Field(default=5, ge=0, description="extra wait to fill a batch")
+    block_ms: int = Field(default=1000, ge=1)
+    heartbeat_s: float = Field(default=2.0, gt=0)
+    result_ttl_s: int = Field(default=3600, gt=0)
+    visibility_timeout_s: float = Field(default=60.0, gt=0)
+    max_deliveries: int = Field(default=3, ge=1)

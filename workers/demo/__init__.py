@@ -1,0 +1,1 @@
+"""The shipped demo model `demo-lesions`: its synthetic data, network and training script."""

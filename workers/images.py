@@ -1,0 +1,188 @@
+"""Uploaded image bytes to the pixels a model reads and the RGB picture an overlay is drawn on."""
+
+import io
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 64_000_000
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+# PNG colour types 0 and 4 are grey and grey + alpha; the IHDR colour type byte sits at offset 25.
+_PNG_COLOUR_TYPE_OFFSET = 25
+_PNG_GREY_COLOUR_TYPES = (0, 4)
+_SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16B", "I;16L")
+# Modes Pillow opens PNG and JPEG files in, and the mode each is read through.
+_READ_AS = {
+    "1": "L",
+    "L": "L",
+    "LA": "LA",
+    "I;16": "I;16",
+    "I;16B": "I;16B",
+    "I;16L": "I;16L",
+    "P": "RGBA",
+    "PA": "RGBA",
+    "RGB": "RGB",
+    "RGBA": "RGBA",
+    "CMYK": "RGB",
+    "YCbCr": "RGB",
+}
+# What Pillow raises on malformed PNG and JPEG data (its UnidentifiedImageError is an OSError).
+_PILLOW_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+# ITU-R BT.601 luma weights for R, G, B.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+class ImageDecodeError(ValueError):
+    """The bytes claim a supported format but cannot be decoded."""
+
+
+class UnsupportedImageError(ValueError):
+    """The bytes are not in a format this worker decodes (PNG or JPEG)."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than allowed; refused before its pixels are decoded."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image at its original resolution, transparency composited on black.
+
+    `pixels` is float32 H×W×C in [0, 1] with C = 1 for grey images and 3 for colour ones;
+    `display` is the uint8 H×W×3 RGB picture overlays are drawn on.
+    """
+
+    pixels: np.ndarray
+    display: np.ndarray
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode PNG or JPEG bytes (8 or 16 bit; grey, grey + alpha, RGB, RGBA or palette).
+
+    EXIF orientation is applied, so the image is upright as a browser shows it. Raises
+    `UnsupportedImageError` for other formats, `ImageTooLargeError` past `max_pixels` (checked
+    from the header, before any pixel data is decoded) and `ImageDecodeError` for broken files.
+    16-bit colour PNGs are read at 8 bits per channel, as Pillow reads them.
+    """
+    if not data:
+        raise ImageDecodeError("the image is empty")
+    if data.startswith(_PNG_SIGNATURE):
+        grey_source = (
+            len(data) > _PNG_COLOUR_TYPE_OFFSET
+            and data[_PNG_COLOUR_TYPE_OFFSET] in _PNG_GREY_COLOUR_TYPES
+        )
+        image_format = "PNG"
+    elif data.startswith(_JPEG_SIGNATURE):
+        grey_source = False
+        image_format = "JPEG"
+    else:
+        raise UnsupportedImageError("unsupported image format; expected PNG or JPEG")
+    with _pillow_errors(image_format):
+        image = Image.open(io.BytesIO(data), formats=[image_format])
+    _check_size(image.size, max_pixels)
+    with _pillow_errors(image_format):
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    pixels = _read_pixels(image, grey_source)
+    display = np.rint(pixels * 255).astype(np.uint8)
+    if display.shape[2] == 1:
+        display = np.repeat(display, 3, axis=2)
+    return DecodedImage(pixels=pixels, display=display)
+
+
+def to_model_input(
+    images: Sequence[DecodedImage],
+    channels: int,
+    height: int,
+    width: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> torch.Tensor:
+    """A normalised (N, channels, height, width) float32 batch for the model, on the CPU.
+
+    Grey images are repeated to RGB and colour ones reduced to BT.601 luma as the model needs;
+    each is resized with antialiased bilinear interpolation, then normalised as (x - mean) / std.
+    """
+    if not images:
+        raise ValueError("no images to batch")
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need {channels} values each")
+    resized = [_resize(_match_channels(image.pixels, channels), height, width) for image in images]
+    batch = torch.stack(resized)
+    shift = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1)
+    scale = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1)
+    return (batch - shift) / scale
+
+
+@contextmanager
+def _pillow_errors(image_format: str) -> Iterator[None]:
+    """Turn what Pillow raises into this module's errors."""
+    try:
+        yield
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except _PILLOW_DECODE_ERRORS as exc:
+        raise ImageDecodeError(f"the {image_format} image cannot be decoded: {exc}") from exc
+
+
+def _check_size(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"the image is {width}×{height} pixels; at most {max_pixels} pixels are accepted"
+        )
+
+
+def _read_pixels(image: Image.Image, grey_source: bool) -> np.ndarray:
+    """Float32 H×W×C in [0, 1], alpha and transparent colour keys composited on black."""
+    read_as = _READ_AS.get(image.mode)
+    if read_as is None:
+        raise ImageDecodeError(f"pixel mode {image.mode} is not supported")
+    transparent_key = image.info.get("transparency") if read_as == image.mode else None
+    if read_as != image.mode:
+        image = image.convert(read_as)
+    raw = np.asarray(image)
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    full_scale = 65535.0 if read_as in _SIXTEEN_BIT_GREY_MODES else 255.0
+    pixels = raw.astype(np.float32) / np.float32(full_scale)
+    if read_as in ("LA", "RGBA"):
+        pixels = pixels[:, :, :-1] * pixels[:, :, -1:]
+    elif isinstance(transparent_key, int | tuple):
+        # A PNG tRNS colour key: pixels of exactly that colour are fully transparent.
+        pixels[np.all(raw == np.asarray(transparent_key), axis=2)] = 0.0
+    if grey_source and pixels.shape[2] == 3:
+        # Pillow reads 16-bit grey + alpha PNGs as RGBA; its three colour channels are equal.
+        pixels = pixels[:, :, :1]
+    return np.ascontiguousarray(pixels)
+
+
+def _match_channels(pixels: np.ndarray, channels: int) -> torch.Tensor:
+    """C×H×W with the model's channel count."""
+    image = torch.from_numpy(pixels).permute(2, 0, 1)
+    if image.shape[0] == channels:
+        return image
+    if channels == 3:
+        return image.expand(3, -1, -1)
+    if channels == 1:
+        weights = torch.tensor(_LUMA_WEIGHTS, dtype=torch.float32).view(3, 1, 1)
+        return (image * weights).sum(dim=0, keepdim=True)
+    raise ValueError(f"models take 1 or 3 channels, not {channels}")
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    if tuple(image.shape[1:]) == (height, width):
+        return image
+    resized = F.interpolate(
+        image[None], size=(height, width), mode="bilinear", align_corners=False, antialias=True
+    )
+    return resized[0]

@@ -1,0 +1,209 @@
+"""What every attribution method shares: its result, its parameters, and the gradient passes.
+
+A method is a small `AttributionMethod` that declares its parameters and says how to turn the
+gradients these helpers return into a map. The helpers never touch parameter gradients and leave
+the model as they found it: hooks are removed on every exit path.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class UnknownMethodError(ValueError):
+    """The method id is not one this worker implements."""
+
+
+class MethodParameterError(ValueError):
+    """A method parameter is unknown or has a bad value; `parameter` names it."""
+
+    def __init__(self, parameter: str, message: str) -> None:
+        super().__init__(message)
+        self.parameter = parameter
+
+
+class TargetError(ValueError):
+    """The targets do not fit the batch or name a class the model does not have."""
+
+
+@dataclass(frozen=True)
+class AttributionMap:
+    """One map per sample, (N, H, W) float32 at the model's input resolution.
+
+    `signed` is False when every value is >= 0 and True when the sign carries meaning.
+    """
+
+    values: torch.Tensor
+    signed: bool
+
+
+class Default(Enum):
+    """Parameter defaults that only the caller knows."""
+
+    CAM_LAYER = "the model's CAM layer"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A method parameter: its name, JSON type and default."""
+
+    name: str
+    kind: type[bool] | type[int] | type[float] | type[str]
+    default: object
+
+    def coerce(self, method: str, value: object) -> object:
+        """Return `value` as this parameter's type, or raise `MethodParameterError`."""
+        if self.kind is float and type(value) is int:
+            return float(value)
+        # An exact type check: bool is a subclass of int, and True is no sample count.
+        if type(value) is not self.kind:
+            raise MethodParameterError(
+                self.name,
+                f"{method}: parameter {self.name!r} must be {self.kind.__name__}, "
+                f"not {type(value).__name__}",
+            )
+        return value
+
+
+class AttributionMethod(ABC):
+    """An attribution method: an id, its parameters, and how it computes a map."""
+
+    id: ClassVar[str]
+    parameters: ClassVar[tuple[Parameter, ...]] = ()
+
+    def resolve_params(self, params: Mapping[str, object], *, cam_layer: str) -> dict[str, object]:
+        """Every parameter as it will be applied: given values checked, defaults filled in.
+
+        A value of None counts as not given.
+        """
+        known = {parameter.name for parameter in self.parameters}
+        for name in params:
+            if name not in known:
+                raise MethodParameterError(name, f"{self.id}: unknown parameter {name!r}")
+        resolved: dict[str, object] = {}
+        for parameter in self.parameters:
+            value = params.get(parameter.name)
+            if value is not None:
+                resolved[parameter.name] = parameter.coerce(self.id, value)
+            elif parameter.default is Default.CAM_LAYER:
+                resolved[parameter.name] = cam_layer
+            else:
+                resolved[parameter.name] = parameter.default
+        return resolved
+
+    def supports(self, model: nn.Module) -> bool:
+        """Whether the method works on `model`; gradient methods work on any differentiable one."""
+        return True
+
+    @abstractmethod
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        params: Mapping[str, object],
+    ) -> AttributionMap:
+        """Maps for `inputs` (N, C, H, W) and `targets` (N,), with `params` already resolved."""
+
+
+def check_batch(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Raise unless `inputs` is (N, C, H, W) and `targets` holds N integer class indices."""
+    if inputs.ndim != 4:
+        raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
+    if targets.dtype != torch.int64 or targets.shape != inputs.shape[:1]:
+        raise TargetError(
+            f"targets must be {inputs.shape[0]} int64 class indices, "
+            f"got {targets.dtype} of shape {tuple(targets.shape)}"
+        )
+
+
+def target_score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The sum over the batch of each sample's target logit.
+
+    In eval mode samples do not interact, so its gradient with respect to sample i is the gradient
+    of sample i's own target: one backward pass serves a batch with different targets per sample.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"the model must return (N, classes) logits, got {tuple(logits.shape)}")
+    classes = logits.shape[1]
+    # Checked here rather than left to gather, which on CUDA fails with a device-side assert.
+    if bool(((targets < 0) | (targets >= classes)).any()):
+        raise TargetError(f"target class outside 0..{classes - 1}")
+    return logits.gather(1, targets[:, None]).sum()
+
+
+def input_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """d(target logit)/d(input) for each sample, shaped like `inputs`."""
+    leaf = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = target_score(model(leaf), targets)
+        (gradient,) = torch.autograd.grad(score, leaf)
+    return gradient
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The submodule called `name` in `model.named_modules()`."""
+    layer = dict(model.named_modules()).get(name)
+    if layer is None:
+        raise MethodParameterError("layer", f"layer {name!r} is not a module of the model")
+    return layer
+
+
+@contextmanager
+def captured_output(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """While open, record each output of `layer` as a leaf that requires grad.
+
+    The forward pass continues on a copy of that leaf, so the autograd graph starts at the layer
+    (nothing upstream is recorded) and in-place operations downstream, such as ReLU(inplace=True),
+    cannot overwrite the recorded activation.
+    """
+    outputs: list[torch.Tensor] = []
+
+    def record(module: nn.Module, args: object, output: object) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise MethodParameterError("layer", "the layer must output a single tensor")
+        leaf = output.detach().requires_grad_(True)
+        outputs.append(leaf)
+        return leaf.clone()
+
+    handle = layer.register_forward_hook(record)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def layer_gradient(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, layer_name: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output of the named layer and d(target logit)/d(that output), per sample."""
+    with captured_output(find_layer(model, layer_name)) as outputs, torch.enable_grad():
+        logits = model(inputs)
+        if len(outputs) != 1:
+            raise MethodParameterError(
+                "layer",
+                f"layer {layer_name!r} runs {len(outputs)} times per forward pass, not once",
+            )
+        (gradient,) = torch.autograd.grad(target_score(logits, targets), outputs[0])
+    return outputs[0].detach(), gradient
+
+
+def class_activation_map(
+    activation: torch.Tensor, weights: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """relu(sum_k weights_k * activation_k), upsampled bilinearly to `size`: (N, H, W) float32.
+
+    `activation` is (N, K, h, w); `weights` is (N, K) or broadcasts against the activation.
+    """
+    if weights.ndim == 2:
+        weights = weights[:, :, None, None]
+    cam = torch.relu((weights * activation).sum(dim=1, keepdim=True))
+    upsampled = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+    return upsampled[:, 0].to(torch.float32)

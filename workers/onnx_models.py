@@ -1,0 +1,90 @@
+"""ONNX models: ONNX Runtime sessions for forward passes, PyTorch conversions for gradients."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx2torch
+import onnxruntime
+import torch
+
+
+def fold_identity_initializers(model: onnx.ModelProto) -> int:
+    """Turn every Identity node over an initializer into an initializer, in place.
+
+    The TorchScript exporter stores equal tensors once and reaches the copies through Identity
+    nodes; onnx2torch 1.5.15 reads Conv weights only from initializers and fails with a KeyError.
+    Returns how many nodes were folded.
+    """
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    # A graph output must stay a node output for onnx2torch to wire it up.
+    graph_outputs = {value.name for value in graph.output}
+    kept_nodes = []
+    for node in graph.node:
+        if (
+            node.op_type == "Identity"
+            and node.domain in ("", "ai.onnx")
+            and node.input[0] in initializers
+            and node.output[0] not in graph_outputs
+        ):
+            folded = onnx.TensorProto()
+            folded.CopyFrom(initializers[node.input[0]])
+            folded.name = node.output[0]
+            graph.initializer.append(folded)
+            initializers[folded.name] = folded
+        else:
+            kept_nodes.append(node)
+    folded_count = len(graph.node) - len(kept_nodes)
+    if folded_count:
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+    return folded_count
+
+
+def convert_to_torch(model: onnx.ModelProto) -> torch.nn.Module:
+    """Convert an ONNX model to a PyTorch module in eval mode, folding Identity nodes first.
+
+    Mutates `model`. Module names are onnx2torch's, derived from the ONNX node names
+    (e.g. `layer4/layer4/1/relu_1/Relu` or `Relu_12`).
+    """
+    fold_identity_initializers(model)
+    return onnx2torch.convert(model).eval()
+
+
+def execution_providers(device: torch.device) -> list[str | tuple[str, dict[str, int]]]:
+    """ONNX Runtime providers for `device`: CUDA for a cuda device when available, else CPU."""
+    if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def create_session(model_path: Path, device: torch.device) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime session for the model file, on the providers that suit `device`."""
+    return onnxruntime.InferenceSession(str(model_path), providers=execution_providers(device))
+
+
+def run_session(session: onnxruntime.InferenceSession, inputs: torch.Tensor) -> torch.Tensor:
+    """The session's first output for `inputs` fed to its first input, as a float CPU tensor."""
+    feed = {session.get_inputs()[0].name: inputs.detach().cpu().numpy().astype(np.float32)}
+    (outputs,) = session.run([session.get_outputs()[0].name], feed)
+    return torch.from_numpy(outputs)
+
+
+def conversion_gap(
+    module: torch.nn.Module, session: onnxruntime.InferenceSession, inputs: torch.Tensor
+) -> float:
+    """How far the module's logits are from the session's on `inputs`.
+
+    The largest absolute difference divided by 1 + the largest absolute logit of the session.
+    Raises ValueError when the two disagree on the output shape.
+    """
+    expected = run_session(session, inputs)
+    with torch.no_grad():
+        actual = module(inputs).float().cpu()
+    if actual.shape != expected.shape:
+        raise ValueError(
+            f"the conversion outputs shape {tuple(actual.shape)}, "
+            f"ONNX Runtime {tuple(expected.shape)}"
+        )
+    return float((actual - expected).abs().max() / (1 + expected.abs().max()))

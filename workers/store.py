@@ -1,0 +1,182 @@
+"""The worker's side of the queue: claim jobs, store outcomes, announce them, beat the heart."""
+
+import time
+from typing import Any, cast
+
+from redis import Redis
+from redis.typing import KeyT, StreamIdT
+
+from schemas import keys
+from schemas.jobs import JobRecord, JobState
+from schemas.models import ModelInfo
+
+# Runs atomically: a job is claimed only while queued or running (a redelivery after a crash).
+_CLAIM = """
+local status = redis.call('HGET', KEYS[1], ARGV[1])
+if status ~= ARGV[2] and status ~= ARGV[3] then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
+"""
+
+# Stores an outcome once, even when a job was computed twice; always acknowledges the entry.
+_COMPLETE = """
+local status = redis.call('HGET', KEYS[1], ARGV[1])
+local stored = 0
+if status == ARGV[2] or status == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], ARGV[5], ARGV[6])
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
+  stored = 1
+end
+redis.call('XACK', KEYS[2], ARGV[8], ARGV[9])
+redis.call('XDEL', KEYS[2], ARGV[9])
+redis.call('DEL', KEYS[3])
+if ARGV[10] ~= '' then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+return stored
+"""
+
+
+class JobStore:
+    """Redis operations of one worker, with the key names from `schemas.keys`."""
+
+    def __init__(self, redis: Redis, worker_id: str, result_ttl_s: int) -> None:
+        self.redis = redis
+        self.worker_id = worker_id
+        self.result_ttl_s = result_ttl_s
+        self._claim = redis.register_script(_CLAIM)
+        self._complete = redis.register_script(_COMPLETE)
+
+    def register_models(self, infos: list[ModelInfo]) -> None:
+        """Create each model's consumer group and publish what the gateway says about it."""
+        for info in infos:
+            stream = keys.job_stream(info.id)
+            try:
+                self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
+            except Exception as exc:  # noqa: BLE001 - BUSYGROUP means another worker made it
+                if "BUSYGROUP" not in str(exc):
+                    raise
+            self.redis.hset(keys.MODEL_REGISTRY, info.id, info.model_dump_json())
+
+    def heartbeat(self, model_ids: list[str], description: str) -> None:
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.LIVE_WORKERS, {self.worker_id: now})
+            for model_id in model_ids:
+                pipe.zadd(keys.model_workers(model_id), {self.worker_id: now})
+            pipe.set(keys.worker_info(self.worker_id), description, ex=60)
+            pipe.execute()
+
+    def sign_off(self, model_ids: list[str]) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(keys.LIVE_WORKERS, self.worker_id)
+            for model_id in model_ids:
+                pipe.zrem(keys.model_workers(model_id), self.worker_id)
+            pipe.delete(keys.worker_info(self.worker_id))
+            pipe.execute()
+
+    def read(
+        self, model_ids: list[str], count: int, block_ms: int
+    ) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        """New entries for this worker: (model id, entry id, fields)."""
+        streams: dict[KeyT, StreamIdT] = {keys.job_stream(m): ">" for m in model_ids}
+        answer = cast(
+            list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]] | None,
+            self.redis.xreadgroup(
+                keys.CONSUMER_GROUP, self.worker_id, streams, count=count, block=block_ms
+            ),
+        )
+        return [
+            (_model_of(stream), entry_id.decode(), fields)
+            for stream, entries in answer or []
+            for entry_id, fields in entries
+            if fields is not None
+        ]
+
+    def claim_stale(
+        self, model_ids: list[str], min_idle_ms: int, count: int
+    ) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        """Take over entries a dead worker left unacknowledged for longer than `min_idle_ms`."""
+        claimed: list[tuple[str, str, dict[bytes, bytes]]] = []
+        for model_id in model_ids:
+            _, entries, *_ = cast(
+                list[Any],
+                self.redis.xautoclaim(
+                    keys.job_stream(model_id),
+                    keys.CONSUMER_GROUP,
+                    self.worker_id,
+                    min_idle_time=min_idle_ms,
+                    start_id="0-0",
+                    count=count,
+                ),
+            )
+            claimed.extend(
+                (model_id, entry_id.decode(), fields)
+                for entry_id, fields in entries
+                if fields is not None
+            )
+        return claimed
+
+    def claim(self, job_id: str) -> int:
+        """Mark the job running; its delivery count, or -1 when it is no longer to be run."""
+        return int(
+            self._claim(
+                keys=[keys.job_record(job_id)],
+                args=[JobRecord.STATUS, JobState.QUEUED.value, JobState.RUNNING.value],
+            )
+        )
+
+    def image(self, job_id: str) -> bytes | None:
+        return cast(bytes | None, self.redis.get(keys.job_image(job_id)))
+
+    def complete(
+        self,
+        model_id: str,
+        entry_id: str,
+        job_id: str,
+        reply_to: str | None,
+        *,
+        result_json: str | None = None,
+        error_json: str | None = None,
+    ) -> bool:
+        """Store the result or the error, acknowledge, announce. False if already stored."""
+        if result_json is not None:
+            state, field, payload = JobState.SUCCEEDED, JobRecord.RESULT, result_json
+        else:
+            assert error_json is not None
+            state, field, payload = JobState.FAILED, JobRecord.ERROR, error_json
+        return self.finish(model_id, entry_id, job_id, reply_to, state, field, payload)
+
+    def discard(self, model_id: str, entry_id: str, job_id: str) -> None:
+        """Acknowledge an entry whose job was cancelled or already finished."""
+        self.finish(model_id, entry_id, job_id, None, JobState.CANCELLED, JobRecord.ERROR, "")
+
+    def finish(
+        self,
+        model_id: str,
+        entry_id: str,
+        job_id: str,
+        reply_to: str | None,
+        state: JobState,
+        field: str,
+        payload: str,
+    ) -> bool:
+        stored = self._complete(
+            keys=[keys.job_record(job_id), keys.job_stream(model_id), keys.job_image(job_id)],
+            args=[
+                JobRecord.STATUS,
+                JobState.QUEUED.value,
+                JobState.RUNNING.value,
+                state.value,
+                field,
+                payload,
+                self.result_ttl_s,
+                keys.CONSUMER_GROUP,
+                entry_id,
+                reply_to or "",
+                job_id,
+            ],
+        )
+        return bool(stored)
+
+
+def _model_of(stream: bytes) -> str:
+    return stream.decode().removeprefix(keys.job_stream(""))

@@ -1,0 +1,222 @@
+"""The worker loop: read a micro-batch, group compatible jobs, explain, store, acknowledge."""
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+from schemas.jobs import JobMessage
+from schemas.problems import Problem, problem_type
+from workers.config import WorkerSettings
+from workers.images import (
+    DecodedImage,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    decode_image,
+)
+from workers.methods import available_methods
+from workers.pipeline import PreparedJob, batch_key, explain_jobs
+from workers.repository import LoadedModel
+from workers.store import JobStore
+
+log = logging.getLogger("glimpse.worker")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One stream entry in this worker's hands."""
+
+    model_id: str
+    entry_id: str
+    message: JobMessage
+
+
+class JobFailed(Exception):
+    """A job that cannot succeed; carries the problem its client will read."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.problem = Problem(type=problem_type(slug), title=title, status=status, detail=detail)
+
+
+class Worker:
+    def __init__(
+        self, settings: WorkerSettings, models: dict[str, LoadedModel], redis: Redis
+    ) -> None:
+        self.settings = settings
+        self.models = models
+        self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s)
+        self.stopping = threading.Event()
+        self._last_claim = 0.0
+
+    @property
+    def model_ids(self) -> list[str]:
+        return sorted(self.models)
+
+    def run(self) -> None:
+        """Serve until SIGTERM/SIGINT; the batch in hand is finished and acknowledged first."""
+        self.store.register_models(
+            [model.info(available_methods(model.module)) for model in self.models.values()]
+        )
+        heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+        heartbeat.start()
+        log.info("worker %s serving %s", self.settings.worker_id, ", ".join(self.model_ids))
+        try:
+            while not self.stopping.is_set():
+                try:
+                    entries = self._next_batch()
+                except RedisError as exc:
+                    log.warning("Redis unavailable (%s); retrying", type(exc).__name__)
+                    self.stopping.wait(1.0)
+                    continue
+                if entries:
+                    self.process(entries)
+        finally:
+            self.stopping.set()
+            heartbeat.join(timeout=5)
+            try:
+                self.store.sign_off(self.model_ids)
+            except RedisError:
+                log.warning("could not sign off from Redis")
+            log.info("worker %s stopped", self.settings.worker_id)
+
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _: object) -> None:
+            log.info("signal %d: finishing the batch in hand", signum)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _beat(self) -> None:
+        description = json.dumps({"models": self.model_ids, "device": self._device_names()})
+        while not self.stopping.is_set():
+            try:
+                self.store.heartbeat(self.model_ids, description)
+            except RedisError:
+                log.warning("heartbeat failed; Redis unavailable")
+            self.stopping.wait(self.settings.heartbeat_s)
+
+    def _device_names(self) -> list[str]:
+        return sorted({str(model.device) for model in self.models.values()})
+
+    def _next_batch(self) -> list[Entry]:
+        """Up to max_batch entries: stale ones first, then new ones, waiting briefly to fill."""
+        raw = []
+        now = time.monotonic()
+        if now - self._last_claim > self.settings.visibility_timeout_s / 2:
+            self._last_claim = now
+            raw = self.store.claim_stale(
+                self.model_ids,
+                int(self.settings.visibility_timeout_s * 1000),
+                self.settings.max_batch,
+            )
+        if not raw:
+            raw = self.store.read(self.model_ids, self.settings.max_batch, self.settings.block_ms)
+        deadline = time.monotonic() + self.settings.max_wait_ms / 1000
+        while raw and len(raw) < self.settings.max_batch and not self.stopping.is_set():
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = self.store.read(self.model_ids, self.settings.max_batch - len(raw), left_ms)
+            if not more:
+                break
+            raw.extend(more)
+        entries = []
+        for model_id, entry_id, fields in raw:
+            try:
+                message = JobMessage.model_validate_json(fields[b"job"])
+            except (KeyError, ValueError):
+                log.error("dropping a malformed entry %s on %s", entry_id, model_id)
+                self.store.discard(model_id, entry_id, "malformed")
+                continue
+            entries.append(Entry(model_id, entry_id, message))
+        return entries
+
+    def process(self, entries: list[Entry]) -> None:
+        """Claim, decode and group the entries, then explain each group."""
+        groups: dict[tuple[str, tuple[str, ...], str], list[tuple[Entry, PreparedJob]]] = (
+            defaultdict(list)
+        )
+        for entry in entries:
+            job_id = entry.message.job_id
+            deliveries = self.store.claim(job_id)
+            if deliveries < 0:
+                self.store.discard(entry.model_id, entry.entry_id, job_id)
+                continue
+            try:
+                if deliveries > self.settings.max_deliveries:
+                    raise JobFailed(
+                        500,
+                        "too-many-deliveries",
+                        "The job kept failing",
+                        f"Delivered {deliveries} times without finishing; giving up.",
+                    )
+                prepared = PreparedJob(entry.message, self._decode(job_id), time.time())
+            except JobFailed as failure:
+                self._fail(entry, failure.problem)
+                continue
+            groups[batch_key(entry.message)].append((entry, prepared))
+        for group in groups.values():
+            self._explain_group(group)
+
+    def _decode(self, job_id: str) -> DecodedImage:
+        data = self.store.image(job_id)
+        if data is None:
+            raise JobFailed(410, "image-expired", "Image expired", "The job's image has expired.")
+        try:
+            return decode_image(data)
+        except ImageTooLargeError as exc:
+            raise JobFailed(413, "too-large", "Image too large", str(exc)) from exc
+        except UnsupportedImageError as exc:
+            raise JobFailed(415, "unsupported-media-type", "Unsupported image", str(exc)) from exc
+        except ImageDecodeError as exc:
+            raise JobFailed(400, "bad-image", "Image cannot be decoded", str(exc)) from exc
+
+    def _explain_group(self, group: list[tuple[Entry, PreparedJob]]) -> None:
+        model = self.models[group[0][0].model_id]
+        try:
+            responses = explain_jobs(model, [job for _, job in group], self.settings.max_batch)
+        except Exception:
+            if len(group) == 1:
+                log.exception("job %s failed", group[0][0].message.job_id)
+                self._fail(group[0][0], _compute_problem())
+                return
+            # One bad job must not sink the others: retry them one by one.
+            for single in group:
+                self._explain_group([single])
+            return
+        for (entry, _), response in zip(group, responses, strict=True):
+            self.store.complete(
+                entry.model_id,
+                entry.entry_id,
+                entry.message.job_id,
+                entry.message.reply_to,
+                result_json=response.model_dump_json(),
+            )
+
+    def _fail(self, entry: Entry, problem: Problem) -> None:
+        problem.job_id = entry.message.job_id
+        self.store.complete(
+            entry.model_id,
+            entry.entry_id,
+            entry.message.job_id,
+            entry.message.reply_to,
+            error_json=problem.model_dump_json(exclude_none=True),
+        )
+
+
+def _compute_problem() -> Problem:
+    return Problem(
+        type=problem_type("attribution-failed"),
+        title="Attribution failed",
+        status=500,
+        detail="The worker could not compute this explanation; the error is in its log.",
+    )
