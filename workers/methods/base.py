@@ -1,20 +1,23 @@
 """What every attribution method shares: its result, its parameters, and the gradient passes.
 
-A method is a small `AttributionMethod` that declares its parameters and says how to turn the
-gradients these helpers return into a map. The helpers never touch parameter gradients and leave
-the model as they found it: hooks are removed on every exit path.
+A method is a small `AttributionMethod` that says how to turn the gradients these helpers return
+into a map; its parameters are the pydantic model of the same id in `schemas.methods`. The
+helpers never touch parameter gradients and leave the model as they found it: hooks are removed
+on every exit path.
 """
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from torch import nn
+
+from schemas.methods import PARAMS_BY_METHOD
 
 
 class UnknownMethodError(ValueError):
@@ -44,58 +47,29 @@ class AttributionMap:
     signed: bool
 
 
-class Default(Enum):
-    """Parameter defaults that only the caller knows."""
-
-    CAM_LAYER = "the model's CAM layer"
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """A method parameter: its name, JSON type and default."""
-
-    name: str
-    kind: type[bool] | type[int] | type[float] | type[str]
-    default: object
-
-    def coerce(self, method: str, value: object) -> object:
-        """Return `value` as this parameter's type, or raise `MethodParameterError`."""
-        if self.kind is float and type(value) is int:
-            return float(value)
-        # An exact type check: bool is a subclass of int, and True is no sample count.
-        if type(value) is not self.kind:
-            raise MethodParameterError(
-                self.name,
-                f"{method}: parameter {self.name!r} must be {self.kind.__name__}, "
-                f"not {type(value).__name__}",
-            )
-        return value
-
-
 class AttributionMethod(ABC):
     """An attribution method: an id, its parameters, and how it computes a map."""
 
     id: ClassVar[str]
-    parameters: ClassVar[tuple[Parameter, ...]] = ()
 
     def resolve_params(self, params: Mapping[str, object], *, cam_layer: str) -> dict[str, object]:
-        """Every parameter as it will be applied: given values checked, defaults filled in.
+        """Every parameter as it will be applied: checked against the method's schema in
+        `schemas.methods`, defaults filled in, and a missing `layer` set to `cam_layer`.
 
         A value of None counts as not given.
         """
-        known = {parameter.name for parameter in self.parameters}
-        for name in params:
-            if name not in known:
-                raise MethodParameterError(name, f"{self.id}: unknown parameter {name!r}")
-        resolved: dict[str, object] = {}
-        for parameter in self.parameters:
-            value = params.get(parameter.name)
-            if value is not None:
-                resolved[parameter.name] = parameter.coerce(self.id, value)
-            elif parameter.default is Default.CAM_LAYER:
-                resolved[parameter.name] = cam_layer
-            else:
-                resolved[parameter.name] = parameter.default
+        given = {name: value for name, value in params.items() if value is not None}
+        try:
+            parsed = PARAMS_BY_METHOD[self.id].model_validate(given)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            name = ".".join(str(part) for part in error["loc"]) or "params"
+            raise MethodParameterError(
+                name, f"{self.id}: parameter {name!r}: {error['msg']}"
+            ) from None
+        resolved = parsed.model_dump()
+        if "layer" in resolved and resolved["layer"] is None:
+            resolved["layer"] = cam_layer
         return resolved
 
     def supports(self, model: nn.Module) -> bool:

@@ -9,9 +9,7 @@ from torch import nn
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
-    Default,
     MethodParameterError,
-    Parameter,
     class_activation_map,
     layer_gradient,
 )
@@ -21,7 +19,6 @@ class GradCam(AttributionMethod):
     """relu(sum_k mean(dY/dA_k) * A_k) at `layer`, upsampled to the input; unsigned."""
 
     id = "gradcam"
-    parameters = (Parameter("layer", str, Default.CAM_LAYER),)
 
     def attribute(
         self,

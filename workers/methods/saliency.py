@@ -5,14 +5,13 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from workers.methods.base import AttributionMap, AttributionMethod, Parameter, input_gradient
+from workers.methods.base import AttributionMap, AttributionMethod, input_gradient
 
 
 class Saliency(AttributionMethod):
     """`abs=True`: max over channels of |gradient|, unsigned; `abs=False`: channel sum, signed."""
 
     id = "saliency"
-    parameters = (Parameter("abs", bool, True),)
 
     def attribute(
         self,
