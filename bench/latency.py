@@ -6,23 +6,16 @@ sequential requests per method and prints p50/p95/max latency and the time to re
 
 import argparse
 import base64
-import socket
 import statistics
 import time
 from pathlib import Path
 
 import httpx
 
-from service.devstack import DevStack
+from service.devstack import DevStack, free_port
 from workers.demo.data import make_sample, to_png_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def measure(url: str, method: str, requests: int) -> list[float]:

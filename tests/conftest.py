@@ -1,23 +1,17 @@
 """Fixtures that build real things: a Redis server, a gateway and worker processes."""
 
+import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from service.devstack import DevStack
+from service.devstack import DevStack, free_port
 from service.redis_server import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +25,26 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    """A real uvicorn gateway and a real worker process serving the shipped model repository."""
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped repository plus `demo-lesions-onnx`: the demo model served from its ONNX file."""
+    repository = tmp_path_factory.mktemp("models")
+    (repository / "demo-lesions").symlink_to(ROOT / "models" / "demo-lesions")
+    shipped = ROOT / "models" / "demo-lesions" / "1"
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    manifest.update(id="demo-lesions-onnx", format="onnx", cam_layer=None)
+    del manifest["architecture"]
+    onnx_version = repository / "demo-lesions-onnx" / "1"
+    onnx_version.mkdir(parents=True)
+    (onnx_version / "manifest.json").write_text(json.dumps(manifest))
+    (onnx_version / "model.onnx").symlink_to(shipped / "model.onnx")
+    return repository
+
+
+@pytest.fixture(scope="session")
+def stack(
+    redis_url: str, model_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DevStack]:
+    """A real uvicorn gateway and a real worker process serving the demo model in both formats."""
     logs = tmp_path_factory.mktemp("stack-logs")
     running = DevStack(
         port=free_port(),
@@ -40,7 +52,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         log_dir=logs,
         env={
             "GLIMPSE_AUTH": "off",
-            "GLIMPSE_MODEL_REPOSITORY": str(ROOT / "models"),
+            "GLIMPSE_MODEL_REPOSITORY": str(model_repository),
             "GLIMPSE_DEVICE": "cpu",
             "GLIMPSE_MAX_BODY_BYTES": str(4 * 1024 * 1024),
         },

@@ -217,3 +217,26 @@ def test_health_readiness_docs_and_demo_page(client: httpx.Client) -> None:
     assert "ExplainRequest" in spec["components"]["schemas"]
     assert "/v1/explanations" in spec["paths"]
     assert "<form" in client.get("/").text
+
+
+def test_onnx_model_gives_the_same_maps_as_its_pytorch_twin(client: httpx.Client) -> None:
+    image = lesion_png(5)
+    request = {"methods": ["gradcam", "saliency"], "output": {"size": "model", "overlay": False}}
+    twin = client.post("/v1/explanations", json={**body(image, **request)})
+    served = client.post(
+        "/v1/explanations", json={**body(image, **request), "model": "demo-lesions-onnx"}
+    )
+    assert twin.status_code == served.status_code == 200, served.text
+    assert served.json()["model"]["id"] == "demo-lesions-onnx"
+    twin_predictions = twin.json()["predictions"]
+    served_predictions = served.json()["predictions"]
+    for ours, theirs in zip(served_predictions, twin_predictions, strict=True):
+        assert ours["class_index"] == theirs["class_index"]
+        assert ours["score"] == pytest.approx(theirs["score"], abs=1e-5)
+    for ours, theirs in zip(
+        served.json()["explanations"], twin.json()["explanations"], strict=True
+    ):
+        difference = np.abs(
+            np.array(ours["scores"]["values"]) - np.array(theirs["scores"]["values"])
+        )
+        assert difference.max() < 1e-4

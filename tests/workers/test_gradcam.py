@@ -1,5 +1,7 @@
 """Grad-CAM against Captum's LayerGradCam, Captum's own hand-checked case, and model hygiene."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,12 @@ from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
 from torch import nn
 from torchvision.models import resnet18
 
+from workers.demo.data import make_sample, to_png_bytes
+from workers.images import decode_image, to_model_input
 from workers.methods import MethodParameterError, TargetError, explain
+from workers.repository import load_model
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def small_cnn(inplace: bool = False) -> nn.Sequential:
@@ -109,6 +116,28 @@ def test_matches_captum_on_resnet18(layer: str, calibrated_resnet18: nn.Module) 
     assert result.values.shape == (3, 64, 64)
     assert max_relative_deviation(result.values, expected) < 1e-4
     assert_untouched(model)
+
+
+def test_matches_captum_on_the_demo_model() -> None:
+    shipped = ROOT / "models" / "demo-lesions" / "1"
+    model = load_model(shipped, torch.device("cpu"))
+    samples = [make_sample(seed) for seed in (1, 2, 3, 4)]
+    inputs = to_model_input(
+        [decode_image(to_png_bytes(sample.image)) for sample in samples],
+        1,
+        128,
+        128,
+        model.manifest.input.mean,
+        model.manifest.input.std,
+    )
+    targets = torch.tensor([0, 1, 2, 1])
+    layer = model.default_cam_layer
+
+    result = explain("gradcam", model.module, inputs, targets, {}, cam_layer=layer)
+
+    expected = captum_gradcam(model.module, model.module.get_submodule(layer), inputs, targets)
+    assert max_relative_deviation(result.values, expected) < 1e-4
+    assert_untouched(model.module)
 
 
 def test_a_batch_equals_single_image_calls() -> None:
