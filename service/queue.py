@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
@@ -16,6 +17,28 @@ from schemas.jobs import JobMessage, JobRecord, JobState, JobStatus
 from schemas.models import ModelInfo
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """A job record as Redis holds it; the result stays serialised until someone needs it."""
+
+    job_id: str
+    state: JobState
+    model: str
+    created_at: float
+    result_json: bytes | None
+    error_json: bytes | None
+
+    def status(self) -> JobStatus:
+        return JobStatus(
+            job_id=self.job_id,
+            status=self.state,
+            model=self.model,
+            created_at=self.created_at,
+            result=json.loads(self.result_json) if self.result_json else None,
+            error=json.loads(self.error_json) if self.error_json else None,
+        )
 
 
 class JobQueue:
@@ -78,20 +101,24 @@ class JobQueue:
             pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
             await pipe.execute()
 
-    async def status(self, job_id: str, owner: str) -> JobStatus | None:
-        """The job as its owner sees it; None for an unknown job or another key's job."""
+    async def record(self, job_id: str, owner: str) -> StoredJob | None:
+        """The job's record as stored; None for an unknown job or another key's job."""
         record = cast(dict[bytes, bytes], await self.redis.hgetall(keys.job_record(job_id)))
         if not record or record.get(JobRecord.OWNER.encode(), b"").decode() != owner:
             return None
-        fields = {name.decode(): value.decode() for name, value in record.items()}
-        return JobStatus(
+        return StoredJob(
             job_id=job_id,
-            status=JobState(fields[JobRecord.STATUS]),
-            model=fields[JobRecord.MODEL],
-            created_at=float(fields[JobRecord.CREATED_AT]),
-            result=json.loads(fields[JobRecord.RESULT]) if JobRecord.RESULT in fields else None,
-            error=json.loads(fields[JobRecord.ERROR]) if JobRecord.ERROR in fields else None,
+            state=JobState(record[JobRecord.STATUS.encode()].decode()),
+            model=record[JobRecord.MODEL.encode()].decode(),
+            created_at=float(record[JobRecord.CREATED_AT.encode()]),
+            result_json=record.get(JobRecord.RESULT.encode()),
+            error_json=record.get(JobRecord.ERROR.encode()),
         )
+
+    async def status(self, job_id: str, owner: str) -> JobStatus | None:
+        """The job as its owner sees it; None for an unknown job or another key's job."""
+        stored = await self.record(job_id, owner)
+        return stored.status() if stored is not None else None
 
     async def cancel(self, job_id: str, owner: str) -> JobStatus | None:
         """Cancel a queued job; a job already running or finished is left as it is."""

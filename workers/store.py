@@ -74,9 +74,9 @@ class JobStore:
             pipe.execute()
 
     def read(
-        self, model_ids: list[str], count: int, block_ms: int
+        self, model_ids: list[str], count: int, block_ms: int | None
     ) -> list[tuple[str, str, dict[bytes, bytes]]]:
-        """New entries for this worker: (model id, entry id, fields)."""
+        """New entries for this worker: (model id, entry id, fields); `block_ms` None: no wait."""
         streams: dict[KeyT, StreamIdT] = {keys.job_stream(m): ">" for m in model_ids}
         answer = cast(
             list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]] | None,

@@ -120,15 +120,15 @@ class Worker:
             )
         if not raw:
             raw = self.store.read(self.model_ids, self.settings.max_batch, self.settings.block_ms)
+        # Redis times blocked reads out at its own tick (tens of ms), far coarser than a batching
+        # window, so the window is filled by non-blocking reads instead.
         deadline = time.monotonic() + self.settings.max_wait_ms / 1000
-        while raw and len(raw) < self.settings.max_batch and not self.stopping.is_set():
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0:
-                break
-            more = self.store.read(self.model_ids, self.settings.max_batch - len(raw), left_ms)
-            if not more:
-                break
-            raw.extend(more)
+        while raw and len(raw) < self.settings.max_batch and time.monotonic() < deadline:
+            more = self.store.read(self.model_ids, self.settings.max_batch - len(raw), None)
+            if more:
+                raw.extend(more)
+            else:
+                time.sleep(0.001)
         entries = []
         for model_id, entry_id, fields in raw:
             try:
