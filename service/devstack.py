@@ -120,11 +120,18 @@ class DevStack:
             self._redis = None
 
 
+def _interrupt(signum: int, _: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_dev_stack() -> int:
     """`glimpse run`: everything on this machine, authentication off, until Ctrl-C."""
     settings_env = {"GLIMPSE_AUTH": os.environ.get("GLIMPSE_AUTH", "off")}
     port = int(os.environ.get("GLIMPSE_PORT", "8000"))
     stack = DevStack(port=port, env=settings_env, redis_url=os.environ.get("REDIS_URL"))
+    # Ctrl-C and SIGTERM both stop everything, even where the shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         stack.start()
         print(f"Redis: {stack.redis_url}", flush=True)
