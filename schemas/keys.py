@@ -5,6 +5,7 @@ PREFIX = "glimpse"
 CONSUMER_GROUP = "workers"
 MODEL_REGISTRY = f"{PREFIX}:models"
 LIVE_WORKERS = f"{PREFIX}:workers:alive"
+STATS = f"{PREFIX}:stats"
 
 
 def job_stream(model_id: str) -> str:
@@ -35,3 +36,8 @@ def model_workers(model_id: str) -> str:
 def worker_info(worker_id: str) -> str:
     """A worker's self-description (models, device), refreshed with its heartbeat."""
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def rate_window(principal: str, window: int) -> str:
+    """Requests counted for one caller in one fixed one-minute window."""
+    return f"{PREFIX}:rate:{principal}:{window}"

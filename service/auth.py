@@ -17,6 +17,9 @@ class ApiKey(BaseModel):
     name: str = Field(min_length=1)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     scopes: list[str] = Field(default=["explain"])
+    rate_limit_per_minute: int | None = Field(
+        default=None, ge=1, description="explain requests per minute; the service default if unset"
+    )
 
 
 class KeysFile(BaseModel):
@@ -29,6 +32,7 @@ class Principal:
 
     name: str
     scopes: frozenset[str]
+    rate_limit_per_minute: int | None = None
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes:
@@ -67,5 +71,9 @@ class KeyStore:
         digest = hash_key(presented)
         for entry in self._keys:
             if hmac.compare_digest(entry.sha256, digest):
-                return Principal(name=entry.name, scopes=frozenset(entry.scopes))
+                return Principal(
+                    name=entry.name,
+                    scopes=frozenset(entry.scopes),
+                    rate_limit_per_minute=entry.rate_limit_per_minute,
+                )
         raise Unauthenticated("The API key is not known.")

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     queue_limit: int = Field(default=1000, gt=0, description="queued jobs per model before 429")
     worker_timeout_s: float = Field(default=10.0, gt=0, description="heartbeat age of a live one")
     retry_after_s: int = Field(default=2, ge=1)
+    rate_limit_per_minute: int = Field(
+        default=0, ge=0, description="explain requests per key and minute; 0: unlimited"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="viewer origins allowed by CORS; none by default"
+    )
 
 
 @lru_cache

@@ -41,7 +41,20 @@ def explainer(principal: Annotated[Principal, Depends(get_principal)]) -> Princi
     return principal
 
 
+async def rate_limited_explainer(
+    request: Request, principal: Annotated[Principal, Depends(explainer)]
+) -> Principal:
+    """An explainer within its per-minute budget: the key's own limit, else the service's."""
+    settings: Settings = request.app.state.settings
+    limit = principal.rate_limit_per_minute or settings.rate_limit_per_minute
+    if limit:
+        queue: JobQueue = request.app.state.queue
+        await queue.spend_rate(principal.name, limit)
+    return principal
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ListenerDep = Annotated[CompletionListener, Depends(get_listener)]
 ExplainerDep = Annotated[Principal, Depends(explainer)]
+SubmitterDep = Annotated[Principal, Depends(rate_limited_explainer)]

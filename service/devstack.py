@@ -35,7 +35,7 @@ class DevStack:
     log_dir: Path | None = None
     redis_url: str | None = None
     _redis: PrivateRedis | None = None
-    _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -81,18 +81,24 @@ class DevStack:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        self._processes.append(process)
+        self.processes.append(process)
         return process
+
+    def kill(self, process: subprocess.Popen[bytes]) -> None:
+        """SIGKILL one child, as a crash would, and stop tracking it."""
+        process.kill()
+        process.wait()
+        self.processes.remove(process)
 
     def alive(self) -> bool:
         """Every child process is still running."""
-        return all(process.poll() is None for process in self._processes)
+        return all(process.poll() is None for process in self.processes)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until `/readyz` answers 200; RuntimeError if a child dies or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            dead = [p for p in self._processes if p.poll() is not None]
+            dead = [p for p in self.processes if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"a process exited early: {dead[0].args!r}")
             with (
@@ -105,16 +111,16 @@ class DevStack:
         raise RuntimeError(f"not ready after {timeout_s:.0f} s")
 
     def stop(self) -> None:
-        for process in self._processes:
+        for process in self.processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in self._processes:
+        for process in self.processes:
             try:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        self._processes.clear()
+        self.processes.clear()
         if self._redis is not None:
             self._redis.stop()
             self._redis = None

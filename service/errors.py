@@ -66,6 +66,10 @@ class InvalidRequest(ApiError):
     status, slug, title = 422, "invalid-request", "Invalid request"
 
 
+class RateLimited(ApiError):
+    status, slug, title = 429, "rate-limited", "Too many requests for this key"
+
+
 class QueueFull(ApiError):
     status, slug, title = 429, "queue-full", "Too many queued jobs for this model"
 

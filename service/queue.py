@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from schemas import keys
 from schemas.jobs import JobMessage, JobRecord, JobState, JobStatus
 from schemas.models import ModelInfo
+from service.errors import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,21 @@ class JobQueue:
     async def depth(self, model_id: str) -> int:
         """Jobs in the model's stream: queued or in a worker's hands (workers delete acked ones)."""
         return int(await self.redis.xlen(keys.job_stream(model_id)))
+
+    async def spend_rate(self, principal: str, limit_per_minute: int) -> None:
+        """Count one request in the caller's current minute; RateLimited past the limit."""
+        now = time.time()
+        window = int(now // 60)
+        key = keys.rate_window(principal, window)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            used, _ = await pipe.execute()
+        if int(used) > limit_per_minute:
+            raise RateLimited(
+                f"This key may send {limit_per_minute} explain requests a minute.",
+                retry_after=max(1, int((window + 1) * 60 - now)),
+            )
 
     async def enqueue(self, message: JobMessage, image: bytes, owner: str) -> None:
         """Store the job's record and image, then queue it: all in one transaction."""

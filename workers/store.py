@@ -46,15 +46,25 @@ class JobStore:
         self._complete = redis.register_script(_COMPLETE)
 
     def register_models(self, infos: list[ModelInfo]) -> None:
-        """Create each model's consumer group and publish what the gateway says about it."""
-        for info in infos:
-            stream = keys.job_stream(info.id)
-            try:
-                self.redis.xgroup_create(stream, keys.CONSUMER_GROUP, id="0", mkstream=True)
-            except Exception as exc:  # noqa: BLE001 - BUSYGROUP means another worker made it
-                if "BUSYGROUP" not in str(exc):
-                    raise
-            self.redis.hset(keys.MODEL_REGISTRY, info.id, info.model_dump_json())
+        """Create each model's consumer group and publish what the gateway says about it.
+
+        Idempotent, and repeated with every heartbeat, so that a Redis that lost its data
+        (restarted without persistence) learns the models and groups again by itself.
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            for info in infos:
+                pipe.xgroup_create(
+                    keys.job_stream(info.id), keys.CONSUMER_GROUP, id="0", mkstream=True
+                )
+                pipe.hset(keys.MODEL_REGISTRY, info.id, info.model_dump_json())
+            for outcome in pipe.execute(raise_on_error=False):
+                # BUSYGROUP: the group exists already, which is the usual case.
+                if isinstance(outcome, Exception) and "BUSYGROUP" not in str(outcome):
+                    raise outcome
+
+    def count(self, event: str, amount: int = 1) -> None:
+        """Add to one of the service's event counters (`keys.STATS`), read by the gateway."""
+        self.redis.hincrby(keys.STATS, event, amount)
 
     def heartbeat(self, model_ids: list[str], description: str) -> None:
         now = time.time()

@@ -54,6 +54,7 @@ class Worker:
         self.models = models
         self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s)
         self.stopping = threading.Event()
+        self.infos = [model.info(available_methods(model.module)) for model in models.values()]
         self._last_claim = 0.0
 
     @property
@@ -62,9 +63,7 @@ class Worker:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; the batch in hand is finished and acknowledged first."""
-        self.store.register_models(
-            [model.info(available_methods(model.module)) for model in self.models.values()]
-        )
+        self.store.register_models(self.infos)
         heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         heartbeat.start()
         log.info("worker %s serving %s", self.settings.worker_id, ", ".join(self.model_ids))
@@ -100,6 +99,7 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 self.store.heartbeat(self.model_ids, description)
+                self.store.register_models(self.infos)
             except RedisError:
                 log.warning("heartbeat failed; Redis unavailable")
             self.stopping.wait(self.settings.heartbeat_s)
@@ -181,29 +181,34 @@ class Worker:
             raise JobFailed(400, "bad-image", "Image cannot be decoded", str(exc)) from exc
 
     def _explain_group(self, group: list[tuple[Entry, PreparedJob]]) -> None:
+        """Explain a group; on failure retry it in halves, so one bad job or a batch too big
+        for the device's memory fails no other job."""
         model = self.models[group[0][0].model_id]
         try:
             responses = explain_jobs(model, [job for _, job in group], self.settings.max_batch)
         except Exception:
-            if len(group) == 1:
-                log.exception("job %s failed", group[0][0].message.job_id)
-                self._fail(group[0][0], _compute_problem())
+            if len(group) > 1:
+                self.store.count("batches_split")
+                middle = len(group) // 2
+                self._explain_group(group[:middle])
+                self._explain_group(group[middle:])
                 return
-            # One bad job must not sink the others: retry them one by one.
-            for single in group:
-                self._explain_group([single])
+            log.exception("job %s failed", group[0][0].message.job_id)
+            self._fail(group[0][0], _compute_problem())
             return
         for (entry, _), response in zip(group, responses, strict=True):
-            self.store.complete(
+            stored = self.store.complete(
                 entry.model_id,
                 entry.entry_id,
                 entry.message.job_id,
                 entry.message.reply_to,
                 result_json=response.model_dump_json(),
             )
+            self.store.count("results_stored" if stored else "duplicates_dropped")
 
     def _fail(self, entry: Entry, problem: Problem) -> None:
         problem.job_id = entry.message.job_id
+        self.store.count("jobs_failed")
         self.store.complete(
             entry.model_id,
             entry.entry_id,

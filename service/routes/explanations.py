@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from schemas.jobs import JobAccepted, JobState
 from schemas.problems import Problem
 from service.admission import admit, read_explain_request
-from service.deps import ExplainerDep, ListenerDep, QueueDep, SettingsDep
+from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.errors import ApiError, SyncTimeout, problem_response
 from service.openapi import EXPLAIN_BODY, EXPLAIN_RESPONSES
 
@@ -35,7 +35,7 @@ def _accepted(request: Request, job_id: str) -> JSONResponse:
 )
 async def create_explanation(
     request: Request,
-    principal: ExplainerDep,
+    principal: SubmitterDep,
     queue: QueueDep,
     listener: ListenerDep,
     settings: SettingsDep,
@@ -82,7 +82,7 @@ async def create_explanation(
 )
 async def create_job(
     request: Request,
-    principal: ExplainerDep,
+    principal: SubmitterDep,
     queue: QueueDep,
     settings: SettingsDep,
 ) -> Response:

@@ -1,0 +1,199 @@
+"""Faults injected into the real thing: killed workers, lost Redis, restarted gateways, bad jobs."""
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from reliability_support import (  # type: ignore[import-not-found]
+    build_repository,
+    faulty_stack,
+    image_b64,
+    submit,
+    wait_for,
+    wait_until,
+)
+
+from schemas import keys
+from service.devstack import free_port
+from service.redis_server import PrivateRedis
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_repository(tmp_path_factory.mktemp("faulty-models"))
+
+
+def stats(url: str) -> dict[str, int]:
+    raw = redis.Redis.from_url(url).hgetall(keys.STATS)
+    return {name.decode(): int(value) for name, value in raw.items()}
+
+
+def test_kill_9_mid_batch_loses_nothing_and_stores_each_result_once(
+    repository: Path, tmp_path: Path
+) -> None:
+    with (
+        PrivateRedis() as server,
+        faulty_stack(
+            repository, tmp_path, workers=2, redis=server, GLIMPSE_VISIBILITY_TIMEOUT_S="2"
+        ) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        job_ids = [submit(client, "slow", image_b64(i)) for i in range(24)]
+        victim = stack.processes[0]
+        assert wait_until(
+            lambda: any(client.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in job_ids),
+            timeout_s=20,
+        )
+        stack.kill(victim)  # SIGKILL: no chance to acknowledge anything
+
+        finished = wait_for(client, job_ids, timeout_s=90)
+
+        assert len(finished) == len(job_ids), "jobs were lost"
+        assert {s["status"] for s in finished.values()} == {"succeeded"}
+        assert all(s["result"]["job_id"] == j for j, s in finished.items())
+        counters = stats(server.url)
+        assert counters["results_stored"] == len(job_ids)
+        store = redis.Redis.from_url(server.url)
+        assert store.xlen(keys.job_stream("slow")) == 0
+        assert store.xpending(keys.job_stream("slow"), keys.CONSUMER_GROUP)["pending"] == 0
+
+
+def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
+    repository: Path, tmp_path: Path
+) -> None:
+    with (
+        faulty_stack(repository, tmp_path) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        job_ids = [submit(client, "slow", image_b64(i)) for i in range(10)]
+        worker = stack.processes[0]
+
+        def running() -> list[str]:
+            return [j for j in job_ids if client.get(f"/v1/jobs/{j}").json()["status"] == "running"]
+
+        assert wait_until(lambda: bool(running()), timeout_s=20)
+        in_hand = running()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+
+        for job_id in in_hand:
+            assert client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded"
+        statuses = {client.get(f"/v1/jobs/{j}").json()["status"] for j in job_ids}
+        assert "running" not in statuses and "queued" in statuses
+
+        stack.start_worker(1)
+        finished = wait_for(client, job_ids, timeout_s=60)
+        assert {s["status"] for s in finished.values()} == {"succeeded"}
+
+
+def test_a_failing_job_fails_alone_and_an_oversized_batch_is_split(
+    repository: Path, tmp_path: Path
+) -> None:
+    with (
+        faulty_stack(repository, tmp_path, GLIMPSE_MAX_WAIT_MS="200") as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        images = [image_b64(0), image_b64(1, white=True), image_b64(2), image_b64(3)]
+        job_ids = [submit(client, "fast", image) for image in images]
+        finished = wait_for(client, job_ids)
+        assert [finished[j]["status"] for j in job_ids] == [
+            "succeeded",
+            "failed",
+            "succeeded",
+            "succeeded",
+        ]
+        error = finished[job_ids[1]]["error"]
+        assert error["status"] == 500 and error["type"].endswith("attribution-failed")
+        assert error["job_id"] == job_ids[1]
+
+        oom_jobs = [submit(client, "oom", image_b64(i)) for i in range(4)]
+        finished = wait_for(client, oom_jobs)
+        assert {s["status"] for s in finished.values()} == {"succeeded"}
+        assert stats(stack.redis_url or "")["batches_split"] >= 1
+        assert stack.alive()
+
+
+def test_a_job_delivered_too_often_fails_instead_of_looping(
+    repository: Path, tmp_path: Path
+) -> None:
+    with (
+        faulty_stack(repository, tmp_path) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        store = redis.Redis.from_url(stack.redis_url or "")
+        stack.processes[0].send_signal(signal.SIGSTOP)  # hold the worker while we tamper
+        try:
+            job_id = submit(client, "fast", image_b64(0))
+            store.hset(keys.job_record(job_id), "deliveries", 3)
+        finally:
+            stack.processes[0].send_signal(signal.SIGCONT)
+        status = wait_for(client, [job_id])[job_id]
+        assert status["status"] == "failed"
+        assert status["error"]["type"].endswith("too-many-deliveries")
+
+
+def test_redis_outage_is_a_fast_503_and_both_sides_recover(
+    repository: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    server = PrivateRedis(port=port).start()
+    with (
+        faulty_stack(repository, tmp_path, redis=server) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        server.stop()
+        started = time.monotonic()
+        answer = client.post("/v1/explanations", json={"model": "fast", "image": image_b64(0)})
+        assert answer.status_code == 503
+        assert answer.headers["retry-after"]
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert time.monotonic() - started < 3
+        assert client.get("/readyz").status_code == 503
+
+        server = PrivateRedis(port=port).start()  # back, and empty: nothing was persisted
+        try:
+            assert wait_until(lambda: client.get("/readyz").status_code == 200, timeout_s=30)
+            answer = client.post("/v1/explanations", json={"model": "fast", "image": image_b64(1)})
+            assert answer.status_code == 200, answer.text
+        finally:
+            stack.stop()
+            server.stop()
+
+
+def test_append_only_redis_restart_loses_no_queued_job(repository: Path, tmp_path: Path) -> None:
+    port = free_port()
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    server = PrivateRedis(port=port, appendonly=True, data_dir=data).start()
+    try:
+        with (
+            faulty_stack(
+                repository, tmp_path, redis=server, GLIMPSE_VISIBILITY_TIMEOUT_S="2"
+            ) as stack,
+            httpx.Client(base_url=stack.url, timeout=30) as client,
+        ):
+            job_ids = [submit(client, "slow", image_b64(i)) for i in range(8)]
+            stack.kill(stack.processes[0])
+            server.stop()
+            server = PrivateRedis(port=port, appendonly=True, data_dir=data).start()
+            stack.start_worker(1)
+            finished = wait_for(client, job_ids, timeout_s=60)
+            assert len(finished) == len(job_ids)
+            assert {s["status"] for s in finished.values()} == {"succeeded"}
+    finally:
+        server.stop()
+
+
+def test_a_gateway_restart_loses_no_job(repository: Path, tmp_path: Path) -> None:
+    with faulty_stack(repository, tmp_path) as stack:
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            job_ids = [submit(client, "slow", image_b64(i)) for i in range(4)]
+        stack.kill(stack.processes[-1])  # the gateway, started last
+        stack.start_gateway()
+        stack.wait_ready()
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            finished = wait_for(client, job_ids)
+        assert {s["status"] for s in finished.values()} == {"succeeded"}
