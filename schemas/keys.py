@@ -38,6 +38,6 @@ def worker_info(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
-def rate_window(principal: str, window: int) -> str:
-    """Requests counted for one caller in one fixed one-minute window."""
-    return f"{PREFIX}:rate:{principal}:{window}"
+def rate_window(principal: str) -> str:
+    """Sorted set of one caller's recent request times, for its rate limit."""
+    return f"{PREFIX}:rate:{principal}"

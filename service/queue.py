@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,21 @@ from schemas.models import ModelInfo
 from service.errors import RateLimited
 
 log = logging.getLogger(__name__)
+
+
+RATE_WINDOW_S = 60
+
+# A sliding window: the caller's request times in a sorted set. Returns nil when the request is
+# admitted (and recorded), else the time of the oldest request still in the window.
+_SPEND_RATE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  return redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return nil
+"""
 
 
 @dataclass(frozen=True)
@@ -49,6 +65,7 @@ class JobQueue:
         self.redis = redis
         self.result_ttl_s = result_ttl_s
         self.worker_timeout_s = worker_timeout_s
+        self._spend_rate = redis.register_script(_SPEND_RATE)
 
     async def ping(self) -> bool:
         try:
@@ -83,18 +100,16 @@ class JobQueue:
         return int(await self.redis.xlen(keys.job_stream(model_id)))
 
     async def spend_rate(self, principal: str, limit_per_minute: int) -> None:
-        """Count one request in the caller's current minute; RateLimited past the limit."""
+        """Count one request in the caller's last 60 s; RateLimited (not counted) past the limit."""
         now = time.time()
-        window = int(now // 60)
-        key = keys.rate_window(principal, window)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, 120)
-            used, _ = await pipe.execute()
-        if int(used) > limit_per_minute:
+        oldest = await self._spend_rate(
+            keys=[keys.rate_window(principal)],
+            args=[now, RATE_WINDOW_S, limit_per_minute, uuid.uuid4().hex],
+        )
+        if oldest is not None:
             raise RateLimited(
                 f"This key may send {limit_per_minute} explain requests a minute.",
-                retry_after=max(1, int((window + 1) * 60 - now)),
+                retry_after=max(1, math.ceil(float(oldest) + RATE_WINDOW_S - now)),
             )
 
     async def enqueue(self, message: JobMessage, image: bytes, owner: str) -> None:
