@@ -6,7 +6,7 @@ Each method's parameters are one pydantic model here; the gateway validates requ
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Baseline = Literal["black", "blur", "mean", "uniform"]
 
@@ -31,6 +31,94 @@ class SaliencyParams(MethodParams):
     abs: bool = Field(
         default=True, description="absolute gradient (max over channels) or signed (sum)"
     )
+
+
+class CamParams(MethodParams):
+    """CAM: the linear head's weights over the last feature maps (GAP + linear models only)."""
+
+
+class GradCamPlusPlusParams(LayerParams):
+    """Grad-CAM++: pixel-wise weighted positive gradients."""
+
+
+class ScoreCamParams(LayerParams):
+    """Score-CAM: each activation map, as a mask on the input, weighted by the target's score."""
+
+    batch_size: int = Field(default=32, ge=1, le=256, description="masked inputs per pass")
+
+
+class GuidedBackpropParams(MethodParams):
+    """Guided backpropagation: only positive gradients through positive activations."""
+
+    abs: bool = Field(default=True, description="max over channels of |·| or signed channel sum")
+
+
+class GuidedGradCamParams(LayerParams):
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM."""
+
+
+class SmoothGradParams(MethodParams):
+    """SmoothGrad: a gradient method averaged over noisy copies of the input."""
+
+    samples: int = Field(default=25, ge=1, le=256)
+    noise: float = Field(default=0.15, ge=0.0, le=1.0, description="σ as a fraction of the range")
+    base: Literal["saliency", "integrated_gradients", "guided_backprop", "deeplift"] = "saliency"
+    abs: bool = Field(default=True, description="average |attribution| (unsigned) or signed")
+    seed: int = Field(default=0, ge=0)
+
+
+class IntegratedGradientsParams(MethodParams):
+    """Integrated Gradients: the path integral of gradients from a baseline."""
+
+    steps: int = Field(default=50, ge=2, le=1024)
+    baseline: Baseline = "black"
+    seed: int = Field(default=0, ge=0, description="for the uniform-noise baseline")
+
+
+class DeepLiftParams(MethodParams):
+    """DeepLIFT with the Rescale rule."""
+
+    baseline: Baseline = "black"
+    seed: int = Field(default=0, ge=0, description="for the uniform-noise baseline")
+
+
+class LrpParams(MethodParams):
+    """Layer-wise Relevance Propagation with a named rule composite."""
+
+    composite: Literal["epsilon", "epsilon_plus", "alpha_beta"] = Field(
+        default="epsilon_plus",
+        description="ε everywhere; ε+: z+ on convolutions, ε on dense layers; αβ on convolutions",
+    )
+    first_layer: Literal["zbox", "flat", "same"] = Field(
+        default="zbox", description="rule at the input layer"
+    )
+    epsilon: float = Field(default=1e-6, ge=0.0)
+    alpha: float = Field(default=2.0, ge=1.0, description="β = α − 1")
+
+
+class OcclusionParams(MethodParams):
+    """Occlusion: the drop of the target's score when a patch is covered."""
+
+    window: int = Field(default=16, ge=1, le=512, description="patch side in model pixels")
+    stride: int = Field(default=8, ge=1, le=512)
+    fill: Literal["black", "mean", "blur"] = "black"
+    batch_size: int = Field(default=64, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _windows_cover_every_pixel(self) -> "OcclusionParams":
+        if self.stride > self.window:
+            raise ValueError("stride must not exceed window: some pixels would stay uncovered")
+        return self
+
+
+class RiseParams(MethodParams):
+    """RISE: the target's score averaged over random smooth masks."""
+
+    masks: int = Field(default=1000, ge=1, le=8000)
+    cell: int = Field(default=7, ge=2, le=64, description="mask grid cells per side")
+    p: float = Field(default=0.5, gt=0.0, lt=1.0, description="probability a cell is kept")
+    seed: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=64, ge=1, le=1024)
 
 
 class MethodSpec(BaseModel):
@@ -71,6 +159,116 @@ _CATALOGUE: dict[str, _Entry] = {
         reference="Simonyan et al., ICLR Workshop 2014",
         passes="1 forward + 1 backward to the input",
         signed=False,
+    ),
+    "occlusion": _Entry(
+        params=OcclusionParams,
+        name="Occlusion",
+        description="Drop of the target logit when a sliding square patch is filled (black: "
+        "the image's darkest value, its mean, or a blurred copy), averaged over the patches "
+        "covering each pixel; forward passes only, served by ONNX Runtime for ONNX models.",
+        reference="Zeiler & Fergus, ECCV 2014",
+        passes="1 + (ceil((side - window) / stride) + 1)^2 forward per image, shared by its "
+        "targets",
+        signed=True,
+    ),
+    "rise": _Entry(
+        params=RiseParams,
+        name="RISE",
+        description="Mean of random smooth masks weighted by the target's softmax probability "
+        "on the image under each mask (black outside it); forward passes only, served by ONNX "
+        "Runtime for ONNX models.",
+        reference="Petsiuk et al., BMVC 2018",
+        passes="`masks` forward per image, shared by its targets",
+        signed=False,
+    ),
+    "cam": _Entry(
+        params=CamParams,
+        name="CAM",
+        description="The linear head's weights for the target over the feature maps entering "
+        "the global average pool; only for models whose head is global-average-pool + linear.",
+        reference="Zhou et al., CVPR 2016",
+        passes="1 forward to the pooled features",
+        signed=False,
+    ),
+    "gradcam_pp": _Entry(
+        params=GradCamPlusPlusParams,
+        name="Grad-CAM++",
+        description="Class activation map of a convolutional layer, each channel weighted by "
+        "its positive gradients, pixel-wise weighted (closed form for exp(score)).",
+        reference="Chattopadhyay et al., WACV 2018",
+        passes="1 forward + 1 backward to the layer",
+        signed=False,
+    ),
+    "scorecam": _Entry(
+        params=ScoreCamParams,
+        name="Score-CAM",
+        description="Class activation map of a convolutional layer, each channel weighted by "
+        "the rise of the target's softmax probability when its upsampled map masks the input; "
+        "forward passes only.",
+        reference="Wang et al., CVPR Workshops 2020",
+        passes="2 + (channels of the layer, less those with constant maps) forward per image, "
+        "shared by its targets",
+        signed=False,
+    ),
+    "smoothgrad": _Entry(
+        params=SmoothGradParams,
+        name="SmoothGrad",
+        description="A gradient method's map (saliency by default) averaged over copies of the "
+        "input with Gaussian noise; unsigned unless abs is false.",
+        reference="Smilkov et al., ICML Workshop 2017",
+        passes="`samples` × the base method's passes",
+        signed=False,
+    ),
+    "integrated_gradients": _Entry(
+        params=IntegratedGradientsParams,
+        name="Integrated Gradients",
+        description="Gradients integrated along the straight path from a baseline to the "
+        "input (Gauss-Legendre quadrature), times the difference; sums to the change of the "
+        "target logit.",
+        reference="Sundararajan et al., ICML 2017",
+        passes="`steps` forward + backward to the input",
+        signed=True,
+    ),
+    "lrp": _Entry(
+        params=LrpParams,
+        name="Layer-wise Relevance Propagation",
+        description="The target logit redistributed layer by layer down to the pixels by a "
+        "rule composite (ε, ε+ or αβ; z-box, flat or the same rule at the input layer), with "
+        "BatchNorm folded and residual sums split in proportion; relevance sums to about the "
+        "logit.",
+        reference="Bach et al., PLOS ONE 2015; Montavon et al., 2019",
+        passes="1 forward (+1 per rule share) + 1 backward to the input",
+        signed=True,
+    ),
+    "guided_backprop": _Entry(
+        params=GuidedBackpropParams,
+        name="Guided Backpropagation",
+        description="Gradient of the target logit where every ReLU passes back only positive "
+        "gradient, and only where its input was positive; sharp, fine-grained, weakly "
+        "class-discriminative.",
+        reference="Springenberg et al., ICLR Workshop 2015",
+        passes="1 forward + 1 backward to the input",
+        signed=False,
+    ),
+    "guided_gradcam": _Entry(
+        params=GuidedGradCamParams,
+        name="Guided Grad-CAM",
+        description="Guided backpropagation (largest magnitude over channels) times Grad-CAM "
+        "upsampled to the input: fine detail inside the class-discriminative region.",
+        reference="Selvaraju et al., ICCV 2017",
+        passes="2 forward + 2 backward (one to the layer, one guided to the input)",
+        signed=False,
+    ),
+    "deeplift": _Entry(
+        params=DeepLiftParams,
+        name="DeepLIFT (Rescale)",
+        description="Difference from a baseline times multipliers carried back by the Rescale "
+        "rule (Δout/Δin at each ReLU, winner-takes-the-difference at max-pools); summed over "
+        "channels, the map adds up to the target logit's change from the baseline. Works on "
+        "models that reuse activation modules.",
+        reference="Shrikumar et al., ICML 2017",
+        passes="1 forward + 1 backward to the input, on the input and baseline together",
+        signed=True,
     ),
 }
 

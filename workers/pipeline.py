@@ -20,7 +20,7 @@ from schemas.explain import (
     Scores,
     Timings,
 )
-from schemas.jobs import JobMessage
+from schemas.jobs import ExplanationJob
 from workers import render
 from workers.images import DecodedImage, to_model_input
 from workers.methods import explain, resolve_params
@@ -33,7 +33,7 @@ MAX_PREDICTIONS = 5
 class PreparedJob:
     """A job whose image is decoded and ready for the model."""
 
-    message: JobMessage
+    message: ExplanationJob
     image: DecodedImage
     picked_at: float
 
@@ -46,13 +46,13 @@ class _Row:
     class_index: int
 
 
-def batch_key(message: JobMessage) -> tuple[str, tuple[str, ...], str]:
+def batch_key(message: ExplanationJob) -> tuple[str, tuple[str, ...], str]:
     """Jobs with equal keys share every forward and backward pass."""
     params = sorted((m, sorted(p.items())) for m, p in message.params.items())
     return message.model, tuple(message.methods), repr(params)
 
 
-def applied_params(message: JobMessage, model: LoadedModel) -> dict[str, dict[str, object]]:
+def applied_params(message: ExplanationJob, model: LoadedModel) -> dict[str, dict[str, object]]:
     """The request's parameters with the model's defaults filled in, as provenance states them."""
     return {
         method: resolve_params(
@@ -99,6 +99,7 @@ def explain_jobs(
                 torch.tensor([row.class_index for row in chunk], device=model.device),
                 params[method],
                 cam_layer=model.default_cam_layer,
+                forward=model.forward_logits,
             )
             values = attribution.values.detach().float().cpu().numpy()
             per_map_ms = (time.perf_counter() - chunk_started) * 1000 / len(chunk)
@@ -152,7 +153,7 @@ def explain_jobs(
     return responses
 
 
-def _targets(message: JobMessage, probabilities: torch.Tensor) -> list[int]:
+def _targets(message: ExplanationJob, probabilities: torch.Tensor) -> list[int]:
     target = message.target
     if isinstance(target, int):
         return [target]

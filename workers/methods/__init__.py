@@ -9,13 +9,26 @@ from torch import nn
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
+    Forward,
+    ForwardOnlyMethod,
     MethodParameterError,
     TargetError,
     UnknownMethodError,
     check_batch,
 )
+from workers.methods.cam import Cam
+from workers.methods.deeplift import DeepLift
 from workers.methods.gradcam import GradCam
+from workers.methods.gradcam_pp import GradCamPlusPlus
+from workers.methods.guided_backprop import GuidedBackprop
+from workers.methods.guided_gradcam import GuidedGradCam
+from workers.methods.integrated_gradients import IntegratedGradients
+from workers.methods.lrp import Lrp
+from workers.methods.occlusion import Occlusion
+from workers.methods.rise import Rise
 from workers.methods.saliency import Saliency
+from workers.methods.scorecam import ScoreCam
+from workers.methods.smoothgrad import SmoothGrad
 
 __all__ = [
     "METHODS",
@@ -31,7 +44,24 @@ __all__ = [
 ]
 
 METHODS: Mapping[str, AttributionMethod] = MappingProxyType(
-    {method.id: method for method in (GradCam(), Saliency())}
+    {
+        method.id: method
+        for method in (
+            GradCam(),
+            Saliency(),
+            Occlusion(),
+            Rise(),
+            Cam(),
+            GradCamPlusPlus(),
+            ScoreCam(),
+            SmoothGrad(),
+            IntegratedGradients(),
+            Lrp(),
+            GuidedBackprop(),
+            GuidedGradCam(),
+            DeepLift(),
+        )
+    }
 )
 """Every implemented method by its id."""
 
@@ -65,15 +95,21 @@ def explain(
     params: Mapping[str, object],
     *,
     cam_layer: str,
+    forward: Forward | None = None,
 ) -> AttributionMap:
     """Attribution maps of `method` for a batch, one target class per sample.
 
     `inputs` is a normalised (N, C, H, W) batch and `targets` an int64 (N,) tensor; `model` is in
     eval mode with parameters that do not require grad, and is left unchanged. `cam_layer` is the
-    layer CAM methods use unless `params` names another. Raises `UnknownMethodError`,
-    `MethodParameterError` or `TargetError` for bad requests.
+    layer CAM methods use unless `params` names another. `forward`, the model's logits of a batch
+    without gradients (ONNX Runtime for ONNX models), serves the methods that need only forward
+    passes; without it they call `model`. Raises `UnknownMethodError`, `MethodParameterError` or
+    `TargetError` for bad requests.
     """
     implementation = get_method(method)
     resolved = implementation.resolve_params(params, cam_layer=cam_layer)
     check_batch(inputs, targets)
-    return implementation.attribute(model, inputs, targets.to(inputs.device), resolved)
+    targets = targets.to(inputs.device)
+    if forward is not None and isinstance(implementation, ForwardOnlyMethod):
+        return implementation.attribute(forward, inputs, targets, resolved)
+    return implementation.attribute(model, inputs, targets, resolved)

@@ -1,0 +1,142 @@
+"""Baselines in normalised input space: exact with the model's normalisation, per image without."""
+
+import pytest
+import torch
+from torchvision.transforms.functional import gaussian_blur as torchvision_blur
+
+from workers.methods.baselines import BLUR_SIGMA_FRACTION, gaussian_blur, make_baseline
+
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def normalised(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def pixels(count: int = 2, size: int = 20) -> torch.Tensor:
+    return torch.rand(count, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def test_black_is_pixel_zero_normalised() -> None:
+    inputs = normalised(pixels())
+
+    black = make_baseline("black", inputs, mean=MEAN, std=STD)
+
+    torch.testing.assert_close(black, normalised(torch.zeros_like(inputs)))
+
+
+def test_without_the_normalisation_black_is_each_images_darkest_value() -> None:
+    images = pixels()
+    images[0, :, 3, 4] = 0.0  # the first image holds a black pixel, the second does not
+    inputs = normalised(images)
+
+    black = make_baseline("black", inputs)
+
+    exact = make_baseline("black", inputs, mean=MEAN, std=STD)
+    torch.testing.assert_close(black[0], exact[0])
+    torch.testing.assert_close(black[1], inputs[1].amin(dim=(1, 2), keepdim=True).expand(3, 20, 20))
+    assert bool((black[1] > exact[1]).all())
+
+
+def test_mean_is_each_images_channel_mean() -> None:
+    inputs = normalised(pixels())
+
+    mean = make_baseline("mean", inputs)
+
+    assert mean.shape == inputs.shape
+    torch.testing.assert_close(mean[:, :, 5, 7], inputs.mean(dim=(2, 3)))
+    assert bool((mean == mean[:, :, :1, :1]).all())
+
+
+def test_blur_equals_torchvisions_gaussian_blur() -> None:
+    inputs = normalised(pixels(size=40))
+    sigma = BLUR_SIGMA_FRACTION * 40
+
+    blurred = make_baseline("blur", inputs)
+
+    radius = int(torch.tensor(3 * sigma).ceil())
+    expected = torchvision_blur(inputs, kernel_size=[2 * radius + 1] * 2, sigma=[sigma, sigma])
+    torch.testing.assert_close(blurred, expected, rtol=0, atol=1e-5)
+    assert blurred.std() < 0.5 * inputs.std()
+
+
+def test_blur_commutes_with_normalisation_and_keeps_constants() -> None:
+    images = pixels(size=24)
+
+    torch.testing.assert_close(
+        make_baseline("blur", normalised(images)), normalised(gaussian_blur(images, 1.2))
+    )
+    constant = torch.full((1, 3, 24, 24), 0.3)
+    torch.testing.assert_close(gaussian_blur(constant, 5.0), constant)
+
+
+def test_blur_fits_images_smaller_than_its_kernel() -> None:
+    inputs = torch.randn(1, 1, 3, 5)
+
+    blurred = gaussian_blur(inputs, 4.0)
+
+    assert blurred.shape == inputs.shape
+    torch.testing.assert_close(blurred.mean(), inputs.mean(), rtol=0.3, atol=0.3)
+
+
+def test_uniform_noise_is_seeded_and_shared_by_the_batch() -> None:
+    inputs = normalised(pixels(count=3))
+
+    noise = make_baseline("uniform", inputs, seed=7, mean=MEAN, std=STD)
+
+    torch.testing.assert_close(noise, make_baseline("uniform", inputs, seed=7, mean=MEAN, std=STD))
+    assert not torch.allclose(noise, make_baseline("uniform", inputs, seed=8, mean=MEAN, std=STD))
+    assert torch.equal(noise[0], noise[2])
+    torch.testing.assert_close(
+        make_baseline("uniform", inputs[1:2], seed=7, mean=MEAN, std=STD), noise[:1]
+    )
+    as_pixels = noise * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
+    assert float(as_pixels.min()) >= -1e-6 and float(as_pixels.max()) <= 1 + 1e-6
+    assert abs(float(as_pixels.mean()) - 0.5) < 0.05
+
+
+def test_uniform_noise_without_the_normalisation_spans_each_image() -> None:
+    inputs = normalised(pixels())
+    inputs[1] *= 0.5
+
+    noise = make_baseline("uniform", inputs, seed=1)
+
+    low, high = inputs.amin(dim=(2, 3)), inputs.amax(dim=(2, 3))
+    assert bool((noise.amin(dim=(2, 3)) >= low - 1e-6).all())
+    assert bool((noise.amax(dim=(2, 3)) <= high + 1e-6).all())
+    assert bool((noise.amax(dim=(2, 3)) - noise.amin(dim=(2, 3)) > 0.9 * (high - low)).all())
+
+
+@pytest.mark.parametrize("kind", ["black", "blur", "mean", "uniform"])
+def test_follows_the_inputs_dtype_and_never_requires_grad(kind: str) -> None:
+    inputs = normalised(pixels()).double().requires_grad_(True)
+
+    baseline = make_baseline(kind, inputs, seed=0)
+
+    assert baseline.dtype == torch.float64
+    assert baseline.shape == inputs.shape
+    assert not baseline.requires_grad
+
+
+def test_rejects_an_unknown_kind_and_a_normalisation_of_the_wrong_size() -> None:
+    inputs = normalised(pixels())
+
+    with pytest.raises(ValueError, match="unknown baseline 'grey'"):
+        make_baseline("grey", inputs)
+    with pytest.raises(ValueError, match="3 values"):
+        make_baseline("black", inputs, mean=[0.5], std=[0.25])
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["black", "blur", "mean", "uniform"])
+def test_on_each_device_matches_cpu(device: str, kind: str) -> None:
+    inputs = normalised(pixels())
+
+    on_cpu = make_baseline(kind, inputs, seed=3, mean=MEAN, std=STD)
+    on_device = make_baseline(kind, inputs.to(device), seed=3, mean=MEAN, std=STD)
+
+    assert on_device.device.type == device
+    torch.testing.assert_close(on_device.cpu(), on_cpu)

@@ -1,0 +1,205 @@
+"""Guided Grad-CAM against Captum's GuidedGradCam, Captum's hand-checked case, model hygiene."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import GuidedGradCam as CaptumGuidedGradCam
+from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
+from torch import nn
+from torchvision.models import resnet18
+
+from workers.methods import MethodParameterError, explain
+from workers.methods.canonical import canonical_form
+from workers.methods.guided_backprop import guided_gradient
+
+
+def small_cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def calibrated_resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    model = resnet18(weights=None)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model(torch.randn(8, 3, 32, 32))
+    return model.eval().requires_grad_(False)
+
+
+def captum_guided_gradcam(
+    model: nn.Module, layer: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Captum's per-channel product, reduced as the service reduces it: max over channels of |·|."""
+    attribution = CaptumGuidedGradCam(model, layer).attribute(
+        inputs, target=targets.tolist(), interpolate_mode="bilinear"
+    )
+    return attribution.detach().abs().amax(1)
+
+
+def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
+    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
+    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
+
+
+def assert_untouched(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        assert parameter.grad is None
+    for module in model.modules():
+        assert not module._forward_hooks
+        assert not module._forward_pre_hooks
+        assert not module._backward_hooks
+        assert not module._backward_pre_hooks
+
+
+@pytest.mark.parametrize("layer", ["6", "5", "2"])
+def test_matches_captum_on_a_small_cnn(layer: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    # Classes whose Grad-CAM is not all zero at these layers, so the comparison has content.
+    targets = torch.tensor([0, 2, 4, 2])
+
+    result = explain("guided_gradcam", model, inputs, targets, {}, cam_layer=layer)
+
+    expected = captum_guided_gradcam(model, model.get_submodule(layer), inputs, targets)
+    assert result.values.shape == (4, 16, 16)
+    assert result.values.dtype == torch.float32
+    assert not result.signed
+    assert max_relative_deviation(result.values, expected) < 1e-4
+    assert_untouched(model)
+
+
+def test_matches_captum_on_resnet18_through_its_canonical_form(
+    calibrated_resnet18: nn.Module,
+) -> None:
+    model = calibrated_resnet18
+    inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([7, 999])
+
+    result = explain("guided_gradcam", model, inputs, targets, {}, cam_layer="layer4")
+
+    # Captum's guided part needs one nn.ReLU per call, so it runs on the canonical form, where
+    # layer4's output is the output of its last ReLU call.
+    canonical = canonical_form(model)
+    expected = captum_guided_gradcam(
+        canonical, canonical.get_submodule("layer4.1.relu_1"), inputs, targets
+    )
+    assert max_relative_deviation(result.values, expected) < 1e-4
+    assert_untouched(model)
+
+
+def test_reproduces_captums_simple_conv_case() -> None:
+    # Guided backprop gives G below (derived in test_guided_backprop); Grad-CAM at relu1 gives
+    # [[0, 4], [28, 32.5]] (derived in test_gradcam). Captum's own test suite expects G times the
+    # nearest-upsampled Grad-CAM; the service upsamples bilinearly, as Grad-CAM does.
+    model = BasicModel_ConvNet_One_Conv().eval().requires_grad_(False)
+    inputs = torch.arange(16, dtype=torch.float32).view(1, 1, 4, 4)
+    guided = torch.tensor([[0.0, 1, 1, 1], [1, 3, 3, 2], [1, 3, 3, 2], [1, 2, 2, 1]])
+    layer_map = torch.tensor([[[[0.0, 4.0], [28.0, 32.5]]]])
+    captums_expectation = torch.tensor(
+        [
+            [0.0, 0.0, 4.0, 4.0],
+            [0.0, 0.0, 12.0, 8.0],
+            [28.0, 84.0, 97.5, 65.0],
+            [28.0, 56.0, 65.0, 32.5],
+        ]
+    )
+
+    result = explain("guided_gradcam", model, inputs, torch.tensor([0]), {}, cam_layer="relu1")
+
+    torch.testing.assert_close(guided_gradient(model, inputs, torch.tensor([0]))[0, 0], guided)
+    nearest = F.interpolate(layer_map, size=(4, 4), mode="nearest")[0, 0]
+    torch.testing.assert_close(guided * nearest, captums_expectation)
+    bilinear = F.interpolate(layer_map, size=(4, 4), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(result.values, guided * bilinear[:, 0])
+
+
+def test_a_batch_equals_single_image_calls() -> None:
+    model = small_cnn()
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    inputs = torch.stack([images[0], images[0], images[1]])
+    targets = torch.tensor([0, 2, 1])
+
+    batch = explain("guided_gradcam", model, inputs, targets, {}, cam_layer="6").values
+    singles = torch.cat(
+        [
+            explain(
+                "guided_gradcam", model, inputs[i : i + 1], targets[i : i + 1], {}, cam_layer="6"
+            ).values
+            for i in range(3)
+        ]
+    )
+
+    assert max_relative_deviation(batch, singles) < 1e-5
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_leaves_the_model_unchanged() -> None:
+    model = small_cnn()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 16, 16)
+
+    explain("guided_gradcam", model, inputs, torch.tensor([0, 1]), {}, cam_layer="6")
+
+    assert_untouched(model)
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    assert not inputs.requires_grad
+
+
+def test_rejects_a_layer_the_model_does_not_have() -> None:
+    model = small_cnn()
+
+    with pytest.raises(MethodParameterError) as caught:
+        explain(
+            "guided_gradcam",
+            model,
+            torch.randn(1, 3, 8, 8),
+            torch.tensor([0]),
+            {"layer": "no_such"},
+            cam_layer="6",
+        )
+
+    assert caught.value.parameter == "layer"
+    assert_untouched(model)
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_each_device_matches_cpu(device: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    targets = torch.tensor([4, 0, 2])
+
+    on_cpu = explain("guided_gradcam", model, inputs, targets, {}, cam_layer="6").values
+    on_device = explain(
+        "guided_gradcam", model.to(device), inputs.to(device), targets.to(device), {}, cam_layer="6"
+    )
+
+    assert on_device.values.device.type == device
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4

@@ -1,0 +1,314 @@
+"""Occlusion against Captum's Occlusion, a linear model worked by hand, and ONNX Runtime."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from captum.attr import Occlusion as CaptumOcclusion
+from torch import nn
+
+from workers.methods import MethodParameterError, TargetError, explain
+from workers.methods.baselines import make_baseline
+from workers.repository import LoadedModel, load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "models" / "demo-lesions" / "1"
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+def small_cnn() -> nn.Sequential:
+    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    batchnorm = model[1]
+    assert isinstance(batchnorm, nn.BatchNorm2d)
+    batchnorm.running_mean = torch.empty(8).uniform_(-0.5, 0.5)
+    batchnorm.running_var = torch.empty(8).uniform_(0.5, 2.0)
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def demo() -> LoadedModel:
+    return load_model(DEMO, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The demo model served from its ONNX file, so `forward_logits` runs ONNX Runtime."""
+    version = tmp_path_factory.mktemp("repository") / "demo-lesions" / "1"
+    version.mkdir(parents=True)
+    manifest = json.loads((DEMO / "manifest.json").read_text())
+    manifest.update(format="onnx", cam_layer=None)
+    del manifest["architecture"]
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(DEMO / "model.onnx", version / "model.onnx")
+    model = load_model(version, torch.device("cpu"))
+    assert model.onnx_session is not None
+    return model
+
+
+def captum_occlusion(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    fill: str,
+    window: int,
+    stride: int,
+) -> torch.Tensor:
+    """Captum's Occlusion over whole-channel windows, with the fill as its baselines."""
+    if fill == "black":
+        # The method's black: each channel's darkest pixel in the image.
+        baselines = inputs.amin(dim=(2, 3), keepdim=True).expand_as(inputs)
+    else:
+        baselines = make_baseline(fill, inputs)
+    channels = inputs.shape[1]
+    attribution = CaptumOcclusion(model).attribute(
+        inputs,
+        sliding_window_shapes=(channels, window, window),
+        strides=(channels, stride, stride),
+        baselines=baselines,
+        target=targets.tolist(),
+        perturbations_per_eval=32,
+    )
+    # The window spans every channel, so each channel holds the same per-pixel value.
+    return attribution[:, 0]
+
+
+def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest |actual - expected| per sample, relative to that sample's map range."""
+    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
+    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
+    deviations = (actual - expected).abs().flatten(1).amax(1) / spans
+    return float(deviations.max())
+
+
+def assert_untouched(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        assert parameter.grad is None
+    for module in model.modules():
+        assert not module._forward_hooks
+        assert not module._forward_pre_hooks
+        assert not module._backward_hooks
+        assert not module._backward_pre_hooks
+
+
+@pytest.mark.parametrize(
+    ("fill", "window", "stride"),
+    [("black", 5, 3), ("mean", 4, 4), ("blur", 5, 2), ("black", 6, 1)],
+)
+def test_matches_captum_on_a_small_cnn(fill: str, window: int, stride: int) -> None:
+    model = small_cnn()
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 3, 4])
+    params = {"fill": fill, "window": window, "stride": stride, "batch_size": 30}
+
+    result = explain("occlusion", model, inputs, targets, params, cam_layer="4")
+
+    expected = captum_occlusion(model, inputs, targets, fill, window, stride)
+    assert result.values.shape == (3, 16, 16)
+    assert result.values.dtype == torch.float32
+    assert result.signed
+    assert max_relative_deviation(result.values, expected) < 1e-4
+    assert_untouched(model)
+
+
+def test_matches_captum_on_the_demo_model(demo: LoadedModel) -> None:
+    inputs = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([1, 2])
+    # Windows of 40 every 30 pixels do not tile 128: the last one is cut off at the edge.
+    fill, window, stride = "black", 40, 30
+    params = {"fill": fill, "window": window, "stride": stride}
+
+    result = explain(
+        "occlusion",
+        demo.module,
+        inputs,
+        targets,
+        params,
+        cam_layer=demo.default_cam_layer,
+        forward=demo.forward_logits,
+    )
+
+    expected = captum_occlusion(demo.module, inputs, targets, fill, window, stride)
+    assert max_relative_deviation(result.values, expected) < 1e-4
+    assert_untouched(demo.module)
+
+
+def test_onnx_runtime_gives_the_pytorch_map(demo: LoadedModel, demo_onnx: LoadedModel) -> None:
+    inputs = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([2, 0])
+    params = {"window": 48, "stride": 40, "fill": "mean"}
+    calls = []
+
+    def onnx_forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.shape[0])
+        return demo_onnx.forward_logits(batch)
+
+    on_onnx = explain(
+        "occlusion",
+        demo_onnx.module,
+        inputs,
+        targets,
+        params,
+        cam_layer=demo_onnx.default_cam_layer,
+        forward=onnx_forward,
+    )
+    on_torch = explain("occlusion", demo.module, inputs, targets, params, cam_layer="unused")
+
+    # One unoccluded and 3 x 3 occluded copies per image, all through ONNX Runtime.
+    assert sum(calls) == 2 * (1 + 9)
+    assert max_relative_deviation(on_onnx.values, on_torch.values) < 1e-4
+
+
+def test_a_linear_model_gives_its_weighted_input_differences() -> None:
+    torch.manual_seed(4)
+    linear = nn.Linear(2 * 6 * 6, 1, bias=False)
+    weight = linear.weight.detach().clone()
+    model = nn.Sequential(nn.Flatten(), linear).eval().requires_grad_(False)
+    inputs = torch.randn(1, 2, 6, 6)
+    darkest = inputs.amin(dim=(2, 3), keepdim=True)
+
+    single_pixels = explain(
+        "occlusion", model, inputs, torch.tensor([0]), {"window": 1, "stride": 1}, cam_layer="0"
+    )
+    whole_image = explain(
+        "occlusion", model, inputs, torch.tensor([0]), {"window": 100, "stride": 7}, cam_layer="0"
+    )
+
+    contributions = (weight.view(1, 2, 6, 6) * (inputs - darkest)).sum(dim=1)
+    torch.testing.assert_close(single_pixels.values, contributions)
+    # A window larger than the image covers all of it: every pixel gets the whole drop.
+    torch.testing.assert_close(
+        whole_image.values, contributions.sum().expand(1, 6, 6), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_batch_equals_single_image_calls_and_repeated_images_share_passes() -> None:
+    model = small_cnn()
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    # The same image twice with different targets, then another image.
+    inputs = torch.stack([images[0], images[0], images[1]])
+    targets = torch.tensor([0, 2, 1])
+    params = {"window": 6, "stride": 4, "batch_size": 5}
+    rows = []
+
+    def counting_forward(batch: torch.Tensor) -> torch.Tensor:
+        rows.append(batch.shape[0])
+        return model(batch)
+
+    batch = explain(
+        "occlusion", model, inputs, targets, params, cam_layer="4", forward=counting_forward
+    )
+    singles = torch.cat(
+        [
+            explain(
+                "occlusion", model, inputs[i : i + 1], targets[i : i + 1], params, cam_layer="4"
+            ).values
+            for i in range(3)
+        ]
+    )
+
+    assert max_relative_deviation(batch.values, singles) < 1e-5
+    assert not torch.allclose(batch.values[0], batch.values[1])
+    # 4 x 4 windows per distinct image plus its unoccluded pass: two images, not three rows.
+    assert sum(rows) == 2 * (16 + 1)
+    assert max(rows) <= 5
+
+
+def test_explain_hands_forward_only_to_forward_only_methods() -> None:
+    model = small_cnn()
+    inputs = torch.randn(1, 3, 8, 8)
+    targets = torch.tensor([1])
+
+    class Unusable(nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            raise AssertionError("the module must not run when `forward` is given")
+
+    via_forward = explain(
+        "occlusion",
+        Unusable(),
+        inputs,
+        targets,
+        {"window": 4, "stride": 2},
+        cam_layer="4",
+        forward=model,
+    )
+    via_module = explain(
+        "occlusion", model, inputs, targets, {"window": 4, "stride": 2}, cam_layer="4"
+    )
+    torch.testing.assert_close(via_forward.values, via_module.values)
+
+    def refuse(batch: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("gradient methods must not call `forward`")
+
+    explain("saliency", model, inputs, targets, {}, cam_layer="4", forward=refuse)
+
+
+def test_leaves_the_model_and_inputs_unchanged() -> None:
+    model = small_cnn()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 12, 12)
+    original = inputs.clone()
+
+    explain(
+        "occlusion", model, inputs, torch.tensor([0, 1]), {"window": 4, "stride": 2}, cam_layer="4"
+    )
+
+    assert_untouched(model)
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    assert torch.equal(inputs, original)
+
+
+def test_rejects_a_stride_that_skips_pixels() -> None:
+    with pytest.raises(MethodParameterError, match="stride") as caught:
+        explain(
+            "occlusion",
+            small_cnn(),
+            torch.randn(1, 3, 16, 16),
+            torch.tensor([0]),
+            {"window": 4, "stride": 5},
+            cam_layer="4",
+        )
+    assert caught.value.parameter == "stride"
+
+
+def test_rejects_a_target_the_model_does_not_have() -> None:
+    with pytest.raises(TargetError):
+        explain(
+            "occlusion",
+            small_cnn(),
+            torch.randn(2, 3, 8, 8),
+            torch.tensor([0, 5]),
+            {},
+            cam_layer="4",
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_each_device_matches_cpu(device: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    targets = torch.tensor([4, 0, 2])
+    params = {"window": 6, "stride": 3, "fill": "blur"}
+
+    on_cpu = explain("occlusion", model, inputs, targets, params, cam_layer="4").values
+    on_device = explain(
+        "occlusion", model.to(device), inputs.to(device), targets.to(device), params, cam_layer="4"
+    )
+
+    assert on_device.values.device.type == device
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4

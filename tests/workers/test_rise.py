@@ -1,0 +1,345 @@
+"""RISE against its expectation for a model with affine probabilities, a plain loop over the same
+masks, hand-computed masks, and ONNX Runtime."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.methods import TargetError, explain
+from workers.methods.rise import draw_masks, smooth_masks
+from workers.repository import LoadedModel, load_model
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "models" / "demo-lesions" / "1"
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+def small_cnn() -> nn.Sequential:
+    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 5),
+    )
+    batchnorm = model[1]
+    assert isinstance(batchnorm, nn.BatchNorm2d)
+    batchnorm.running_mean = torch.empty(8).uniform_(-0.5, 0.5)
+    batchnorm.running_var = torch.empty(8).uniform_(0.5, 2.0)
+    return model.eval().requires_grad_(False)
+
+
+class AffineProbabilities(nn.Module):
+    """Two classes whose softmax probabilities are q(x) = bias + w . x and 1 - q(x)."""
+
+    def __init__(self, weight: torch.Tensor, bias: float) -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        q = self.bias + inputs.flatten(1) @ self.weight.flatten()
+        return torch.log(torch.stack([q, 1 - q], dim=1))
+
+
+def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest |actual - expected| per sample, relative to that sample's map range."""
+    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
+    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
+    deviations = (actual - expected).abs().flatten(1).amax(1) / spans
+    return float(deviations.max())
+
+
+def assert_untouched(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        assert parameter.grad is None
+    for module in model.modules():
+        assert not module._forward_hooks
+        assert not module._forward_pre_hooks
+        assert not module._backward_hooks
+        assert not module._backward_pre_hooks
+
+
+def expected_rise_map(
+    model: AffineProbabilities, image: torch.Tensor, cell: int, p: float
+) -> torch.Tensor:
+    """The limit of RISE for class 0 of `model` on `image` (C, H, W), H = W, over infinitely many
+    masks.
+
+    With black d (each channel's minimum), a mask m gives the input d + (x - d) m, so the score is
+    f(m) = beta + sum_v g_v m(v), with beta = q(d) and g_v = sum_c w_cv (x_cv - d_c). A mask
+    pixel is a bilinear blend m(u) = sum_k a_k(u) b_k of independent Bernoulli(p) cells b_k, with
+    weights a_k summing to 1, so E[m(u)] = p and E[m(u) m(v)] = p^2 + p (1 - p) K(u, v) with
+    K(u, v) = E_shift[sum_k a_k(u) a_k(v)]. Hence
+    E[f m(u)] / p = beta + p sum_v g_v + (1 - p) (K g)(u).
+    """
+    darkest = image.amin(dim=(1, 2), keepdim=True)
+    beta = model.bias + float((model.weight * darkest).sum())
+    g = (model.weight * (image - darkest)).sum(dim=0)
+    size = g.shape[0]
+    side = math.ceil(size / cell)
+    # Each cell's bilinear weights a_k over the upsampled mask, before cropping.
+    weights = F.interpolate(
+        torch.eye(cell * cell).view(-1, 1, cell, cell),
+        size=((cell + 1) * side, (cell + 1) * side),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0]
+    kernel_g = torch.zeros(size * size)
+    for top in range(side):
+        for left in range(side):
+            crop = weights[:, top : top + size, left : left + size].reshape(cell * cell, -1)
+            kernel_g += crop.T @ (crop @ g.flatten())
+    kernel_g = (kernel_g / side**2).view(size, size)
+    return beta + p * g.sum() + (1 - p) * kernel_g
+
+
+def test_converges_to_the_expectation_for_affine_probabilities() -> None:
+    # p != 1/2, so that p and 1 - p cannot be confused.
+    p = 0.25
+    torch.manual_seed(0)
+    # Normalised inputs need not reach 0: black must be each channel's darkest value, not 0.
+    image = torch.rand(2, 16, 16) + 0.5
+    rows, columns = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    blob = (rows - 4) ** 2 + (columns - 5) ** 2 < 20
+    darkest = image.amin(dim=(1, 2), keepdim=True)
+    weight = torch.where(blob, 1.0, -0.2) * torch.rand(2, 16, 16)
+    contributions = weight * (image - darkest)
+    # Scaled so that q is 0.05 + the negative contributions on black and stays in [0.05, 0.95]
+    # under every mask.
+    scale = 0.9 / float(contributions.abs().sum())
+    negative = scale * float((-contributions).clamp(min=0).sum())
+    weight = weight * scale
+    model = AffineProbabilities(weight, 0.05 + negative - float((weight * darkest).sum()))
+    inputs = torch.stack([image, image])
+    params = {"masks": 8000, "cell": 4, "p": p, "batch_size": 1024}
+
+    # 8 x 8000 masks; the Monte Carlo error shrinks as 1 / sqrt(masks).
+    estimate = torch.stack(
+        [
+            explain(
+                "rise", model, inputs, torch.tensor([0, 1]), params | {"seed": seed}, cam_layer=""
+            ).values
+            for seed in range(8)
+        ]
+    ).mean(dim=0)
+
+    expected = expected_rise_map(model, image, cell=4, p=p)
+    # Class 1 scores 1 - q, and E[m(u)] / p = 1. The deviation is 6 % of the range here; taking
+    # black as 0, swapping p and 1 - p, or not shifting the masks gives 40 % to over 100 %.
+    assert max_relative_deviation(estimate, torch.stack([expected, 1 - expected])) < 0.1
+
+
+def loop_rise(
+    model: nn.Module, image: torch.Tensor, target: int, masks: torch.Tensor, p: float
+) -> torch.Tensor:
+    """RISE written plainly, one mask at a time: image (C, H, W), masks (M, H, W)."""
+    black = image.amin(dim=(1, 2), keepdim=True)
+    saliency = torch.zeros(image.shape[1:])
+    for mask in masks:
+        masked = mask * image + (1 - mask) * black
+        probability = torch.softmax(model(masked[None]), dim=1)[0, target]
+        saliency += probability * mask
+    return saliency / (len(masks) * p)
+
+
+def test_equals_a_plain_loop_over_the_same_masks() -> None:
+    model = small_cnn()
+    images = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    # The same image twice with different targets, then another image.
+    inputs = torch.stack([images[0], images[0], images[1]])
+    targets = torch.tensor([0, 3, 4])
+    params = {"masks": 50, "cell": 3, "p": 0.4, "seed": 7, "batch_size": 16}
+
+    result = explain("rise", model, inputs, targets, params, cam_layer="4")
+
+    grids, shifts = draw_masks(50, 3, 0.4, (20, 20), seed=7)
+    masks = smooth_masks(grids, shifts, (20, 20))
+    expected = torch.stack(
+        [loop_rise(model, inputs[i], int(targets[i]), masks, 0.4) for i in range(3)]
+    )
+    assert result.values.shape == (3, 20, 20)
+    assert result.values.dtype == torch.float32
+    assert not result.signed
+    assert bool((result.values >= 0).all())
+    assert max_relative_deviation(result.values, expected) < 1e-5
+    assert not torch.allclose(result.values[0], result.values[1])
+    assert_untouched(model)
+
+
+def test_masks_are_the_upsampled_grid_cropped_at_the_shift() -> None:
+    # Cell side ceil(4 / 2) = 2: the 2 x 2 grid is upsampled to 6 x 6, a factor of 3. Along each
+    # axis, bilinear interpolation (half-pixel centres, edges held) of cells (1, 0) gives
+    # 1, 1, 2/3, 1/3, 0, 0.
+    grid = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    profile = torch.tensor([1.0, 1.0, 2 / 3, 1 / 3, 0.0, 0.0])
+
+    mask = smooth_masks(grid, torch.tensor([[1, 0]]), (4, 4))
+
+    torch.testing.assert_close(mask[0], torch.outer(profile[1:5], profile[0:4]))
+
+
+def test_draws_cells_with_probability_p_and_shifts_within_a_cell() -> None:
+    grids, shifts = draw_masks(4000, 5, 0.3, (32, 20), seed=3)
+
+    assert grids.shape == (4000, 5, 5)
+    assert set(grids.unique().tolist()) == {0.0, 1.0}
+    assert abs(float(grids.mean()) - 0.3) < 0.01
+    # Cell sides ceil(32 / 5) = 7 and ceil(20 / 5) = 4: every shift within them occurs.
+    assert set(shifts[:, 0].tolist()) == set(range(7))
+    assert set(shifts[:, 1].tolist()) == set(range(4))
+    masks = smooth_masks(grids[:500], shifts[:500], (32, 20))
+    assert masks.shape == (500, 32, 20)
+    # Bilinear blends of 0 and 1, up to float rounding.
+    assert float(masks.min()) >= 0.0
+    assert float(masks.max()) <= 1.0 + 1e-6
+
+
+def test_the_same_seed_gives_the_same_map_and_another_seed_another() -> None:
+    model = small_cnn()
+    inputs = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    targets = torch.tensor([2])
+    params = {"masks": 40, "cell": 4, "seed": 11, "batch_size": 40}
+
+    first = explain("rise", model, inputs, targets, params, cam_layer="4").values
+    again = explain("rise", model, inputs, targets, params, cam_layer="4").values
+    other_batches = explain(
+        "rise", model, inputs, targets, params | {"batch_size": 7}, cam_layer="4"
+    ).values
+    other_seed = explain(
+        "rise", model, inputs, targets, params | {"seed": 12}, cam_layer="4"
+    ).values
+
+    assert torch.equal(first, again)
+    assert max_relative_deviation(other_batches, first) < 1e-5
+    assert max_relative_deviation(other_seed, first) > 0.01
+
+
+def test_a_batch_equals_single_image_calls_and_repeated_images_share_passes() -> None:
+    model = small_cnn()
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    inputs = torch.stack([images[0], images[1], images[0]])
+    targets = torch.tensor([1, 1, 4])
+    params = {"masks": 30, "batch_size": 8}
+    rows = []
+
+    def counting_forward(batch: torch.Tensor) -> torch.Tensor:
+        rows.append(batch.shape[0])
+        return model(batch)
+
+    batch = explain("rise", model, inputs, targets, params, cam_layer="4", forward=counting_forward)
+    singles = torch.cat(
+        [
+            explain(
+                "rise", model, inputs[i : i + 1], targets[i : i + 1], params, cam_layer="4"
+            ).values
+            for i in range(3)
+        ]
+    )
+
+    assert max_relative_deviation(batch.values, singles) < 1e-5
+    # 30 masks per distinct image, at most 8 per pass: two images, not three rows.
+    assert sum(rows) == 2 * 30
+    assert max(rows) <= 8
+
+
+@pytest.fixture(scope="module")
+def demo() -> LoadedModel:
+    return load_model(DEMO, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
+    """The demo model served from its ONNX file, so `forward_logits` runs ONNX Runtime."""
+    version = tmp_path_factory.mktemp("repository") / "demo-lesions" / "1"
+    version.mkdir(parents=True)
+    manifest = json.loads((DEMO / "manifest.json").read_text())
+    manifest.update(format="onnx", cam_layer=None)
+    del manifest["architecture"]
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(DEMO / "model.onnx", version / "model.onnx")
+    model = load_model(version, torch.device("cpu"))
+    assert model.onnx_session is not None
+    return model
+
+
+def test_onnx_runtime_gives_the_pytorch_map(demo: LoadedModel, demo_onnx: LoadedModel) -> None:
+    image = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(4))
+    inputs = torch.cat([image, image])
+    targets = torch.tensor([1, 2])
+    params = {"masks": 48, "batch_size": 32}
+    calls = []
+
+    def onnx_forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(batch.shape[0])
+        return demo_onnx.forward_logits(batch)
+
+    on_onnx = explain(
+        "rise",
+        demo_onnx.module,
+        inputs,
+        targets,
+        params,
+        cam_layer=demo_onnx.default_cam_layer,
+        forward=onnx_forward,
+    )
+    on_torch = explain("rise", demo.module, inputs, targets, params, cam_layer="unused")
+
+    assert sum(calls) == 48
+    assert max_relative_deviation(on_onnx.values, on_torch.values) < 1e-4
+    assert_untouched(demo.module)
+
+
+def test_leaves_the_model_and_inputs_unchanged() -> None:
+    model = small_cnn()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 12, 12)
+    original = inputs.clone()
+
+    explain("rise", model, inputs, torch.tensor([0, 1]), {"masks": 10}, cam_layer="4")
+
+    assert_untouched(model)
+    assert not model.training
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    assert torch.equal(inputs, original)
+
+
+def test_rejects_a_target_the_model_does_not_have() -> None:
+    with pytest.raises(TargetError):
+        explain(
+            "rise",
+            small_cnn(),
+            torch.randn(2, 3, 8, 8),
+            torch.tensor([5, 0]),
+            {"masks": 4},
+            cam_layer="4",
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_each_device_matches_cpu(device: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    targets = torch.tensor([4, 0, 2])
+    params = {"masks": 40, "cell": 5, "seed": 3}
+
+    on_cpu = explain("rise", model, inputs, targets, params, cam_layer="4").values
+    on_device = explain(
+        "rise", model.to(device), inputs.to(device), targets.to(device), params, cam_layer="4"
+    )
+
+    assert on_device.values.device.type == device
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4

@@ -1,0 +1,198 @@
+"""Score-CAM against a direct loop over the channels written from the paper, its pass count, and
+model hygiene."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.methods import MethodParameterError, TargetError, explain
+
+
+def small_cnn(classes: int = 5) -> nn.Sequential:
+    """Conv–BN–ReLU, max-pool, Conv–ReLU, global average pool, linear; without biases, so that
+    the all-zero baseline input gets uniform probabilities and masks that keep an image's
+    features raise its top classes above them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, classes, bias=False),
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
+    return model.eval().requires_grad_(False)
+
+
+def top_classes(model: nn.Module, images: torch.Tensor, k: int) -> torch.Tensor:
+    with torch.no_grad():
+        return model(images).topk(k, dim=1).indices
+
+
+def loop_scorecam(
+    model: nn.Sequential, split: int, image: torch.Tensor, target: int
+) -> torch.Tensor:
+    """Algorithm 1 of Wang et al. for one image, one channel at a time."""
+    size = image.shape[2:]
+    with torch.no_grad():
+        activation = model[:split](image)[0]
+        baseline = torch.softmax(model(torch.zeros_like(image)), dim=1)[0, target]
+        cam = torch.zeros(activation.shape[1:])
+        for channel_map in activation:
+            upsampled = F.interpolate(channel_map[None, None], size=size, mode="bilinear")
+            if upsampled.max() == upsampled.min():
+                continue
+            mask = (upsampled - upsampled.min()) / (upsampled.max() - upsampled.min())
+            score = torch.softmax(model(image * mask), dim=1)[0, target]
+            cam += (score - baseline) * channel_map
+    return F.interpolate(torch.relu(cam)[None, None], size=size, mode="bilinear")[0]
+
+
+def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest |actual - expected| per sample, relative to that sample's map range."""
+    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
+    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
+    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
+
+
+def assert_untouched(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        assert parameter.grad is None
+    for module in model.modules():
+        assert not module._forward_hooks
+        assert not module._forward_pre_hooks
+        assert not module._backward_hooks
+        assert not module._backward_pre_hooks
+
+
+@pytest.mark.parametrize(("layer", "batch_size"), [(5, 32), (5, 3), (2, 1)])
+def test_matches_a_direct_loop_over_the_channels(layer: int, batch_size: int) -> None:
+    model = small_cnn()
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    # An image repeated with another target, then a second image.
+    inputs = torch.stack([images[0], images[0], images[1]])
+    top = top_classes(model, images, 2)
+    targets = torch.stack([top[0, 0], top[0, 1], top[1, 0]])
+
+    result = explain(
+        "scorecam", model, inputs, targets, {"batch_size": batch_size}, cam_layer=str(layer)
+    )
+
+    expected = torch.cat(
+        [loop_scorecam(model, layer + 1, inputs[i : i + 1], int(targets[i])) for i in range(3)]
+    )
+    assert result.values.shape == (3, 16, 16)
+    assert result.values.dtype == torch.float32
+    assert not result.signed
+    assert max_relative_deviation(result.values, expected) < 1e-5
+    assert not torch.allclose(result.values[0], result.values[1])
+    assert_untouched(model)
+
+
+class CountingRows(nn.Module):
+    """Wraps a model and records the batch size of each forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.passes: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes.append(x.shape[0])
+        return self.model(x)
+
+
+def test_masked_passes_are_chunked_and_shared_by_an_images_targets() -> None:
+    # A constant channel (all-zero weights, so all-zero maps) carries no location: no pass.
+    model = small_cnn()
+    conv = model[4]
+    assert isinstance(conv, nn.Conv2d)
+    conv.weight[7] = 0
+    counting = CountingRows(model)
+    image = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    targets = top_classes(model, image, 3)[0]
+
+    result = explain(
+        "scorecam",
+        counting,
+        image.expand(3, -1, -1, -1),
+        targets,
+        {"batch_size": 3},
+        cam_layer="model.5",
+    )
+
+    # The activations, the all-zero baseline, then 7 masked images in passes of at most 3.
+    assert counting.passes == [1, 1, 3, 3, 1]
+    expected = torch.cat([loop_scorecam(model, 6, image, int(target)) for target in targets])
+    assert max_relative_deviation(result.values, expected) < 1e-5
+
+
+def test_the_layer_parameter_overrides_the_cam_layer() -> None:
+    model = small_cnn()
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    targets = top_classes(model, inputs, 1)[:, 0]
+
+    result = explain("scorecam", model, inputs, targets, {"layer": "2"}, cam_layer="5")
+
+    expected = torch.cat(
+        [loop_scorecam(model, 3, inputs[i : i + 1], int(targets[i])) for i in range(2)]
+    )
+    assert max_relative_deviation(result.values, expected) < 1e-5
+
+
+def test_rejects_a_target_the_model_does_not_have() -> None:
+    model = small_cnn()
+
+    with pytest.raises(TargetError):
+        explain("scorecam", model, torch.randn(2, 3, 8, 8), torch.tensor([0, 5]), {}, cam_layer="5")
+    assert_untouched(model)
+
+
+def test_rejects_a_layer_without_a_spatial_output() -> None:
+    model = small_cnn()
+
+    with pytest.raises(MethodParameterError, match="'7'") as caught:
+        explain("scorecam", model, torch.randn(1, 3, 8, 8), torch.tensor([0]), {}, cam_layer="7")
+
+    assert caught.value.parameter == "layer"
+    assert_untouched(model)
+
+
+def test_leaves_the_model_and_the_inputs_unchanged() -> None:
+    model = small_cnn()
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 16, 16)
+    before = inputs.clone()
+
+    explain("scorecam", model, inputs, torch.tensor([0, 1]), {}, cam_layer="5")
+
+    assert_untouched(model)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    assert torch.equal(inputs, before)
+    assert not inputs.requires_grad
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_each_device_matches_cpu(device: str) -> None:
+    model = small_cnn()
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(4))
+    targets = top_classes(model, inputs, 1)[:, 0]
+
+    on_cpu = explain("scorecam", model, inputs, targets, {}, cam_layer="5").values
+    on_device = explain(
+        "scorecam", model.to(device), inputs.to(device), targets.to(device), {}, cam_layer="5"
+    )
+
+    assert on_device.values.device.type == device
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4

@@ -1,0 +1,317 @@
+"""SmoothGrad against Captum's NoiseTunnel(Saliency) and Captum's attributions averaged over the
+same noise draws, for each base method."""
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
+from torch import nn
+
+import workers.methods.base as method_base
+from workers.methods import explain
+from workers.methods.baselines import make_baseline
+
+
+def small_cnn(channels: int) -> nn.Sequential:
+    """Conv–BN–ReLU, max-pool, Conv–ReLU, global average pool, linear; one ReLU module per use."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(channels, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean = torch.empty(module.num_features).uniform_(-0.5, 0.5)
+            module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
+    return model.eval().requires_grad_(False)
+
+
+def same_noise(seed: int, samples: int, shape: torch.Size) -> torch.Tensor:
+    """The standard normal draws SmoothGrad documents: one (C, H, W) draw per sample, in order,
+    from a CPU generator seeded with `seed`, shared by every row of the batch."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn(shape, generator=generator) for _ in range(samples)])
+
+
+def sigma(noise: float, image: torch.Tensor) -> float:
+    return noise * float(image.max() - image.min())
+
+
+def captum_mean_over_noise(
+    attribute: Callable[[torch.Tensor, int], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    noise: float,
+    samples: int,
+    seed: int,
+) -> torch.Tensor:
+    """For each row, the mean over the same noisy copies of a Captum attribution (C, H, W)."""
+    draws = same_noise(seed, samples, inputs.shape[1:])
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    attribute(
+                        (image + sigma(noise, image) * draw)[None].requires_grad_(True),
+                        int(target),
+                    )[0].detach()
+                    for draw in draws
+                ]
+            ).mean(dim=0)
+            for image, target in zip(inputs, targets, strict=True)
+        ]
+    )
+
+
+def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """The largest |actual - expected| per sample, relative to that sample's map range."""
+    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
+    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
+    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
+
+
+def assert_untouched(model: nn.Module) -> None:
+    for parameter in model.parameters():
+        assert parameter.grad is None
+    for module in model.modules():
+        assert not module._forward_hooks
+        assert not module._forward_pre_hooks
+        assert not module._backward_hooks
+        assert not module._backward_pre_hooks
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_equals_captums_noise_tunnel_over_saliency_with_the_same_noise(
+    absolute: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Grayscale, like the demo model: Captum's per-channel map is the map.
+    model = small_cnn(channels=1)
+    inputs = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([3, 1])
+    params = {"samples": 20, "noise": 0.2, "seed": 7, "abs": absolute}
+
+    result = explain("smoothgrad", model, inputs, targets, params, cam_layer="")
+
+    draws = same_noise(7, 20, inputs.shape[1:])
+    # NoiseTunnel adds torch.normal(0, σ) for its 20 copies of one image; hand it our draws.
+    monkeypatch.setattr(torch, "normal", lambda mean, std: mean + std * draws)
+    tunnel = NoiseTunnel(Saliency(model))
+    expected = torch.cat(
+        [
+            tunnel.attribute(
+                inputs[i : i + 1],
+                nt_type="smoothgrad",
+                nt_samples=20,
+                stdevs=sigma(0.2, inputs[i]),
+                target=int(targets[i]),
+                abs=absolute,
+            )[:, 0]
+            for i in range(2)
+        ]
+    )
+    monkeypatch.undo()
+    assert result.values.shape == (2, 16, 16)
+    assert result.values.dtype == torch.float32
+    assert result.signed is not absolute
+    assert max_relative_deviation(result.values, expected) < 1e-4
+    assert_untouched(model)
+
+
+def test_over_saliency_on_colour_images_averages_the_max_over_channels() -> None:
+    model = small_cnn(channels=3)
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    inputs = torch.stack([images[0], images[0], images[1]])
+    targets = torch.tensor([0, 4, 2])
+    params = {"samples": 8, "noise": 0.1, "seed": 3}
+
+    result = explain("smoothgrad", model, inputs, targets, params, cam_layer="")
+
+    saliency = Saliency(model)
+    per_channel_max = captum_mean_over_noise(
+        lambda x, target: saliency.attribute(x, target=target, abs=True).amax(dim=1, keepdim=True),
+        inputs,
+        targets,
+        0.1,
+        8,
+        3,
+    )
+    assert not result.signed
+    assert max_relative_deviation(result.values, per_channel_max[:, 0]) < 1e-4
+    assert not torch.allclose(result.values[0], result.values[1])
+
+
+def test_over_integrated_gradients_equals_captum_over_the_same_noise() -> None:
+    model = small_cnn(channels=3)
+    inputs = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(4))
+    targets = torch.tensor([1, 3])
+    params = {"samples": 4, "noise": 0.15, "base": "integrated_gradients", "abs": False}
+
+    result = explain("smoothgrad", model, inputs, targets, params, cam_layer="")
+
+    gradients = IntegratedGradients(model)
+    expected = captum_mean_over_noise(
+        lambda x, target: gradients.attribute(
+            x, baselines=make_baseline("black", x), target=target, n_steps=50
+        ).sum(dim=1, keepdim=True),
+        inputs,
+        targets,
+        0.15,
+        4,
+        0,
+    )
+    assert result.signed
+    assert max_relative_deviation(result.values, expected[:, 0]) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU activations:UserWarning")
+def test_over_guided_backprop_equals_captum_over_the_same_noise() -> None:
+    model = small_cnn(channels=3)
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    targets = torch.tensor([2, 0])
+    params = {"samples": 6, "noise": 0.15, "base": "guided_backprop", "seed": 1}
+
+    result = explain("smoothgrad", model, inputs, targets, params, cam_layer="")
+
+    guided = GuidedBackprop(model)
+    expected = captum_mean_over_noise(
+        lambda x, target: guided.attribute(x, target=target).abs().amax(dim=1, keepdim=True),
+        inputs,
+        targets,
+        0.15,
+        6,
+        1,
+    )
+    assert not result.signed
+    assert max_relative_deviation(result.values, expected[:, 0]) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "base", ["saliency", "integrated_gradients", "guided_backprop", "deeplift"]
+)
+@pytest.mark.parametrize("absolute", [True, False])
+def test_is_the_mean_of_the_base_methods_maps_over_the_noisy_copies(
+    base: str, absolute: bool
+) -> None:
+    model = small_cnn(channels=3)
+    image = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    target = torch.tensor([1])
+
+    result = explain(
+        "smoothgrad",
+        model,
+        image,
+        target,
+        {"samples": 3, "noise": 0.3, "base": base, "abs": absolute, "seed": 2},
+        cam_layer="",
+    )
+
+    noisy = image + sigma(0.3, image) * same_noise(2, 3, image.shape[1:])
+    base_params = {"abs": absolute} if base in ("saliency", "guided_backprop") else {}
+    maps = torch.cat(
+        [explain(base, model, x[None], target, base_params, cam_layer="").values for x in noisy]
+    )
+    expected = (maps.abs() if absolute else maps).mean(dim=0, keepdim=True)
+    assert max_relative_deviation(result.values, expected) < 1e-5
+
+
+def test_without_noise_equals_the_base_method() -> None:
+    model = small_cnn(channels=3)
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+    targets = torch.tensor([4, 1])
+
+    smoothed = explain("smoothgrad", model, inputs, targets, {"noise": 0.0}, cam_layer="")
+
+    saliency = explain("saliency", model, inputs, targets, {}, cam_layer="")
+    torch.testing.assert_close(smoothed.values, saliency.values)
+
+
+def test_the_seed_decides_the_noise() -> None:
+    model = small_cnn(channels=3)
+    inputs = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(8))
+    targets = torch.tensor([2])
+
+    def run(seed: int) -> torch.Tensor:
+        params = {"samples": 5, "seed": seed}
+        return explain("smoothgrad", model, inputs, targets, params, cam_layer="").values
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.allclose(run(1), run(2))
+
+
+def test_a_batch_equals_single_image_calls() -> None:
+    model = small_cnn(channels=3)
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(9))
+    inputs = torch.stack([images[0], images[0], images[1]])
+    targets = torch.tensor([0, 2, 1])
+    params = {"samples": 3, "seed": 4}
+
+    batch = explain("smoothgrad", model, inputs, targets, params, cam_layer="").values
+    singles = torch.cat(
+        [
+            explain(
+                "smoothgrad", model, inputs[i : i + 1], targets[i : i + 1], params, cam_layer=""
+            ).values
+            for i in range(3)
+        ]
+    )
+
+    assert max_relative_deviation(batch, singles) < 1e-5
+    assert not torch.allclose(batch[0], batch[1])
+
+
+@pytest.mark.parametrize("copies", [1, 2])
+def test_the_pass_size_does_not_change_the_map(
+    copies: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = small_cnn(channels=3)
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(11))
+    targets = torch.tensor([3, 0])
+    params = {"samples": 5, "seed": 2}
+    in_one_pass = explain("smoothgrad", model, inputs, targets, params, cam_layer="")
+
+    monkeypatch.setattr(method_base, "PASS_INPUT_ELEMENTS", copies * inputs.numel())
+    in_passes = explain("smoothgrad", model, inputs, targets, params, cam_layer="")
+
+    assert max_relative_deviation(in_passes.values, in_one_pass.values) < 1e-5
+
+
+def test_leaves_the_model_and_the_inputs_unchanged() -> None:
+    model = small_cnn(channels=3)
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    inputs = torch.randn(2, 3, 16, 16)
+    before = inputs.clone()
+
+    explain("smoothgrad", model, inputs, torch.tensor([0, 1]), {"samples": 3}, cam_layer="")
+
+    assert_untouched(model)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[name])
+    assert torch.equal(inputs, before)
+    assert not inputs.requires_grad
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_each_device_matches_cpu(device: str) -> None:
+    model = small_cnn(channels=3)
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(10))
+    targets = torch.tensor([4, 0, 2])
+    params = {"samples": 4}
+
+    on_cpu = explain("smoothgrad", model, inputs, targets, params, cam_layer="").values
+    on_device = explain(
+        "smoothgrad", model.to(device), inputs.to(device), targets.to(device), params, cam_layer=""
+    )
+
+    assert on_device.values.device.type == device
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4

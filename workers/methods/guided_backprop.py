@@ -1,0 +1,67 @@
+"""Guided backpropagation (Springenberg et al. 2015): only positive gradients through ReLUs."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.methods.base import AttributionMap, AttributionMethod, input_gradient
+from workers.methods.canonical import has_canonical_form, rewritten_form
+
+
+class _GuidedReLUFunction(torch.autograd.Function):
+    """relu forward; backward passes a gradient only where it and the forward input are > 0."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: torch.Tensor) -> torch.Tensor:
+        outputs = inputs.clamp(min=0)
+        ctx.save_for_backward(outputs)
+        return outputs
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
+        (outputs,) = ctx.saved_tensors
+        return grad_output.clamp(min=0) * (outputs > 0)
+
+
+class GuidedReLU(nn.Module):
+    """A ReLU whose backward pass is guided backpropagation's."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return _GuidedReLUFunction.apply(inputs)
+
+
+def _guided(name: str, module: nn.Module) -> nn.Module | None:
+    return GuidedReLU() if isinstance(module, nn.ReLU) else None
+
+
+def guided_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The guided-backpropagation gradient of each sample's target logit, shaped like `inputs`.
+
+    Every ReLU of the model's canonical form is guided, whichever way the model calls it.
+    """
+    guided_model = rewritten_form(model, "guided_backprop", _guided)
+    return input_gradient(guided_model, inputs, targets)
+
+
+class GuidedBackprop(AttributionMethod):
+    """`abs=True`: max over channels of |guided gradient|, unsigned; `abs=False`: channel sum,
+    signed (as saliency reduces the plain gradient)."""
+
+    id = "guided_backprop"
+
+    def supports(self, model: nn.Module) -> bool:
+        return has_canonical_form(model)
+
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        params: Mapping[str, object],
+    ) -> AttributionMap:
+        gradient = guided_gradient(model, inputs, targets)
+        if params["abs"]:
+            return AttributionMap(gradient.abs().amax(dim=1).to(torch.float32), signed=False)
+        return AttributionMap(gradient.sum(dim=1).to(torch.float32), signed=True)

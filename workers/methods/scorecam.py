@@ -1,0 +1,100 @@
+"""Score-CAM (Wang et al. 2020): activation maps weighed by how much they, as masks, raise the
+target's probability."""
+
+from collections.abc import Mapping
+from typing import cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.methods.base import (
+    AttributionMap,
+    AttributionMethod,
+    MethodParameterError,
+    captured_output,
+    class_activation_map,
+    find_layer,
+    target_columns,
+)
+
+
+class ScoreCam(AttributionMethod):
+    """relu(Σ_k w_k A_k) at `layer`, upsampled bilinearly to the input; unsigned.
+
+    Each activation map A_k, upsampled to the input and scaled to [0, 1], masks the input
+    (input ⊙ mask, in normalised space); w_k is the target's softmax probability on that masked
+    input minus its probability on the all-zero input, the paper's baseline (the limit of an
+    empty mask): the "increase of confidence". A constant map carries no location and gets w_k = 0.
+
+    Forward passes only, `batch_size` masked inputs at a time; one per channel with a
+    non-constant map, per distinct image (rows that repeat an image share them).
+    """
+
+    id = "scorecam"
+
+    def attribute(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        params: Mapping[str, object],
+    ) -> AttributionMap:
+        layer = cast(str, params["layer"])
+        batch_size = cast(int, params["batch_size"])
+        size = (inputs.shape[2], inputs.shape[3])
+        flat_images, image_of_row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
+        images = flat_images.view(-1, *inputs.shape[1:])
+        classes, column_of_row = torch.unique(targets, return_inverse=True)
+        with torch.no_grad():
+            activation = _layer_output(model, images, layer)
+            baseline = target_columns(_probabilities(model, torch.zeros_like(images[:1])), classes)
+            # (images, channels, classes); constant maps keep the baseline, so their weight is 0.
+            scores = baseline.expand(*activation.shape[:2], -1).clone()
+            varying = activation.amax(dim=(2, 3)) > activation.amin(dim=(2, 3))
+            for pairs in varying.nonzero().split(batch_size):
+                image, channel = pairs[:, 0], pairs[:, 1]
+                masks = _unit_range(
+                    F.interpolate(
+                        activation[image, channel][:, None],
+                        size=size,
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                )
+                probabilities = _probabilities(model, images[image] * masks)
+                scores[image, channel] = target_columns(probabilities, classes)
+        weights = scores[image_of_row, :, column_of_row] - baseline[0, column_of_row][:, None]
+        cam = class_activation_map(activation[image_of_row], weights, size)
+        return AttributionMap(cam, signed=False)
+
+
+def _layer_output(model: nn.Module, inputs: torch.Tensor, layer: str) -> torch.Tensor:
+    with captured_output(find_layer(model, layer)) as outputs:
+        model(inputs)
+    if len(outputs) != 1:
+        raise MethodParameterError(
+            "layer", f"layer {layer!r} runs {len(outputs)} times per forward pass, not once"
+        )
+    activation = outputs[0].detach()
+    if activation.ndim != 4:
+        raise MethodParameterError(
+            "layer",
+            f"scorecam needs a layer with (N, K, h, w) output; {layer!r} gives "
+            f"{tuple(activation.shape)}",
+        )
+    return activation
+
+
+def _probabilities(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    logits = model(inputs)
+    if logits.ndim != 2:
+        raise ValueError(f"the model must return (N, classes) logits, got {tuple(logits.shape)}")
+    return torch.softmax(logits.float(), dim=1)
+
+
+def _unit_range(maps: torch.Tensor) -> torch.Tensor:
+    """Each map of (B, 1, H, W) scaled to [0, 1]; a constant map becomes 0."""
+    low = maps.amin(dim=(2, 3), keepdim=True)
+    span = maps.amax(dim=(2, 3), keepdim=True) - low
+    return (maps - low) / span.clamp_min(torch.finfo(maps.dtype).tiny)
