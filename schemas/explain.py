@@ -33,7 +33,7 @@ class ExplainOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, max_length=64, examples=["demo-lesions"])
-    methods: list[str] = Field(default=["gradcam"], min_length=1, max_length=8)
+    methods: list[str] = Field(default=["gradcam"], min_length=1, max_length=16)
     target: Target = Field(
         default="top1", description='"top1", "topK" (K ≤ 5), a class index, or a list of them'
     )

@@ -1,11 +1,13 @@
 """Jobs: the message a worker reads from a stream, and the status a client polls."""
 
 from enum import StrEnum
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter
 
 from schemas.explain import ExplainResponse, OutputOptions, Target
 from schemas.problems import Problem
+from schemas.visualizations import VisualizationParams, VisualizationResponse
 
 
 class JobState(StrEnum):
@@ -20,20 +22,36 @@ class JobState(StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
-class JobMessage(BaseModel):
-    """One queued explanation, as the gateway writes it to the model's stream.
-
-    The image itself is not in the message: it waits under `keys.job_image(job_id)`.
-    """
+class QueuedJob(BaseModel):
+    """What every message on a model's stream carries."""
 
     job_id: str
     model: str
-    methods: list[str]
-    target: Target
-    params: dict[str, dict[str, object]] = Field(description="as applied: defaults filled in")
-    output: OutputOptions
     reply_to: str | None = Field(default=None, description="gateway channel to notify")
     enqueued_at: float = Field(description="unix time in seconds")
+
+
+class ExplanationJob(QueuedJob):
+    """One queued explanation. The image is not in the message: it waits under
+    `keys.job_image(job_id)`."""
+
+    kind: Literal["explanation"] = "explanation"
+    methods: list[str]
+    target: Target
+    params: dict[str, dict[str, object]] = Field(description="as requested, defaults filled in")
+    output: OutputOptions
+
+
+class VisualizationJob(QueuedJob):
+    """One queued activation maximisation; its result is also cached under `cache_key`."""
+
+    kind: Literal["visualization"] = "visualization"
+    visualization: VisualizationParams
+    cache_key: str
+
+
+JobMessage = Annotated[ExplanationJob | VisualizationJob, Field(discriminator="kind")]
+JOB_MESSAGE: TypeAdapter[ExplanationJob | VisualizationJob] = TypeAdapter(JobMessage)
 
 
 class JobAccepted(BaseModel):
@@ -51,7 +69,7 @@ class JobStatus(BaseModel):
     status: JobState
     model: str
     created_at: float
-    result: ExplainResponse | None = None
+    result: ExplainResponse | VisualizationResponse | None = None
     error: Problem | None = None
 
 

@@ -41,3 +41,8 @@ def worker_info(worker_id: str) -> str:
 def rate_window(principal: str) -> str:
     """Sorted set of one caller's recent request times, for its rate limit."""
     return f"{PREFIX}:rate:{principal}"
+
+
+def visualization_cache(model_sha256: str, params_digest: str) -> str:
+    """A finished visualization of exact model weights with exact parameters."""
+    return f"{PREFIX}:visualization:{model_sha256}:{params_digest}"

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from schemas.explain import ExplainOptions, ExplainRequest
-from schemas.jobs import JobMessage
+from schemas.jobs import ExplanationJob
 from schemas.models import ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
@@ -23,7 +23,7 @@ from service.errors import (
     UnsupportedMedia,
     invalid,
 )
-from service.images import decode_base64_image, inspect_image
+from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue
 
 JSON_FIELDS = ("target", "params", "output")
@@ -115,22 +115,37 @@ def check_against_model(options: ExplainOptions, info: ModelInfo) -> None:
             )
 
 
-async def admit(
-    options: ExplainOptions,
-    image: bytes,
-    principal: Principal,
-    queue: JobQueue,
-    settings: Settings,
-    reply_to: str | None,
-) -> JobMessage:
-    """Validate against the model and the queue, then enqueue. Returns the queued message."""
-    info = await queue.model(options.model)
+def check_output(
+    options: ExplainOptions, info: ModelInfo, header: ImageHeader, settings: Settings
+) -> None:
+    """The score grid must fit the map, and a score array must stay a sensible size."""
+    output = options.output
+    if output.size == "model":
+        height, width = info.input.height, info.input.width
+    else:
+        height, width = header.height, header.width
+    if output.grid is not None and output.grid > min(height, width):
+        raise InvalidRequest(
+            f"output.grid {output.grid} exceeds the {height}×{width} map; "
+            f"at most {min(height, width)}."
+        )
+    cells = output.grid**2 if output.grid is not None else height * width
+    if output.scores != "none" and cells > settings.max_score_values:
+        raise InvalidRequest(
+            f"Scores of {height}×{width} values are too many to return; ask for "
+            '`output.grid`, `output.size: "model"` or `output.scores: "none"`.'
+        )
+
+
+async def find_model(queue: JobQueue, model_id: str) -> ModelInfo:
+    info = await queue.model(model_id)
     if info is None:
-        raise NotFound(f"No model {options.model!r}; GET /v1/models lists the models.")
-    check_against_model(options, info)
-    if not image:
-        raise BadImage("The image is empty.")
-    inspect_image(image, settings.max_image_pixels)
+        raise NotFound(f"No model {model_id!r}; GET /v1/models lists the models.")
+    return info
+
+
+async def check_capacity(queue: JobQueue, settings: Settings, info: ModelInfo) -> None:
+    """503 without a live worker for the model, 429 when its queue is full."""
     if info.live_workers == 0:
         raise Unavailable(f"No live worker serves {info.id!r}.", retry_after=settings.retry_after_s)
     if await queue.depth(info.id) >= settings.queue_limit:
@@ -138,7 +153,25 @@ async def admit(
             f"{info.id!r} has {settings.queue_limit} jobs waiting.",
             retry_after=settings.retry_after_s,
         )
-    message = JobMessage(
+
+
+async def admit(
+    options: ExplainOptions,
+    image: bytes,
+    principal: Principal,
+    queue: JobQueue,
+    settings: Settings,
+    reply_to: str | None,
+) -> ExplanationJob:
+    """Validate against the model and the queue, then enqueue. Returns the queued message."""
+    info = await find_model(queue, options.model)
+    check_against_model(options, info)
+    if not image:
+        raise BadImage("The image is empty.")
+    header = inspect_image(image, settings.max_image_pixels)
+    check_output(options, info, header, settings)
+    await check_capacity(queue, settings, info)
+    message = ExplanationJob(
         job_id=uuid.uuid4().hex,
         model=info.id,
         methods=options.methods,

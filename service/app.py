@@ -17,9 +17,9 @@ from service.auth import KeyStore
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
-from service.openapi import component_schemas
+from service.openapi import component_schemas, use_problem_for_validation_errors
 from service.queue import CompletionListener, JobQueue
-from service.routes import explanations, health, jobs, models
+from service.routes import explanations, health, jobs, models, visualizations
 
 log = logging.getLogger("glimpse.gateway")
 
@@ -61,7 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, settings.retry_after_s)
-    for router in (explanations.router, jobs.router, models.router, health.router):
+    for router in (
+        explanations.router,
+        jobs.router,
+        models.router,
+        visualizations.router,
+        health.router,
+    ):
         app.include_router(router)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -74,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 component_schemas()
             )
+            use_problem_for_validation_errors(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(default=3600, gt=0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)
+    max_score_values: int = Field(
+        default=4_194_304, gt=0, description="values of one returned score array"
+    )
     queue_limit: int = Field(default=1000, gt=0, description="queued jobs per model before 429")
     worker_timeout_s: float = Field(default=10.0, gt=0, description="heartbeat age of a live one")
     retry_after_s: int = Field(default=2, ge=1)

@@ -6,7 +6,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from service.errors import BadImage, PayloadTooLarge, UnsupportedMedia
 
@@ -55,9 +55,14 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
                     raise PayloadTooLarge(
                         f"The image is {width}×{height}; at most {max_pixels} pixels are accepted."
                     )
+                # A palette is a whole number of RGB triplets (PNG spec, PLTE chunk).
+                if image.palette is not None and len(image.palette.palette) % 3:
+                    raise BadImage("The image's palette is malformed.")
                 image.verify()
+    except (BadImage, PayloadTooLarge):
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge("The image decompresses to too many pixels.") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types on corrupt files
         raise BadImage(f"The {fmt.upper()} image is corrupt or truncated.") from exc
     return ImageHeader(format=fmt, width=width, height=height)

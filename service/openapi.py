@@ -1,6 +1,9 @@
 """OpenAPI descriptions of bodies the routes parse by hand (JSON or multipart)."""
 
+from typing import Any
+
 from schemas.explain import ExplainRequest, ExplainResponse
+from schemas.jobs import JobAccepted
 from schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 
 _REF = "#/components/schemas/{model}"
@@ -30,22 +33,36 @@ EXPLAIN_BODY: dict[str, object] = {
 
 _PROBLEM = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": _REF.format(model="Problem")}}}
 
+_PROBLEM_TEXT = {
+    400: "Undecodable image or bad base64",
+    401: "No or wrong credentials",
+    403: "The key lacks the scope",
+    404: "Unknown model or job",
+    413: "Body or image too large",
+    415: "Unsupported media type or image format",
+    422: "Invalid field, unknown method or bad target",
+    429: "Rate limit or model queue full; see Retry-After",
+    503: "Redis unreachable or no live worker; see Retry-After",
+    504: "The wait ran out; the body carries the job_id",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI entries for the problem+json answers a route can give."""
+    return {
+        status: {"description": _PROBLEM_TEXT[status], "content": _PROBLEM} for status in statuses
+    }
+
+
+READ = problems(401, 403, 503)
+READ_ONE = problems(401, 403, 404, 503)
+SUBMIT = problems(400, 401, 403, 404, 413, 415, 422, 429, 503)
+
 EXPLAIN_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"model": ExplainResponse, "description": "The maps"},
-    202: {"description": "Queued (with `Prefer: respond-async`)"},
-    **{
-        status: {"description": text, "content": _PROBLEM}
-        for status, text in {
-            400: "Undecodable image or bad base64",
-            404: "Unknown model",
-            413: "Body or image too large",
-            415: "Unsupported media type or image format",
-            422: "Invalid field, unknown method or bad target",
-            429: "Model queue full",
-            503: "Redis unreachable or no live worker",
-            504: "The wait ran out; the body carries the job_id",
-        }.items()
-    },
+    202: {"model": JobAccepted, "description": "Queued (with `Prefer: respond-async`)"},
+    **SUBMIT,
+    **problems(504),
 }
 
 
@@ -57,3 +74,15 @@ def component_schemas() -> dict[str, object]:
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
     return schemas
+
+
+def use_problem_for_validation_errors(schema: dict[str, Any]) -> None:
+    """FastAPI documents its own 422 body; this service answers every error as problem+json."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                responses["422"] = {"description": _PROBLEM_TEXT[422], "content": _PROBLEM}
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from schemas import keys
-from schemas.jobs import JobMessage, JobRecord, JobState, JobStatus
+from schemas.jobs import ExplanationJob, JobRecord, JobState, JobStatus, VisualizationJob
 from schemas.models import ModelInfo
 from service.errors import RateLimited
 
@@ -95,6 +95,10 @@ class JobQueue:
             await self.redis.zcount(keys.LIVE_WORKERS, time.time() - self.worker_timeout_s, "+inf")
         )
 
+    async def cached(self, key: str) -> bytes | None:
+        """A stored result that a repeated request may reuse."""
+        return cast(bytes | None, await self.redis.get(key))
+
     async def depth(self, model_id: str) -> int:
         """Jobs in the model's stream: queued or in a worker's hands (workers delete acked ones)."""
         return int(await self.redis.xlen(keys.job_stream(model_id)))
@@ -112,8 +116,10 @@ class JobQueue:
                 retry_after=max(1, math.ceil(float(oldest) + RATE_WINDOW_S - now)),
             )
 
-    async def enqueue(self, message: JobMessage, image: bytes, owner: str) -> None:
-        """Store the job's record and image, then queue it: all in one transaction."""
+    async def enqueue(
+        self, message: ExplanationJob | VisualizationJob, image: bytes | None, owner: str
+    ) -> None:
+        """Store the job's record (and image), then queue it: all in one transaction."""
         record_key = keys.job_record(message.job_id)
         # The record must outlive a long queue wait plus the result's own lifetime.
         ttl = self.result_ttl_s * 2
@@ -128,7 +134,8 @@ class JobQueue:
                 },
             )
             pipe.expire(record_key, ttl)
-            pipe.set(keys.job_image(message.job_id), image, ex=ttl)
+            if image is not None:
+                pipe.set(keys.job_image(message.job_id), image, ex=ttl)
             pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
             await pipe.execute()
 

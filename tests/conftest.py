@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from model_zoo import add_resnet50  # type: ignore[import-not-found]
 
 from service.devstack import DevStack, free_port
 from service.redis_server import PrivateRedis
@@ -26,7 +27,8 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped repository plus `demo-lesions-onnx`: the demo model served from its ONNX file."""
+    """The shipped repository, `demo-lesions-onnx` (the demo model served from its ONNX file),
+    and torchvision's ResNet-50 in both formats (`resnet50`, `resnet50-onnx`)."""
     repository = tmp_path_factory.mktemp("models")
     (repository / "demo-lesions").symlink_to(ROOT / "models" / "demo-lesions")
     shipped = ROOT / "models" / "demo-lesions" / "1"
@@ -37,6 +39,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx_version.mkdir(parents=True)
     (onnx_version / "manifest.json").write_text(json.dumps(manifest))
     (onnx_version / "model.onnx").symlink_to(shipped / "model.onnx")
+    add_resnet50(repository)
     return repository
 
 

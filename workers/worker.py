@@ -6,12 +6,14 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import BaseModel
 from redis import Redis
 from redis.exceptions import RedisError
 
-from schemas.jobs import JobMessage
+from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
 from schemas.problems import Problem, problem_type
 from workers.config import WorkerSettings
 from workers.images import (
@@ -21,10 +23,11 @@ from workers.images import (
     UnsupportedImageError,
     decode_image,
 )
-from workers.methods import available_methods
+from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.pipeline import PreparedJob, batch_key, explain_jobs
 from workers.repository import LoadedModel
 from workers.store import JobStore
+from workers.visualization_jobs import visualization_responses
 
 log = logging.getLogger("glimpse.worker")
 
@@ -35,7 +38,7 @@ class Entry:
 
     model_id: str
     entry_id: str
-    message: JobMessage
+    message: ExplanationJob | VisualizationJob
 
 
 class JobFailed(Exception):
@@ -54,7 +57,10 @@ class Worker:
         self.models = models
         self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s)
         self.stopping = threading.Event()
-        self.infos = [model.info(available_methods(model.module)) for model in models.values()]
+        self.infos = [
+            model.info([*available_methods(model.module), "activation_max"])
+            for model in models.values()
+        ]
         self._last_claim = 0.0
 
     @property
@@ -76,7 +82,7 @@ class Worker:
                     self.stopping.wait(1.0)
                     continue
                 if entries:
-                    self.process(entries)
+                    self._process_safely(entries)
         finally:
             self.stopping.set()
             heartbeat.join(timeout=5)
@@ -132,7 +138,7 @@ class Worker:
         entries = []
         for model_id, entry_id, fields in raw:
             try:
-                message = JobMessage.model_validate_json(fields[b"job"])
+                message = JOB_MESSAGE.validate_json(fields[b"job"])
             except (KeyError, ValueError):
                 log.error("dropping a malformed entry %s on %s", entry_id, model_id)
                 self.store.discard(model_id, entry_id, "malformed")
@@ -140,11 +146,19 @@ class Worker:
             entries.append(Entry(model_id, entry_id, message))
         return entries
 
+    def _process_safely(self, entries: list[Entry]) -> None:
+        """A batch never ends the worker: unacknowledged entries are taken over later."""
+        try:
+            self.process(entries)
+        except RedisError as exc:
+            log.warning("Redis failed mid-batch (%s); its jobs will be retried", type(exc).__name__)
+        except Exception:
+            log.exception("a batch failed unexpectedly; its jobs will be retried")
+
     def process(self, entries: list[Entry]) -> None:
-        """Claim, decode and group the entries, then explain each group."""
-        groups: dict[tuple[str, tuple[str, ...], str], list[tuple[Entry, PreparedJob]]] = (
-            defaultdict(list)
-        )
+        """Claim the entries, prepare and group them, then compute each group."""
+        explanations: dict[object, list[tuple[Entry, object]]] = defaultdict(list)
+        visualizations: dict[object, list[tuple[Entry, object]]] = defaultdict(list)
         for entry in entries:
             job_id = entry.message.job_id
             deliveries = self.store.claim(job_id)
@@ -159,13 +173,27 @@ class Worker:
                         "The job kept failing",
                         f"Delivered {deliveries} times without finishing; giving up.",
                     )
-                prepared = PreparedJob(entry.message, self._decode(job_id), time.time())
+                message = entry.message
+                if isinstance(message, VisualizationJob):
+                    key = (entry.model_id, message.visualization.batch_key())
+                    visualizations[key].append((entry, message))
+                else:
+                    prepared = PreparedJob(message, self._decode(job_id), time.time())
+                    explanations[batch_key(message)].append((entry, prepared))
             except JobFailed as failure:
                 self._fail(entry, failure.problem)
-                continue
-            groups[batch_key(entry.message)].append((entry, prepared))
-        for group in groups.values():
-            self._explain_group(group)
+        for group in explanations.values():
+            self._run_group(group, self._explain)
+        for group in visualizations.values():
+            self._run_group(group, self._visualize)
+
+    def _explain(self, model: LoadedModel, jobs: list[object]) -> list[BaseModel]:
+        prepared = [job for job in jobs if isinstance(job, PreparedJob)]
+        return list(explain_jobs(model, prepared, self.settings.max_batch))
+
+    def _visualize(self, model: LoadedModel, jobs: list[object]) -> list[BaseModel]:
+        messages = [job for job in jobs if isinstance(job, VisualizationJob)]
+        return list(visualization_responses(model, messages))
 
     def _decode(self, job_id: str) -> DecodedImage:
         data = self.store.image(job_id)
@@ -179,32 +207,44 @@ class Worker:
             raise JobFailed(415, "unsupported-media-type", "Unsupported image", str(exc)) from exc
         except ImageDecodeError as exc:
             raise JobFailed(400, "bad-image", "Image cannot be decoded", str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files
+            raise JobFailed(
+                400, "bad-image", "Image cannot be decoded", "The image is corrupt."
+            ) from exc
 
-    def _explain_group(self, group: list[tuple[Entry, PreparedJob]]) -> None:
-        """Explain a group; on failure retry it in halves, so one bad job or a batch too big
-        for the device's memory fails no other job."""
+    def _run_group(
+        self,
+        group: list[tuple[Entry, object]],
+        compute: Callable[[LoadedModel, list[object]], list[BaseModel]],
+    ) -> None:
+        """Compute a group and store each result; on failure retry it in halves, so that one
+        bad job, or a batch too big for the device's memory, fails no other job."""
         model = self.models[group[0][0].model_id]
         try:
-            responses = explain_jobs(model, [job for _, job in group], self.settings.max_batch)
-        except Exception:
+            results = compute(model, [job for _, job in group])
+        except Exception as exc:
             if len(group) > 1:
                 self.store.count("batches_split")
                 middle = len(group) // 2
-                self._explain_group(group[:middle])
-                self._explain_group(group[middle:])
+                self._run_group(group[:middle], compute)
+                self._run_group(group[middle:], compute)
                 return
-            log.exception("job %s failed", group[0][0].message.job_id)
-            self._fail(group[0][0], _compute_problem())
+            if not isinstance(exc, MethodParameterError | TargetError):
+                log.exception("job %s failed", group[0][0].message.job_id)
+            self._fail(group[0][0], _problem_for(exc))
             return
-        for (entry, _), response in zip(group, responses, strict=True):
+        for (entry, _), result in zip(group, results, strict=True):
+            result_json = result.model_dump_json()
             stored = self.store.complete(
                 entry.model_id,
                 entry.entry_id,
                 entry.message.job_id,
                 entry.message.reply_to,
-                result_json=response.model_dump_json(),
+                result_json=result_json,
             )
             self.store.count("results_stored" if stored else "duplicates_dropped")
+            if isinstance(entry.message, VisualizationJob):
+                self.store.cache(entry.message.cache_key, result_json)
 
     def _fail(self, entry: Entry, problem: Problem) -> None:
         problem.job_id = entry.message.job_id
@@ -218,10 +258,18 @@ class Worker:
         )
 
 
-def _compute_problem() -> Problem:
+def _problem_for(exc: Exception) -> Problem:
+    """What the client reads about a job that raised: its own mistake (422) or ours (500)."""
+    if isinstance(exc, MethodParameterError | TargetError):
+        return Problem(
+            type=problem_type("invalid-request"),
+            title="Invalid request",
+            status=422,
+            detail=str(exc),
+        )
     return Problem(
         type=problem_type("attribution-failed"),
         title="Attribution failed",
         status=500,
-        detail="The worker could not compute this explanation; the error is in its log.",
+        detail="The worker could not compute this job; the error is in its log.",
     )

@@ -14,7 +14,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: Redis unreachable or no live worker"}},
+)
 async def readyz(queue: QueueDep, settings: SettingsDep) -> JSONResponse:
     """Ready when Redis answers and at least one worker has a fresh heartbeat."""
     redis_ok = await queue.ping()

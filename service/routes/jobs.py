@@ -5,6 +5,7 @@ from fastapi import APIRouter
 from schemas.jobs import JobStatus
 from service.deps import ExplainerDep, QueueDep
 from service.errors import NotFound
+from service.openapi import READ_ONE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -13,7 +14,7 @@ def _not_found(job_id: str) -> NotFound:
     return NotFound(f"No job {job_id!r} for this key (it may have expired).")
 
 
-@router.get("/{job_id}", name="get_job", response_model=JobStatus)
+@router.get("/{job_id}", name="get_job", response_model=JobStatus, responses=READ_ONE)
 async def get_job(job_id: str, principal: ExplainerDep, queue: QueueDep) -> JobStatus:
     """The job's state, with its result or error once it has finished."""
     status = await queue.status(job_id, principal.name)
@@ -22,7 +23,7 @@ async def get_job(job_id: str, principal: ExplainerDep, queue: QueueDep) -> JobS
     return status
 
 
-@router.delete("/{job_id}", response_model=JobStatus)
+@router.delete("/{job_id}", response_model=JobStatus, responses=READ_ONE)
 async def cancel_job(job_id: str, principal: ExplainerDep, queue: QueueDep) -> JobStatus:
     """Cancel a queued job; a running or finished job is returned unchanged."""
     status = await queue.cancel(job_id, principal.name)

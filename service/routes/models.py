@@ -4,19 +4,21 @@ from fastapi import APIRouter
 
 from schemas.methods import MethodSpec, method_catalogue
 from schemas.models import ModelInfo
+from schemas.visualizations import activation_max_spec
 from service.deps import ExplainerDep, QueueDep
 from service.errors import NotFound
+from service.openapi import READ, READ_ONE, problems
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=list[ModelInfo])
+@router.get("/models", response_model=list[ModelInfo], responses=READ)
 async def list_models(_: ExplainerDep, queue: QueueDep) -> list[ModelInfo]:
     """Every model a worker has registered, with its live worker count."""
     return sorted((await queue.models()).values(), key=lambda info: info.id)
 
 
-@router.get("/models/{model_id}", response_model=ModelInfo)
+@router.get("/models/{model_id}", response_model=ModelInfo, responses=READ_ONE)
 async def get_model(model_id: str, _: ExplainerDep, queue: QueueDep) -> ModelInfo:
     info = await queue.model(model_id)
     if info is None:
@@ -24,7 +26,7 @@ async def get_model(model_id: str, _: ExplainerDep, queue: QueueDep) -> ModelInf
     return info
 
 
-@router.get("/methods", response_model=list[MethodSpec])
+@router.get("/methods", response_model=list[MethodSpec], responses=problems(401, 403))
 async def list_methods(_: ExplainerDep) -> list[MethodSpec]:
     """Each method with its description, parameters (JSON Schema) and cost in passes."""
-    return method_catalogue()
+    return [*method_catalogue(), activation_max_spec()]

@@ -1,0 +1,58 @@
+"""The synchronous half of the API: wait for a queued job and answer with its outcome."""
+
+import asyncio
+import contextlib
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+
+from schemas.jobs import JobAccepted, JobState
+from schemas.problems import Problem
+from service.errors import ApiError, SyncTimeout, problem_response
+from service.queue import CompletionListener, JobQueue
+
+
+def accepted_response(request: Request, job_id: str) -> JSONResponse:
+    """`202` with the job's URL, for `Prefer: respond-async` and `POST /v1/jobs`."""
+    url = str(request.url_for("get_job", job_id=job_id).path)
+    body = JobAccepted(job_id=job_id, status=JobState.QUEUED, url=url)
+    return JSONResponse(
+        body.model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": url, "Preference-Applied": "respond-async"},
+    )
+
+
+def wants_async(request: Request) -> bool:
+    return "respond-async" in request.headers.get("prefer", "").lower()
+
+
+async def answer_when_done(
+    queue: JobQueue, listener: CompletionListener, job_id: str, owner: str, wait_s: float
+) -> Response:
+    """The job's result (200) or error (its problem), once it finishes; 504 after `wait_s`.
+
+    The job must have been queued with `reply_to=listener.channel`.
+    """
+    finished = listener.expect(job_id)
+    # Re-read after registering: a job that finished before then sent its note to no one.
+    try:
+        stored = await queue.record(job_id, owner)
+        if stored is None or not stored.state.finished:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished, timeout=wait_s)
+            stored = await queue.record(job_id, owner)
+    finally:
+        listener.forget(job_id)
+    if stored is None or not stored.state.finished:
+        raise SyncTimeout(
+            f"The job is still {stored.state.value if stored else 'pending'}; "
+            f"poll /v1/jobs/{job_id}.",
+            job_id=job_id,
+        )
+    if stored.state is JobState.SUCCEEDED and stored.result_json is not None:
+        # Passed through as the worker stored it: parsing and re-serialising costs milliseconds.
+        return Response(stored.result_json, media_type="application/json")
+    if stored.error_json is not None:
+        return problem_response(Problem.model_validate_json(stored.error_json))
+    raise ApiError(f"The job ended as {stored.state.value}.", job_id=job_id)

@@ -1,0 +1,78 @@
+"""Real architectures for the integration stack: torchvision's ResNet-50 in both formats.
+
+Random weights are enough to prove the machinery; BatchNorm statistics are calibrated on random
+data first, so that the network's activations are in a sane range (an uncalibrated ResNet-50's
+logits reach ~100 and its gradients become chaotic).
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torchvision.models import resnet50
+
+SIZE = 64
+LABELS = [f"class {index}" for index in range(1000)]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def calibrated_resnet50() -> nn.Module:
+    torch.manual_seed(0)
+    model = resnet50(weights=None)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # a cumulative average over the calibration passes
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, SIZE, SIZE))
+    return model.eval()
+
+
+def add_resnet50(repository: Path) -> None:
+    """`resnet50` (safetensors + torchvision factory) and `resnet50-onnx` in `repository`."""
+    model = calibrated_resnet50()
+    manifest = {
+        "version": "1",
+        "labels": LABELS,
+        "input": {
+            "channels": 3,
+            "height": SIZE,
+            "width": SIZE,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+        },
+        "description": "torchvision ResNet-50 with random weights, for tests",
+    }
+    folder = repository / "resnet50" / "1"
+    folder.mkdir(parents=True)
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    (folder / "manifest.json").write_text(
+        json.dumps(
+            {
+                **manifest,
+                "id": "resnet50",
+                "format": "safetensors",
+                "architecture": {"factory": "torchvision.models:resnet50", "kwargs": {}},
+                "cam_layer": "layer4",
+            }
+        )
+    )
+    folder = repository / "resnet50-onnx" / "1"
+    folder.mkdir(parents=True)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, SIZE, SIZE),),
+        str(folder / "model.onnx"),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
+    (folder / "manifest.json").write_text(
+        json.dumps({**manifest, "id": "resnet50-onnx", "format": "onnx"})
+    )
