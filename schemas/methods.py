@@ -6,7 +6,7 @@ Each method's parameters are one pydantic model here; the gateway validates requ
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Baseline = Literal["black", "blur", "mean", "uniform"]
 
@@ -104,11 +104,12 @@ class OcclusionParams(MethodParams):
     fill: Literal["black", "mean", "blur"] = "black"
     batch_size: int = Field(default=64, ge=1, le=1024)
 
-    @model_validator(mode="after")
-    def _windows_cover_every_pixel(self) -> "OcclusionParams":
-        if self.stride > self.window:
+    @field_validator("stride")
+    @classmethod
+    def _windows_cover_every_pixel(cls, stride: int, info: ValidationInfo) -> int:
+        if stride > info.data.get("window", stride):
             raise ValueError("stride must not exceed window: some pixels would stay uncovered")
-        return self
+        return stride
 
 
 class RiseParams(MethodParams):

@@ -32,7 +32,8 @@ def rgb_png(seed: int, size: int = 64) -> bytes:
 
 def explain(client: httpx.Client, model: str, image: bytes, methods: list[str]) -> httpx.Response:
     return client.post(
-        "/v1/explanations?timeout=120",
+        "/v1/explanations?timeout=280",
+        timeout=300,
         json={
             "model": model,
             "image": base64.b64encode(image).decode(),

@@ -79,13 +79,15 @@ def test_keys_scopes_and_ownership(client: httpx.Client) -> None:
 
 
 def test_per_key_rate_limit(client: httpx.Client) -> None:
-    answers = [submit(client, "limited").status_code for _ in range(4)]
-    assert answers == [202, 202, 202, 429]
-    refused = submit(client, "limited")
+    # Empty bodies: counted against the limit, then refused (422) without queueing anything.
+    answers = [client.post("/v1/jobs", json={}, headers=key("limited")) for _ in range(4)]
+    assert [a.status_code for a in answers] == [422, 422, 422, 429]
+    refused = answers[-1]
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert refused.json()["type"].endswith("rate-limited")
-    assert submit(client, "alice").status_code == 202  # other keys keep their budget
+    other = client.post("/v1/jobs", json={}, headers=key("alice"))
+    assert other.status_code == 422  # other keys keep their budget
 
 
 def test_queue_limit_timeout_and_cancel(client: httpx.Client) -> None:
