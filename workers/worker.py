@@ -24,6 +24,7 @@ from workers.images import (
     decode_image,
 )
 from workers.methods import MethodParameterError, TargetError, available_methods
+from workers.methods.base import UnsupportedModelError
 from workers.pipeline import PreparedJob, batch_key, explain_jobs
 from workers.repository import LoadedModel
 from workers.store import JobStore
@@ -229,7 +230,7 @@ class Worker:
                 self._run_group(group[:middle], compute)
                 self._run_group(group[middle:], compute)
                 return
-            if not isinstance(exc, MethodParameterError | TargetError):
+            if not isinstance(exc, MethodParameterError | TargetError | UnsupportedModelError):
                 log.exception("job %s failed", group[0][0].message.job_id)
             self._fail(group[0][0], _problem_for(exc))
             return
@@ -260,7 +261,7 @@ class Worker:
 
 def _problem_for(exc: Exception) -> Problem:
     """What the client reads about a job that raised: its own mistake (422) or ours (500)."""
-    if isinstance(exc, MethodParameterError | TargetError):
+    if isinstance(exc, MethodParameterError | TargetError | UnsupportedModelError):
         return Problem(
             type=problem_type("invalid-request"),
             title="Invalid request",
