@@ -137,6 +137,13 @@ class Explanation(BaseModel):
     heatmap_png: str | None = None
     scores: Scores | None = None
     compute_ms: float
+    checks: dict[str, float] | None = Field(
+        default=None,
+        description="What the method measured about its own map, where it can: "
+        "integrated_gradients reports `completeness_gap` (|Σ map − (f(x) − f(baseline))| / "
+        "|f(x) − f(baseline)| for the target logit f, before normalisation) and the `steps` "
+        "it took to reach it.",
+    )
 
 
 class ModelRef(BaseModel):

@@ -70,7 +70,20 @@ class SmoothGradParams(MethodParams):
 class IntegratedGradientsParams(MethodParams):
     """Integrated Gradients: the path integral of gradients from a baseline."""
 
-    steps: int = Field(default=50, ge=2, le=1024)
+    steps: int = Field(default=50, ge=2, le=1024, description="quadrature nodes of the first pass")
+    tolerance: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="largest completeness gap |Σ map − (f(x) − f(baseline))| / "
+        "|f(x) − f(baseline)| accepted before the steps are doubled",
+    )
+    max_steps: int = Field(
+        default=400,
+        ge=2,
+        le=4096,
+        description="the most steps refinement may reach; at or below `steps`, no refinement",
+    )
     baseline: Baseline = "black"
     seed: int = Field(default=0, ge=0, description="for the uniform-noise baseline")
 
@@ -225,9 +238,11 @@ _CATALOGUE: dict[str, _Entry] = {
         name="Integrated Gradients",
         description="Gradients integrated along the straight path from a baseline to the "
         "input (Gauss-Legendre quadrature), times the difference; sums to the change of the "
-        "target logit.",
+        "target logit. Where the sum misses that change by more than `tolerance`, the steps "
+        "are doubled for that image, up to `max_steps`; the gap reached is reported.",
         reference="Sundararajan et al., ICML 2017",
-        passes="`steps` forward + backward to the input",
+        passes="2 forward, then `steps` forward + backward to the input; each doubling adds "
+        "twice the last step count, for the images that need it",
         signed=True,
     ),
     "lrp": _Entry(

@@ -2,7 +2,7 @@
 
 import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,9 +86,10 @@ def explain_jobs(
     params = applied_params(jobs[0].message, model)
     maps: dict[str, list[np.ndarray]] = {}
     map_ms: dict[str, list[float]] = {}
+    checks: dict[str, list[dict[str, float] | None]] = {}
     signed: dict[str, bool] = {}
     for method in jobs[0].message.methods:
-        maps[method], map_ms[method] = [], []
+        maps[method], map_ms[method], checks[method] = [], [], []
         for start in range(0, len(rows), max_rows):
             chunk = rows[start : start + max_rows]
             chunk_started = time.perf_counter()
@@ -105,6 +106,7 @@ def explain_jobs(
             per_map_ms = (time.perf_counter() - chunk_started) * 1000 / len(chunk)
             maps[method].extend(values)
             map_ms[method].extend([per_map_ms] * len(chunk))
+            checks[method].extend(_row_checks(attribution.checks, len(chunk)))
             signed[method] = attribution.signed
     compute_ms = (time.perf_counter() - started) * 1000
 
@@ -118,6 +120,7 @@ def explain_jobs(
                 maps[method][i],
                 signed[method],
                 map_ms[method][i],
+                checks[method][i],
                 job.image,
                 job.message.output,
                 model,
@@ -177,6 +180,7 @@ def _render_explanation(
     values: np.ndarray,
     signed: bool,
     compute_ms: float,
+    checks: dict[str, float] | None,
     image: DecodedImage,
     output: OutputOptions,
     model: LoadedModel,
@@ -217,7 +221,16 @@ def _render_explanation(
         heatmap_png=heatmap,
         scores=scores,
         compute_ms=compute_ms,
+        checks=checks,
     )
+
+
+def _row_checks(checks: Mapping[str, torch.Tensor], count: int) -> list[dict[str, float] | None]:
+    """The per-sample `AttributionMap.checks` split into one dict per row (None without any)."""
+    if not checks:
+        return [None] * count
+    columns = {name: values.detach().double().cpu().tolist() for name, values in checks.items()}
+    return [{name: float(values[i]) for name, values in columns.items()} for i in range(count)]
 
 
 def _b64(data: bytes) -> str:

@@ -9,7 +9,7 @@ on every exit path.
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -49,6 +49,9 @@ class AttributionMap:
 
     values: torch.Tensor
     signed: bool
+    checks: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    """Per-sample figures the method measured about its own result, each an (N,) tensor: for
+    example `completeness_gap`, |Σ map − (f(x) − f(x0))| / |f(x) − f(x0)|."""
 
 
 class AttributionMethod(ABC):

@@ -2,6 +2,7 @@
 from a baseline to the input."""
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import cast
 
@@ -22,8 +23,12 @@ class IntegratedGradients(AttributionMethod):
     """(x − x0) · ∫₀¹ ∂S/∂x(x0 + α(x − x0)) dα for the target logit S, summed over channels; signed.
 
     x0 is the `baseline` (see `workers.methods.baselines`); the integral is a `steps`-node
-    Gauss–Legendre quadrature on [0, 1], Captum's default. The map sums to about S(x) − S(x0)
-    (completeness), within the quadrature's error.
+    Gauss–Legendre quadrature on [0, 1], Captum's default. The map sums to S(x) − S(x0)
+    (completeness) within the quadrature's error, which a ReLU network's kinks along the path
+    keep at a percent or two for some images at 50 steps. So each image's completeness gap is
+    measured, and the images whose gap exceeds `tolerance` are integrated again with twice the
+    steps, until it holds or `max_steps` is reached. The gap and the steps reached are reported
+    in `AttributionMap.checks`.
     """
 
     id = "integrated_gradients"
@@ -38,10 +43,70 @@ class IntegratedGradients(AttributionMethod):
         baselines = make_baseline(
             cast(str, params["baseline"]), inputs, seed=cast(int, params["seed"])
         )
-        attributions = integrated_gradients(
-            model, inputs, baselines, targets, cast(int, params["steps"])
+        refined = refined_integrated_gradients(
+            model,
+            inputs,
+            baselines,
+            targets,
+            steps=cast(int, params["steps"]),
+            tolerance=cast(float, params["tolerance"]),
+            max_steps=cast(int, params["max_steps"]),
         )
-        return AttributionMap(attributions.sum(dim=1).to(torch.float32), signed=True)
+        return AttributionMap(
+            refined.attributions.sum(dim=1).to(torch.float32),
+            signed=True,
+            checks={"completeness_gap": refined.gaps, "steps": refined.steps.to(torch.float32)},
+        )
+
+
+@dataclass(frozen=True)
+class RefinedAttributions:
+    """Attributions shaped like the inputs, each sample's completeness gap and its step count."""
+
+    attributions: torch.Tensor
+    gaps: torch.Tensor
+    steps: torch.Tensor
+
+
+def refined_integrated_gradients(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    baselines: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    steps: int,
+    tolerance: float,
+    max_steps: int,
+) -> RefinedAttributions:
+    """`integrated_gradients` at `steps`, then again at 2×, 4×, … the steps (at most
+    `max_steps`) for the samples whose completeness gap is still above `tolerance`.
+
+    A sample's result depends only on its own row, so a batch equals single-image calls.
+    """
+    rows = torch.arange(len(targets), device=inputs.device)
+    with torch.no_grad():
+        change = (model(inputs)[rows, targets] - model(baselines)[rows, targets]).double()
+    attributions = integrated_gradients(model, inputs, baselines, targets, steps)
+    gaps = completeness_gaps(attributions, change)
+    used = torch.full_like(gaps, steps, dtype=torch.int64)
+    while 2 * steps <= max_steps:
+        todo = (gaps > tolerance).nonzero()[:, 0]
+        if len(todo) == 0:
+            break
+        steps *= 2
+        attributions[todo] = integrated_gradients(
+            model, inputs[todo], baselines[todo], targets[todo], steps
+        )
+        gaps[todo] = completeness_gaps(attributions[todo], change[todo])
+        used[todo] = steps
+    return RefinedAttributions(attributions, gaps.float(), used)
+
+
+def completeness_gaps(attributions: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+    """Per sample, |Σ attributions − change| / |change| in float64, the change counted as at
+    least 1e-6 in magnitude."""
+    total = attributions.double().flatten(1).sum(dim=1)
+    return (total - change).abs() / change.abs().clamp(min=1e-6)
 
 
 def integrated_gradients(
@@ -62,7 +127,7 @@ def integrated_gradients(
     difference = inputs.detach() - baselines
     integral = torch.zeros_like(difference)
     points_per_pass = copies_per_pass(inputs)
-    for start in range(0, steps, points_per_pass):
+    for start in range(0, len(nodes), points_per_pass):
         alpha = alphas[start : start + points_per_pass]
         path = (baselines + alpha * difference).flatten(0, 1)
         gradients = input_gradient(model, path, targets.repeat(alpha.shape[0]))

@@ -9,13 +9,17 @@ from torch import nn
 from schemas.methods import PARAMS_BY_METHOD
 from workers.methods.base import AttributionMap, AttributionMethod, copies_per_pass
 
+# A `max_steps` at or below `steps` turns refinement off.
+_BASE_OVERRIDES: Mapping[str, Mapping[str, object]] = {"integrated_gradients": {"max_steps": 2}}
+
 
 class SmoothGrad(AttributionMethod):
     """The mean over `samples` noisy copies x + ε of the `base` method's map; ε ~ N(0, σ²) per
     pixel and channel, σ = `noise` × (max − min) of the row's normalised input.
 
-    The base runs with its default parameters (integrated_gradients: 50 steps from black),
-    except that a base with an `abs` parameter (saliency, guided_backprop) gets this method's.
+    The base runs with its default parameters (integrated_gradients: 50 steps from black, not
+    refined: the noise average, not each copy, is what must be accurate), except that a base
+    with an `abs` parameter (saliency, guided_backprop) gets this method's.
     `abs=True` averages |map| (unsigned); `abs=False` averages the signed maps. The noise comes
     from a CPU generator seeded with `seed`, one (C, H, W) draw per copy, and is shared by every
     row of the batch, so a map depends on its own image and target only.
@@ -37,10 +41,10 @@ class SmoothGrad(AttributionMethod):
         from workers.methods import get_method
 
         base = get_method(base_id)
-        base_params = base.resolve_params(
-            {"abs": absolute} if "abs" in PARAMS_BY_METHOD[base_id].model_fields else {},
-            cam_layer="",  # no base takes a layer
-        )
+        overrides: dict[str, object] = dict(_BASE_OVERRIDES.get(base_id, {}))
+        if "abs" in PARAMS_BY_METHOD[base_id].model_fields:
+            overrides["abs"] = absolute
+        base_params = base.resolve_params(overrides, cam_layer="")  # no base takes a layer
         generator = torch.Generator().manual_seed(cast(int, params["seed"]))
         spans = inputs.amax(dim=(1, 2, 3)) - inputs.amin(dim=(1, 2, 3))
         sigmas = (cast(float, params["noise"]) * spans).view(1, -1, 1, 1, 1)
