@@ -23,7 +23,7 @@ from schemas.explain import (
 from schemas.jobs import ExplanationJob
 from workers import render
 from workers.images import DecodedImage, to_model_input
-from workers.methods import explain, resolve_params
+from workers.methods import Normalisation, explain, resolve_params
 from workers.repository import LoadedModel
 
 MAX_PREDICTIONS = 5
@@ -101,6 +101,7 @@ def explain_jobs(
                 params[method],
                 cam_layer=model.default_cam_layer,
                 forward=model.forward_logits,
+                normalisation=Normalisation(tuple(spec.mean), tuple(spec.std)),
             )
             values = attribution.values.detach().float().cpu().numpy()
             per_map_ms = (time.perf_counter() - chunk_started) * 1000 / len(chunk)

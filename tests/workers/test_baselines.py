@@ -4,9 +4,10 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur as torchvision_blur
 
+from workers.methods.base import Normalisation
 from workers.methods.baselines import BLUR_SIGMA_FRACTION, gaussian_blur, make_baseline
 
-MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def normalised(pixels: torch.Tensor) -> torch.Tensor:
@@ -20,7 +21,7 @@ def pixels(count: int = 2, size: int = 20) -> torch.Tensor:
 def test_black_is_pixel_zero_normalised() -> None:
     inputs = normalised(pixels())
 
-    black = make_baseline("black", inputs, mean=MEAN, std=STD)
+    black = make_baseline("black", inputs, normalisation=Normalisation(MEAN, STD))
 
     torch.testing.assert_close(black, normalised(torch.zeros_like(inputs)))
 
@@ -32,7 +33,7 @@ def test_without_the_normalisation_black_is_each_images_darkest_value() -> None:
 
     black = make_baseline("black", inputs)
 
-    exact = make_baseline("black", inputs, mean=MEAN, std=STD)
+    exact = make_baseline("black", inputs, normalisation=Normalisation(MEAN, STD))
     torch.testing.assert_close(black[0], exact[0])
     torch.testing.assert_close(black[1], inputs[1].amin(dim=(1, 2), keepdim=True).expand(3, 20, 20))
     assert bool((black[1] > exact[1]).all())
@@ -82,13 +83,18 @@ def test_blur_fits_images_smaller_than_its_kernel() -> None:
 def test_uniform_noise_is_seeded_and_shared_by_the_batch() -> None:
     inputs = normalised(pixels(count=3))
 
-    noise = make_baseline("uniform", inputs, seed=7, mean=MEAN, std=STD)
+    noise = make_baseline("uniform", inputs, seed=7, normalisation=Normalisation(MEAN, STD))
 
-    torch.testing.assert_close(noise, make_baseline("uniform", inputs, seed=7, mean=MEAN, std=STD))
-    assert not torch.allclose(noise, make_baseline("uniform", inputs, seed=8, mean=MEAN, std=STD))
+    torch.testing.assert_close(
+        noise, make_baseline("uniform", inputs, seed=7, normalisation=Normalisation(MEAN, STD))
+    )
+    assert not torch.allclose(
+        noise, make_baseline("uniform", inputs, seed=8, normalisation=Normalisation(MEAN, STD))
+    )
     assert torch.equal(noise[0], noise[2])
     torch.testing.assert_close(
-        make_baseline("uniform", inputs[1:2], seed=7, mean=MEAN, std=STD), noise[:1]
+        make_baseline("uniform", inputs[1:2], seed=7, normalisation=Normalisation(MEAN, STD)),
+        noise[:1],
     )
     as_pixels = noise * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
     assert float(as_pixels.min()) >= -1e-6 and float(as_pixels.max()) <= 1 + 1e-6
@@ -123,8 +129,8 @@ def test_rejects_an_unknown_kind_and_a_normalisation_of_the_wrong_size() -> None
 
     with pytest.raises(ValueError, match="unknown baseline 'grey'"):
         make_baseline("grey", inputs)
-    with pytest.raises(ValueError, match="3 values"):
-        make_baseline("black", inputs, mean=[0.5], std=[0.25])
+    with pytest.raises(ValueError, match="a normalisation of 1 channels for 3"):
+        make_baseline("black", inputs, normalisation=Normalisation((0.5,), (0.25,)))
 
 
 DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
@@ -135,8 +141,10 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 def test_on_each_device_matches_cpu(device: str, kind: str) -> None:
     inputs = normalised(pixels())
 
-    on_cpu = make_baseline(kind, inputs, seed=3, mean=MEAN, std=STD)
-    on_device = make_baseline(kind, inputs.to(device), seed=3, mean=MEAN, std=STD)
+    on_cpu = make_baseline(kind, inputs, seed=3, normalisation=Normalisation(MEAN, STD))
+    on_device = make_baseline(
+        kind, inputs.to(device), seed=3, normalisation=Normalisation(MEAN, STD)
+    )
 
     assert on_device.device.type == device
     torch.testing.assert_close(on_device.cpu(), on_cpu)

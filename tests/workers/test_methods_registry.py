@@ -7,6 +7,7 @@ from torch import nn
 from workers.methods import (
     METHODS,
     MethodParameterError,
+    Normalisation,
     TargetError,
     UnknownMethodError,
     available_methods,
@@ -105,3 +106,53 @@ def test_inputs_must_be_a_batch_of_images() -> None:
 
 def test_gradient_methods_are_available_for_any_model() -> None:
     assert {"gradcam", "saliency"} <= set(available_methods(tiny_cnn()))
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("integrated_gradients", {"steps": 8, "max_steps": 8}),
+        ("deeplift", {}),
+        ("occlusion", {"window": 4, "stride": 4, "fill": "black"}),
+        ("rise", {"masks": 32}),
+        ("lrp", {"first_layer": "zbox"}),
+        # Noiseless, so that the copy keeps its black and white pixels.
+        ("smoothgrad", {"samples": 1, "noise": 0.0, "base": "deeplift", "abs": False}),
+    ],
+)
+def test_the_models_normalisation_sets_black_and_the_z_box_bounds(
+    method: str, params: dict[str, object]
+) -> None:
+    """With the normalisation, black is pixel 0 and the z-box spans pixels 0 to 1; without it,
+    each image's darkest and brightest values stand in, which is the same on an image holding
+    black and white pixels in every channel and not on one without."""
+    torch.manual_seed(0)
+    model = (
+        nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4, 3),
+        )
+        .eval()
+        .requires_grad_(False)
+    )
+    normalisation = Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    mean = torch.tensor(normalisation.mean).view(1, 3, 1, 1)
+    std = torch.tensor(normalisation.std).view(1, 3, 1, 1)
+    grey = 0.2 + 0.6 * torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    full_range = grey.clone()
+    full_range[..., 0, 0], full_range[..., 0, 1] = 0.0, 1.0
+    targets = torch.tensor([1])
+
+    def maps(pixels: torch.Tensor, given: Normalisation | None) -> torch.Tensor:
+        inputs = (pixels - mean) / std
+        return explain(
+            method, model, inputs, targets, params, cam_layer="", normalisation=given
+        ).values
+
+    exact, estimated = maps(full_range, normalisation), maps(full_range, None)
+    assert torch.allclose(exact, estimated, atol=1e-5 * float(exact.abs().max()))
+    exact, estimated = maps(grey, normalisation), maps(grey, None)
+    assert not torch.allclose(exact, estimated, atol=1e-3 * float(exact.abs().max()))

@@ -12,6 +12,7 @@ from workers.methods.base import (
     Forward,
     ForwardOnlyMethod,
     MethodParameterError,
+    Normalisation,
     TargetError,
     UnknownMethodError,
     check_batch,
@@ -35,6 +36,7 @@ __all__ = [
     "AttributionMap",
     "AttributionMethod",
     "MethodParameterError",
+    "Normalisation",
     "TargetError",
     "UnknownMethodError",
     "available_methods",
@@ -96,6 +98,7 @@ def explain(
     *,
     cam_layer: str,
     forward: Forward | None = None,
+    normalisation: Normalisation | None = None,
 ) -> AttributionMap:
     """Attribution maps of `method` for a batch, one target class per sample.
 
@@ -103,13 +106,14 @@ def explain(
     eval mode with parameters that do not require grad, and is left unchanged. `cam_layer` is the
     layer CAM methods use unless `params` names another. `forward`, the model's logits of a batch
     without gradients (ONNX Runtime for ONNX models), serves the methods that need only forward
-    passes; without it they call `model`. Raises `UnknownMethodError`, `MethodParameterError` or
-    `TargetError` for bad requests.
+    passes; without it they call `model`. `normalisation` is how the inputs were normalised (black
+    baselines and z-box bounds need it; without it they are estimated per image). Raises
+    `UnknownMethodError`, `MethodParameterError` or `TargetError` for bad requests.
     """
     implementation = get_method(method)
     resolved = implementation.resolve_params(params, cam_layer=cam_layer)
     check_batch(inputs, targets)
     targets = targets.to(inputs.device)
     if forward is not None and isinstance(implementation, ForwardOnlyMethod):
-        return implementation.attribute(forward, inputs, targets, resolved)
-    return implementation.attribute(model, inputs, targets, resolved)
+        return implementation.attribute(forward, inputs, targets, resolved, normalisation)
+    return implementation.attribute(model, inputs, targets, resolved, normalisation)

@@ -54,6 +54,28 @@ class AttributionMap:
     example `completeness_gap`, |Σ map − (f(x) − f(x0))| / |f(x) − f(x0)|."""
 
 
+@dataclass(frozen=True)
+class Normalisation:
+    """The model's input normalisation: (pixel − mean) / std per channel, pixels in [0, 1]."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"{len(self.mean)} means but {len(self.std)} standard deviations")
+
+    def normalised(self, pixel: float, like: torch.Tensor) -> torch.Tensor:
+        """The normalised value of `pixel` in each channel, (1, C, 1, 1) on `like`'s device and
+        dtype. Raises ValueError when `like` (N, C, H, W) has another channel count."""
+        channels = like.shape[1]
+        if len(self.mean) != channels:
+            raise ValueError(f"a normalisation of {len(self.mean)} channels for {channels}")
+        mean = torch.tensor(self.mean, device=like.device, dtype=like.dtype)
+        std = torch.tensor(self.std, device=like.device, dtype=like.dtype)
+        return ((pixel - mean) / std).view(1, channels, 1, 1)
+
+
 class AttributionMethod(ABC):
     """An attribution method: an id, its parameters, and how it computes a map."""
 
@@ -92,8 +114,13 @@ class AttributionMethod(ABC):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
-        """Maps for `inputs` (N, C, H, W) and `targets` (N,), with `params` already resolved."""
+        """Maps for `inputs` (N, C, H, W) and `targets` (N,), with `params` already resolved.
+
+        `normalisation` is how the model's inputs were normalised, for the methods that need
+        pixel values (a black baseline, z-box bounds); without it they estimate them from each
+        image (`baselines`)."""
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -116,13 +143,16 @@ class ForwardOnlyMethod(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         images, image_of_row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
         values = inputs.new_empty((inputs.shape[0], *inputs.shape[2:]), dtype=torch.float32)
         for index, flat_image in enumerate(images):
             rows = (image_of_row == index).nonzero()[:, 0]
             image = flat_image.view_as(inputs[0])[None]
-            values[rows] = self.attribute_image(model, image, targets[rows], params).float()
+            values[rows] = self.attribute_image(
+                model, image, targets[rows], params, normalisation
+            ).float()
         return AttributionMap(values, signed=self.signed)
 
     @abstractmethod
@@ -132,6 +162,7 @@ class ForwardOnlyMethod(AttributionMethod):
         image: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> torch.Tensor:
         """Maps (T, H, W) of one image (1, C, H, W) for each of `targets` (T,)."""
 

@@ -2,21 +2,21 @@
 
 Methods receive inputs already normalised as (pixel - mean) / std per channel, and a baseline
 lives in that same space. "black" is the pixel value 0 and "uniform" is noise uniform over pixel
-values [0, 1]; both are exact when the caller gives the model's `mean` and `std`. Without them,
-black is each image's darkest value per channel (`base.darkest_pixels`, as occlusion fills) and
-the noise spans each image's darkest to brightest value per channel: normalisation is an
-increasing affine map per channel, so these equal the exact baselines for any image that holds
-black and white pixels. "mean" and "blur" are linear in the input and need no normalisation.
+values [0, 1]; both are exact when the caller gives the model's `Normalisation` (the worker
+always does). Without it, black is each image's darkest value per channel
+(`base.darkest_pixels`) and the noise spans each image's darkest to brightest value per channel:
+normalisation is an increasing affine map per channel, so these equal the exact baselines for any
+image that holds black and white pixels. "mean" and "blur" are linear in the input and need no
+normalisation.
 """
 
 import math
-from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
-from workers.methods.base import darkest_pixels
+from workers.methods.base import Normalisation, darkest_pixels
 
 BaselineKind = Literal["black", "blur", "mean", "uniform"]
 BASELINE_KINDS: tuple[str, ...] = get_args(BaselineKind)
@@ -31,8 +31,7 @@ def make_baseline(
     inputs: torch.Tensor,
     *,
     seed: int = 0,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
+    normalisation: Normalisation | None = None,
 ) -> torch.Tensor:
     """The baseline of `kind` for each sample of `inputs` (N, C, H, W), shaped like it.
 
@@ -42,9 +41,9 @@ def make_baseline(
     - "uniform": pixel noise uniform in [0, 1], normalised; drawn once from a CPU generator seeded
       with `seed` and shared by every sample, so a row's baseline does not depend on its batch.
 
-    Without `mean` and `std`, black and the noise's range come from each image (module
+    Without `normalisation`, black and the noise's range come from each image (module
     docstring). Same dtype and device as `inputs`; never requires grad. Raises ValueError for an
-    unknown kind or a mean/std without one value per channel.
+    unknown kind or a normalisation with another channel count.
     """
     inputs = inputs.detach()
     if kind == "mean":
@@ -53,7 +52,7 @@ def make_baseline(
         return gaussian_blur(inputs, BLUR_SIGMA_FRACTION * max(inputs.shape[2:]))
     if kind not in ("black", "uniform"):
         raise ValueError(f"unknown baseline {kind!r}; known: {', '.join(BASELINE_KINDS)}")
-    black, white = _black_and_white(inputs, mean, std)
+    black, white = _black_and_white(inputs, normalisation)
     if kind == "black":
         return black.expand_as(inputs).clone()
     generator = torch.Generator().manual_seed(seed)
@@ -81,15 +80,10 @@ def gaussian_blur(inputs: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def _black_and_white(
-    inputs: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None
+    inputs: torch.Tensor, normalisation: Normalisation | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised values of pixels 0 and 1, (1, C, 1, 1); per image, (N, C, 1, 1), when the
     normalisation is not given."""
-    if mean is None or std is None:
+    if normalisation is None:
         return darkest_pixels(inputs), inputs.amax(dim=(2, 3), keepdim=True)
-    channels = inputs.shape[1]
-    if len(mean) != channels or len(std) != channels:
-        raise ValueError(f"mean and std need {channels} values each, got {len(mean)}, {len(std)}")
-    shift = torch.tensor(mean, device=inputs.device, dtype=inputs.dtype).view(1, channels, 1, 1)
-    scale = torch.tensor(std, device=inputs.device, dtype=inputs.dtype).view(1, channels, 1, 1)
-    return (0 - shift) / scale, (1 - shift) / scale
+    return normalisation.normalised(0.0, inputs), normalisation.normalised(1.0, inputs)

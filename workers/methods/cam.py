@@ -25,6 +25,7 @@ from torch import fx, nn
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
+    Normalisation,
     UnsupportedModelError,
     class_activation_map,
     target_columns,
@@ -76,6 +77,7 @@ class Cam(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         head = gap_linear_head(model, inputs.device)
         with torch.no_grad():

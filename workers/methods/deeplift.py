@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.methods.base import AttributionMap, AttributionMethod, target_score
+from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, target_score
 from workers.methods.baselines import make_baseline
 from workers.methods.canonical import has_canonical_form, rewritten_form
 
@@ -148,8 +148,7 @@ class DeepLift(AttributionMethod):
     """DeepLIFT-Rescale attributions from `baseline`, summed over channels; signed.
 
     The map sums to the target logit's change from the baseline to the input. Baselines come
-    from `baselines.make_baseline`; the method does not see the model's normalisation, so
-    "black" is each image's darkest value per channel.
+    from `baselines.make_baseline`, exact where the model's normalisation is given.
     """
 
     id = "deeplift"
@@ -163,9 +162,13 @@ class DeepLift(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         baselines = make_baseline(
-            cast(str, params["baseline"]), inputs, seed=cast(int, params["seed"])
+            cast(str, params["baseline"]),
+            inputs,
+            seed=cast(int, params["seed"]),
+            normalisation=normalisation,
         )
         attributions = deeplift_attributions(model, inputs, baselines, targets)
         return AttributionMap(attributions.sum(dim=1).to(torch.float32), signed=True)

@@ -10,6 +10,7 @@ from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
     MethodParameterError,
+    Normalisation,
     class_activation_map,
     layer_gradient,
 )
@@ -26,6 +27,7 @@ class GradCam(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         layer = cast(str, params["layer"])
         activation, gradient = layer_gradient(model, inputs, targets, layer)

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.methods.base import AttributionMap, AttributionMethod, input_gradient
+from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, input_gradient
 from workers.methods.canonical import has_canonical_form, rewritten_form
 
 
@@ -60,6 +60,7 @@ class GuidedBackprop(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         gradient = guided_gradient(model, inputs, targets)
         if params["abs"]:

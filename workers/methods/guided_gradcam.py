@@ -5,7 +5,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from workers.methods.base import AttributionMap, AttributionMethod
+from workers.methods.base import AttributionMap, AttributionMethod, Normalisation
 from workers.methods.canonical import has_canonical_form
 from workers.methods.gradcam import GradCam
 from workers.methods.guided_backprop import guided_gradient
@@ -32,6 +32,7 @@ class GuidedGradCam(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         cam = _GRADCAM.attribute(model, inputs, targets, params).values
         guided = guided_gradient(model, inputs, targets)

@@ -13,6 +13,7 @@ from torch import nn
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
+    Normalisation,
     copies_per_pass,
     input_gradient,
 )
@@ -39,9 +40,13 @@ class IntegratedGradients(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         baselines = make_baseline(
-            cast(str, params["baseline"]), inputs, seed=cast(int, params["seed"])
+            cast(str, params["baseline"]),
+            inputs,
+            seed=cast(int, params["seed"]),
+            normalisation=normalisation,
         )
         refined = refined_integrated_gradients(
             model,

@@ -23,7 +23,7 @@ from onnx2torch.node_converters.global_average_pool import (
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from workers.methods.base import AttributionMap, AttributionMethod, target_score
+from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, target_score
 from workers.methods.canonical import Concat, Sum, canonical_form, rewritten_form
 from workers.methods.lrp_rules import (
     Composite,
@@ -134,8 +134,8 @@ def relevance_graph(model: nn.Module) -> fx.GraphModule:
 class Lrp(AttributionMethod):
     """LRP input relevance summed over channels: signed, summing to about the target logit.
 
-    z-box bounds are each image's own per-channel value range (the method does not see the
-    model's normalisation).
+    z-box bounds are the normalised values of black and white pixels where the model's
+    normalisation is given, else each image's own per-channel value range.
     """
 
     id = "lrp"
@@ -153,6 +153,7 @@ class Lrp(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         relevance = lrp_relevance(
             model,
@@ -162,6 +163,9 @@ class Lrp(AttributionMethod):
             first_layer=cast(FirstLayerRule, params["first_layer"]),
             epsilon=cast(float, params["epsilon"]),
             alpha=cast(float, params["alpha"]),
+            input_bounds=None
+            if normalisation is None
+            else (normalisation.normalised(0.0, inputs), normalisation.normalised(1.0, inputs)),
         )
         return AttributionMap(relevance.sum(dim=1).to(torch.float32), signed=True)
 

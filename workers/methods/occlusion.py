@@ -6,7 +6,13 @@ from typing import cast
 
 import torch
 
-from workers.methods.base import Forward, ForwardOnlyMethod, MethodParameterError, target_columns
+from workers.methods.base import (
+    Forward,
+    ForwardOnlyMethod,
+    MethodParameterError,
+    Normalisation,
+    target_columns,
+)
 from workers.methods.baselines import make_baseline
 
 
@@ -15,10 +21,11 @@ class Occlusion(ForwardOnlyMethod):
     filled); signed.
 
     A `window`-sided square slides by `stride` from the top-left corner until it reaches the far
-    edges, where it may be cut off (Captum's `Occlusion` places windows the same way). `fill` is
-    the baseline of that name (`baselines.make_baseline`): "black" each channel's darkest pixel,
-    "mean" each channel's mean, "blur" a heavily blurred copy of the image. The score is the
-    target's logit, like the gradient methods'. A window larger than the image covers all of it.
+    edges, where it may be cut off (Captum's `Occlusion` places windows the same way). `fill` is the
+    baseline of that name (`baselines.make_baseline`): "black" pixel value 0 (each channel's darkest
+    pixel without the model's normalisation), "mean" each channel's mean, "blur" a heavily blurred
+    copy of the image. The score is the target's logit, like the gradient methods'. A window larger
+    than the image covers all of it.
     """
 
     id = "occlusion"
@@ -30,6 +37,7 @@ class Occlusion(ForwardOnlyMethod):
         image: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> torch.Tensor:
         window, stride = cast(int, params["window"]), cast(int, params["stride"])
         batch_size = cast(int, params["batch_size"])
@@ -37,7 +45,7 @@ class Occlusion(ForwardOnlyMethod):
         tops = _window_starts(height, min(window, height), stride)
         lefts = _window_starts(width, min(window, width), stride)
         corners = torch.cartesian_prod(tops, lefts).to(image.device)
-        filled = make_baseline(cast(str, params["fill"]), image)
+        filled = make_baseline(cast(str, params["fill"]), image, normalisation=normalisation)
 
         score = target_columns(forward(image).float(), targets)
         drops = image.new_zeros((targets.shape[0], height * width), dtype=torch.float32)

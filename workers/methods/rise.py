@@ -7,17 +7,17 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from workers.methods.base import Forward, ForwardOnlyMethod, target_columns
+from workers.methods.base import Forward, ForwardOnlyMethod, Normalisation, target_columns
 from workers.methods.baselines import make_baseline
 
 
 class Rise(ForwardOnlyMethod):
     """sum_i P(target | x masked by m_i) * m_i / (masks * p); unsigned, as probabilities are >= 0.
 
-    The score is the softmax probability, as in the paper. A mask keeps the image where it is 1
-    and turns it black (`baselines.make_baseline`: each channel's darkest pixel) where it is 0,
-    blending in between. The masks come from `draw_masks` and `smooth_masks` with the request's
-    seed, the same for every image and device.
+    The score is the softmax probability, as in the paper. A mask keeps the image where it is 1 and
+    turns it black where it is 0 (`baselines.make_baseline`: pixel value 0, or each channel's
+    darkest pixel without the model's normalisation), blending in between. The masks come from
+    `draw_masks` and `smooth_masks` with the request's seed, the same for every image and device.
     """
 
     id = "rise"
@@ -29,13 +29,14 @@ class Rise(ForwardOnlyMethod):
         image: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> torch.Tensor:
         count, p = cast(int, params["masks"]), cast(float, params["p"])
         height, width = image.shape[2:]
         grids, shifts = draw_masks(
             count, cast(int, params["cell"]), p, (height, width), cast(int, params["seed"])
         )
-        black = make_baseline("black", image)
+        black = make_baseline("black", image, normalisation=normalisation)
         saliency = image.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
         batch_size = cast(int, params["batch_size"])
         for grid, shift in zip(grids.split(batch_size), shifts.split(batch_size), strict=True):

@@ -5,7 +5,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from workers.methods.base import AttributionMap, AttributionMethod, input_gradient
+from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, input_gradient
 
 
 class Saliency(AttributionMethod):
@@ -19,6 +19,7 @@ class Saliency(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         gradient = input_gradient(model, inputs, targets)
         if params["abs"]:

@@ -12,6 +12,7 @@ from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
     MethodParameterError,
+    Normalisation,
     captured_output,
     class_activation_map,
     find_layer,
@@ -39,6 +40,7 @@ class ScoreCam(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         layer = cast(str, params["layer"])
         batch_size = cast(int, params["batch_size"])

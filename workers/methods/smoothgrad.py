@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from schemas.methods import PARAMS_BY_METHOD
-from workers.methods.base import AttributionMap, AttributionMethod, copies_per_pass
+from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, copies_per_pass
 
 # A `max_steps` at or below `steps` turns refinement off.
 _BASE_OVERRIDES: Mapping[str, Mapping[str, object]] = {"integrated_gradients": {"max_steps": 2}}
@@ -33,6 +33,7 @@ class SmoothGrad(AttributionMethod):
         inputs: torch.Tensor,
         targets: torch.Tensor,
         params: Mapping[str, object],
+        normalisation: Normalisation | None = None,
     ) -> AttributionMap:
         base_id = cast(str, params["base"])
         absolute = cast(bool, params["abs"])
@@ -58,7 +59,7 @@ class SmoothGrad(AttributionMethod):
                 [torch.randn(inputs.shape[1:], generator=generator) for _ in range(count)]
             ).to(inputs)
             noisy = (inputs.detach()[None] + sigmas * noise[:, None]).flatten(0, 1)
-            result = base.attribute(model, noisy, targets.repeat(count), base_params)
+            result = base.attribute(model, noisy, targets.repeat(count), base_params, normalisation)
             maps = result.values.view(count, *total.shape)
             total += (maps.abs() if absolute else maps).sum(dim=0)
             signed = result.signed and not absolute
