@@ -4,7 +4,8 @@ their default parameters.
 For each model, one image, one target: the method's time next to the bare cost of its passes
 (a forward, or a forward and an input gradient, in the same number of rows), and for
 integrated_gradients and smoothgrad Captum's `IntegratedGradients` and `NoiseTunnel(Saliency)`
-with the same settings, with the ratio Captum / ours and the largest difference of the maps
+with the same settings (for integrated_gradients, the steps its refinement reached), with the
+ratio Captum / ours and the largest difference of the maps
 (relative to the map's range; SmoothGrad's noise differs, so its maps differ by the noise). Also
 the completeness gap of integrated_gradients, |Σ map − (f(x) − f(x0))| / |f(x) − f(x0)|.
 Models: the demo model (128 x 128 grayscale) and torchvision's ResNet-50 with random weights and
@@ -74,6 +75,7 @@ class Bench:
         self.model = model
         self.image = image
         self.cam_layer = cam_layer
+        self.checks: dict[str, float] = {}
         self.repeats = repeats
         with torch.no_grad():
             self.target = model(image).argmax(dim=1)
@@ -83,9 +85,9 @@ class Bench:
         self.ours("cam")
 
     def ours(self, method: str) -> torch.Tensor:
-        return explain(
-            method, self.model, self.image, self.target, {}, cam_layer=self.cam_layer
-        ).values
+        result = explain(method, self.model, self.image, self.target, {}, cam_layer=self.cam_layer)
+        self.checks = {name: float(values[0]) for name, values in result.checks.items()}
+        return result.values
 
     def forward(self, batch: torch.Tensor) -> None:
         with torch.no_grad():
@@ -150,7 +152,8 @@ class Bench:
         )
 
     def compare_integrated_gradients(self, ms: float, values: torch.Tensor) -> str:
-        steps = IntegratedGradientsParams().steps
+        # The steps refinement reached at the defaults; Captum gets as many.
+        steps = int(self.checks["steps"])
         bare = self.rows_ms(self.gradient, steps, copies_per_pass(self.image))
         baseline = make_baseline("black", self.image)
         gradients = IntegratedGradients(self.model)
@@ -167,7 +170,9 @@ class Bench:
             logits = self.model(torch.cat([self.image, baseline]))[:, int(self.target)]
         change = float(logits[0] - logits[1])
         gap = abs(float(values.sum()) - change) / abs(change)
+        first = IntegratedGradientsParams().steps
         return (
+            f"{first} steps refined to {steps}; "
             f"{steps} forward+backward {bare:.1f} ms, ratio {ms / bare:.2f}; "
             f"Captum {captum_ms:.1f} ms, Captum/ours {captum_ms / ms:.2f}, "
             f"max |ours - Captum| {relative_difference(values, captum_values):.1e} of range; "

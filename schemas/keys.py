@@ -6,6 +6,8 @@ CONSUMER_GROUP = "workers"
 MODEL_REGISTRY = f"{PREFIX}:models"
 LIVE_WORKERS = f"{PREFIX}:workers:alive"
 STATS = f"{PREFIX}:stats"
+METRICS = f"{PREFIX}:metrics"
+"""Histograms and counters of the whole service, in the field layout of `schemas.metrics`."""
 
 
 def job_stream(model_id: str) -> str:

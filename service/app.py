@@ -17,9 +17,10 @@ from service.auth import KeyStore
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
+from service.metrics import HttpMetrics, RequestMetrics
 from service.openapi import component_schemas, use_problem_for_validation_errors
 from service.queue import CompletionListener, JobQueue
-from service.routes import explanations, health, jobs, models, visualizations
+from service.routes import explanations, health, jobs, metrics, models, visualizations
 
 log = logging.getLogger("glimpse.gateway")
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models.router,
         visualizations.router,
         health.router,
+        metrics.router,
     ):
         app.include_router(router)
 
@@ -86,6 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost, so that it also counts what the other middleware answers (a 413, a CORS reply).
+    app.state.http_metrics = HttpMetrics()
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -94,4 +98,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "Prefer"],
             expose_headers=["Location", "Retry-After", "Preference-Applied"],
         )
+    app.add_middleware(RequestMetrics, http_metrics=app.state.http_metrics)
     return app

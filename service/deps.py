@@ -41,6 +41,11 @@ def explainer(principal: Annotated[Principal, Depends(get_principal)]) -> Princi
     return principal
 
 
+def administrator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    principal.require("admin")
+    return principal
+
+
 async def rate_limited_explainer(
     request: Request, principal: Annotated[Principal, Depends(explainer)]
 ) -> Principal:
@@ -57,4 +62,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 ListenerDep = Annotated[CompletionListener, Depends(get_listener)]
 ExplainerDep = Annotated[Principal, Depends(explainer)]
+AdminDep = Annotated[Principal, Depends(administrator)]
 SubmitterDep = Annotated[Principal, Depends(rate_limited_explainer)]

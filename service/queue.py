@@ -99,6 +99,23 @@ class JobQueue:
         """A stored result that a repeated request may reuse."""
         return cast(bytes | None, await self.redis.get(key))
 
+    async def depths(self, model_ids: list[str]) -> dict[str, int]:
+        """`depth` of each model, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model_id in model_ids:
+                pipe.xlen(keys.job_stream(model_id))
+            lengths = await pipe.execute()
+        return {model_id: int(n) for model_id, n in zip(model_ids, lengths, strict=True)}
+
+    async def recorded_metrics(self) -> tuple[dict[str, str], dict[str, str]]:
+        """What workers recorded: the service's metrics (`keys.METRICS`, laid out as
+        `schemas.metrics` says) and their event counters (`keys.STATS`)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.METRICS)
+            pipe.hgetall(keys.STATS)
+            recorded, events = await pipe.execute()
+        return _decoded(recorded), _decoded(events)
+
     async def depth(self, model_id: str) -> int:
         """Jobs in the model's stream: queued or in a worker's hands (workers delete acked ones)."""
         return int(await self.redis.xlen(keys.job_stream(model_id)))
@@ -223,3 +240,7 @@ class CompletionListener:
                 log.warning("completion listener lost Redis; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {field.decode(): value.decode() for field, value in raw.items()}

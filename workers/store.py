@@ -1,6 +1,7 @@
 """The worker's side of the queue: claim jobs, store outcomes, announce them, beat the heart."""
 
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 from redis import Redis
@@ -8,6 +9,7 @@ from redis.typing import KeyT, StreamIdT
 
 from schemas import keys
 from schemas.jobs import JobRecord, JobState
+from schemas.metrics import CounterSpec, HistogramSpec
 from schemas.models import ModelInfo
 
 # Runs atomically: a job is claimed only while queued or running (a redelivery after a crash).
@@ -68,6 +70,24 @@ class JobStore:
     def count(self, event: str, amount: int = 1) -> None:
         """Add to one of the service's event counters (`keys.STATS`), read by the gateway."""
         self.redis.hincrby(keys.STATS, event, amount)
+
+    def record(
+        self,
+        observations: Sequence[tuple[HistogramSpec, str, float]],
+        events: Sequence[tuple[CounterSpec, str]] = (),
+    ) -> None:
+        """Add observations (histogram, label value, value) and counter events (counter, label
+        value) to the service's metrics (`keys.METRICS`), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for histogram, label_value, value in observations:
+                buckets, sum_field, count_field = histogram.fields(label_value, value)
+                for field in buckets:
+                    pipe.hincrby(keys.METRICS, field, 1)
+                pipe.hincrbyfloat(keys.METRICS, sum_field, value)
+                pipe.hincrby(keys.METRICS, count_field, 1)
+            for counter, label_value in events:
+                pipe.hincrby(keys.METRICS, counter.field(label_value), 1)
+            pipe.execute()
 
     def heartbeat(self, model_ids: list[str], description: str) -> None:
         now = time.time()

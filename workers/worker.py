@@ -13,8 +13,10 @@ from pydantic import BaseModel
 from redis import Redis
 from redis.exceptions import RedisError
 
+from schemas import metrics
+from schemas.explain import ExplainResponse
 from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
-from schemas.problems import Problem, problem_type
+from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, problem_type
 from workers.config import WorkerSettings
 from workers.images import (
     DecodedImage,
@@ -246,10 +248,34 @@ class Worker:
             self.store.count("results_stored" if stored else "duplicates_dropped")
             if isinstance(entry.message, VisualizationJob):
                 self.store.cache(entry.message.cache_key, result_json)
+        self._record(group, results)
+
+    def _record(self, group: list[tuple[Entry, object]], results: list[BaseModel]) -> None:
+        """The batch's size, each job's time in the service and each map's compute time."""
+        model_id = group[0][0].model_id
+        finished = time.time()
+        observations = [(metrics.BATCH_SIZE, model_id, float(len(group)))]
+        for (entry, _), result in zip(group, results, strict=True):
+            waited = max(0.0, finished - entry.message.enqueued_at)
+            observations.append((metrics.JOB_SECONDS, model_id, waited))
+            if isinstance(result, ExplainResponse):
+                observations.extend(
+                    (metrics.MAP_SECONDS, explanation.method, explanation.compute_ms / 1000)
+                    for explanation in result.explanations
+                )
+        try:
+            self.store.record(observations)
+        except RedisError:
+            log.warning("could not record the batch's metrics", exc_info=True)
 
     def _fail(self, entry: Entry, problem: Problem) -> None:
         problem.job_id = entry.message.job_id
         self.store.count("jobs_failed")
+        kind = problem.type.removeprefix(PROBLEM_TYPE_PREFIX)
+        try:
+            self.store.record([], [(metrics.JOBS_FAILED, kind)])
+        except RedisError:
+            log.warning("could not record the failure's metrics", exc_info=True)
         self.store.complete(
             entry.model_id,
             entry.entry_id,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import create_app
 from service.auth import hash_key
@@ -69,3 +70,46 @@ def test_the_gateway_never_imports_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_metrics_need_the_admin_scope_and_count_requests_by_route(gateway: TestClient) -> None:
+    assert gateway.get("/metrics").status_code == 401
+    assert gateway.get("/metrics", headers={"X-API-Key": "viewer-secret"}).status_code == 403
+    gateway.get("/v1/jobs/no-such-job", headers={"X-API-Key": "viewer-secret"})
+
+    answer = gateway.get("/metrics", headers={"X-API-Key": "ops-secret"})
+
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.text)
+        for sample in family.samples
+    }
+    # By route template, never by raw path: one series however many job ids are asked for.
+    by_route = (("method", "GET"), ("route", "/v1/jobs/{job_id}"), ("status", "404"))
+    assert samples[("glimpse_http_requests_total", by_route)] == 1
+    assert (
+        samples[
+            (
+                "glimpse_http_requests_total",
+                (("method", "GET"), ("route", "/metrics"), ("status", "403")),
+            )
+        ]
+        == 1
+    )
+    assert samples[("glimpse_redis_up", ())] == 1
+
+
+def test_metrics_without_redis_still_report_the_gateway(keys_file: Path) -> None:
+    settings = Settings(redis_url="redis://127.0.0.1:1/0", auth=False)
+    with TestClient(create_app(settings)) as client:
+        client.get("/v1/models")
+        answer = client.get("/metrics")
+
+    assert answer.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(answer.text)}
+    assert families["glimpse_redis_up"].samples[0].value == 0
+    statuses = {sample.labels.get("status") for sample in families["glimpse_http_requests"].samples}
+    assert "503" in statuses
+    assert "glimpse_queue_depth" not in families
