@@ -176,3 +176,8 @@ class ExplainResponse(BaseModel):
     explanations: list[Explanation]
     timings: Timings
     provenance: Provenance
+    cached: bool = Field(
+        default=False,
+        description="answered from the result cache: the maps of an identical earlier request "
+        "by the same key; `timings` are those of that computation",
+    )

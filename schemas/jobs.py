@@ -40,6 +40,9 @@ class ExplanationJob(QueuedJob):
     target: Target
     params: dict[str, dict[str, object]] = Field(description="as requested, defaults filled in")
     output: OutputOptions
+    cache_key: str | None = Field(
+        default=None, description="where the result is also kept for identical requests"
+    )
 
 
 class VisualizationJob(QueuedJob):

@@ -45,6 +45,12 @@ def rate_window(principal: str) -> str:
     return f"{PREFIX}:rate:{principal}"
 
 
+def explanation_cache(model_sha256: str, request_digest: str) -> str:
+    """An explanation kept for identical requests: same key, image bytes, model weights, methods,
+    parameters, target and output options (`request_digest` covers all but the weights)."""
+    return f"{PREFIX}:cache:explanation:{model_sha256}:{request_digest}"
+
+
 def visualization_cache(model_sha256: str, params_digest: str) -> str:
     """A finished visualization of exact model weights with exact parameters."""
     return f"{PREFIX}:visualization:{model_sha256}:{params_digest}"

@@ -1,5 +1,6 @@
 """Turns an HTTP explain request into a queued job, or into the error that says why not."""
 
+import hashlib
 import json
 import time
 import uuid
@@ -8,6 +9,7 @@ from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from schemas import keys
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob
 from schemas.models import ModelInfo
@@ -170,16 +172,57 @@ async def admit(
         raise BadImage("The image is empty.")
     header = inspect_image(image, settings.max_image_pixels)
     check_output(options, info, header, settings)
-    await check_capacity(queue, settings, info)
+    params = options.applied_params()
     message = ExplanationJob(
         job_id=uuid.uuid4().hex,
         model=info.id,
         methods=options.methods,
         target=options.target,
-        params=options.applied_params(),
+        params=params,
         output=options.output,
+        cache_key=explanation_cache_key(options, params, image, info, principal)
+        if settings.result_cache
+        else None,
         reply_to=reply_to,
         enqueued_at=time.time(),
     )
+    if message.cache_key is not None:
+        cached = await queue.cached(message.cache_key)
+        if cached is not None:
+            await queue.store_answered(message, reissued(cached, message.job_id), principal.name)
+            return message
+    await check_capacity(queue, settings, info)
     await queue.enqueue(message, image, principal.name)
     return message
+
+
+def explanation_cache_key(
+    options: ExplainOptions,
+    params: dict[str, dict[str, object]],
+    image: bytes,
+    info: ModelInfo,
+    principal: Principal,
+) -> str:
+    """Where an identical request's result is kept. Scoped to the key that asked: another key
+    could otherwise learn from a fast answer that someone sent the same image before."""
+    request = json.dumps(
+        {
+            "key": principal.name,
+            "methods": options.methods,
+            "target": options.target,
+            "params": params,
+            "output": options.output.model_dump(mode="json"),
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(request.encode())
+    digest.update(hashlib.sha256(image).digest())
+    return keys.explanation_cache(info.sha256, digest.hexdigest())
+
+
+def reissued(cached: bytes, job_id: str) -> str:
+    """A cached response as the answer to a new job: its id, marked as cached."""
+    response = json.loads(cached)
+    response["job_id"] = job_id
+    response["cached"] = True
+    return json.dumps(response, separators=(",", ":"))

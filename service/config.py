@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(default=30.0, gt=0)
     max_sync_timeout_s: float = Field(default=300.0, gt=0)
     result_ttl_s: int = Field(default=3600, gt=0)
+    result_cache: bool = Field(
+        default=True, description="answer identical explain requests by one key from a cache"
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=64_000_000, gt=0)
     max_score_values: int = Field(

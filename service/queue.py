@@ -156,6 +156,23 @@ class JobQueue:
             pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
             await pipe.execute()
 
+    async def store_answered(self, message: ExplanationJob, result_json: str, owner: str) -> None:
+        """Record a job that needs no worker (answered from the cache) as succeeded."""
+        record_key = keys.job_record(message.job_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                record_key,
+                mapping={
+                    JobRecord.STATUS: JobState.SUCCEEDED.value,
+                    JobRecord.OWNER: owner,
+                    JobRecord.MODEL: message.model,
+                    JobRecord.CREATED_AT: repr(message.enqueued_at),
+                    JobRecord.RESULT: result_json,
+                },
+            )
+            pipe.expire(record_key, self.result_ttl_s)
+            await pipe.execute()
+
     async def record(self, job_id: str, owner: str) -> StoredJob | None:
         """The job's record as stored; None for an unknown job or another key's job."""
         record = cast(dict[bytes, bytes], await self.redis.hgetall(keys.job_record(job_id)))

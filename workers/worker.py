@@ -246,7 +246,7 @@ class Worker:
                 result_json=result_json,
             )
             self.store.count("results_stored" if stored else "duplicates_dropped")
-            if isinstance(entry.message, VisualizationJob):
+            if entry.message.cache_key is not None:
                 self.store.cache(entry.message.cache_key, result_json)
         self._record(group, results)
 

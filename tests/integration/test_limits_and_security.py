@@ -92,8 +92,9 @@ def test_per_key_rate_limit(client: httpx.Client) -> None:
 
 def test_queue_limit_timeout_and_cancel(client: httpx.Client) -> None:
     accepted, refused = [], None
-    for _ in range(8):
-        answer = submit(client, "alice", model="slow")
+    for index in range(8):
+        # Distinct images: an identical request would be answered from the result cache.
+        answer = submit(client, "alice", model="slow", image=image_b64(10 + index))
         if answer.status_code == 429:
             refused = answer
             break
