@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from captum.attr import DeepLift as CaptumDeepLift
+from captum.testing.helpers.basic_models import ReLUDeepLiftModel, ReLULinearModel
 from torch import nn
 from torchvision.models import densenet121, resnet50
 
 from workers.demo.data import make_sample
-from workers.methods import explain
+from workers.methods import Normalisation, explain
 from workers.methods.baselines import make_baseline
 from workers.methods.canonical import canonical_form
 from workers.repository import load_model
@@ -294,3 +295,40 @@ def test_on_each_device_matches_cpu(device: str) -> None:
 
     assert on_device.values.device.type == device
     assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4
+
+
+class _PixelsAsInputs(nn.Module):
+    """Feeds a (N, 1, 1, W) image's pixels, split in two, to a Captum test model of two inputs."""
+
+    def __init__(self, model: nn.Module, split: int) -> None:
+        super().__init__()
+        self.model = model
+        self.split = split
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        pixels = image.flatten(1)
+        return self.model(pixels[:, : self.split], pixels[:, self.split :]).reshape(-1, 1)
+
+
+@pytest.mark.parametrize(
+    ("model", "split", "pixels", "expected"),
+    [
+        # Captum's test_relu_deeplift_exact_match: 2·relu(x1) + 2·relu(x2 − 1.5) at (1, 2).
+        (ReLUDeepLiftModel(), 1, [1.0, 2.0], [2.0, 1.0]),
+        # Captum's test_relu_linear_deeplift: l3(relu(cat(l1(x1), l2(x2)))).
+        (ReLULinearModel(), 3, [-10.0, 1.0, -5.0, 3.0, 3.0, 1.0], [0.0, 0.0, 0.0, 6.0, 9.0, 0.0]),
+    ],
+)
+def test_reproduces_captums_hard_coded_cases(
+    model: nn.Module, split: int, pixels: list[float], expected: list[float]
+) -> None:
+    wrapped = frozen(_PixelsAsInputs(model, split))
+    image = torch.tensor(pixels).view(1, 1, 1, -1)
+    # Pixel value 0 is the input itself with this normalisation: Captum's zero baselines.
+    identity = Normalisation((0.0,), (1.0,))
+
+    result = explain(
+        "deeplift", wrapped, image, torch.tensor([0]), {}, cam_layer="", normalisation=identity
+    )
+
+    torch.testing.assert_close(result.values.view(-1), torch.tensor(expected))
