@@ -1,9 +1,10 @@
-"""Time per map of `cam`, `gradcam_pp`, `scorecam`, `smoothgrad` and `integrated_gradients` with
-their default parameters.
+"""Time per map of `gradcam`, `cam`, `gradcam_pp`, `scorecam`, `saliency`, `smoothgrad` and
+`integrated_gradients` with their default parameters.
 
 For each model, one image, one target: the method's time next to the bare cost of its passes
 (a forward, or a forward and an input gradient, in the same number of rows), and for
-integrated_gradients and smoothgrad Captum's `IntegratedGradients` and `NoiseTunnel(Saliency)`
+gradcam, saliency, integrated_gradients and smoothgrad Captum's `LayerGradCam`, `Saliency`,
+`IntegratedGradients` and `NoiseTunnel(Saliency)`
 with the same settings (for integrated_gradients, the steps its refinement reached), with the
 ratio Captum / ours and the largest difference of the maps
 (relative to the map's range; SmoothGrad's noise differs, so its maps differ by the noise). Also
@@ -21,7 +22,13 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+from captum.attr import (
+    IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
+    NoiseTunnel,
+    Saliency,
+)
 from torch import nn
 from torchvision.models import resnet50
 
@@ -35,7 +42,15 @@ from workers.repository import load_model
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "demo-lesions" / "1"
 MODELS = ("demo", "resnet50")
-METHODS = ("cam", "gradcam_pp", "scorecam", "smoothgrad", "integrated_gradients")
+METHODS = (
+    "gradcam",
+    "cam",
+    "gradcam_pp",
+    "scorecam",
+    "saliency",
+    "smoothgrad",
+    "integrated_gradients",
+)
 T = TypeVar("T")
 
 
@@ -111,6 +126,42 @@ class Bench:
         ms = 1000 * seconds
         compare: Callable[[float, torch.Tensor], str] = getattr(self, f"compare_{method}")
         return f"{ms:10.1f} ms/map   {compare(ms, values)}"
+
+    def compare_gradcam(self, ms: float, values: torch.Tensor) -> str:
+        bare = self.rows_ms(self.gradient, 1, 1)
+        layer = self.model.get_submodule(self.cam_layer)
+
+        def captum() -> torch.Tensor:
+            attribution = LayerGradCam(self.model, layer).attribute(
+                self.image, target=int(self.target), relu_attributions=True
+            )
+            size = tuple(self.image.shape[2:])
+            upsampled = LayerAttribution.interpolate(attribution, size, interpolate_mode="bilinear")
+            return upsampled[:, 0].detach()
+
+        captum_seconds, captum_values = timed(captum, self.repeats)
+        captum_ms = 1000 * captum_seconds
+        return (
+            f"1 forward+backward to the input {bare:.1f} ms, ratio {ms / bare:.2f}; "
+            f"Captum {captum_ms:.1f} ms, Captum/ours {captum_ms / ms:.2f}, "
+            f"max |ours - Captum| {relative_difference(values, captum_values):.1e} of range"
+        )
+
+    def compare_saliency(self, ms: float, values: torch.Tensor) -> str:
+        bare = self.rows_ms(self.gradient, 1, 1)
+
+        def captum() -> torch.Tensor:
+            image = self.image.clone().requires_grad_(True)
+            gradient = Saliency(self.model).attribute(image, target=int(self.target), abs=True)
+            return gradient.amax(dim=1).detach()
+
+        captum_seconds, captum_values = timed(captum, self.repeats)
+        captum_ms = 1000 * captum_seconds
+        return (
+            f"1 forward+backward {bare:.1f} ms, ratio {ms / bare:.2f}; "
+            f"Captum {captum_ms:.1f} ms, Captum/ours {captum_ms / ms:.2f}, "
+            f"max |ours - Captum| {relative_difference(values, captum_values):.1e} of range"
+        )
 
     def compare_cam(self, ms: float, values: torch.Tensor) -> str:
         bare = self.rows_ms(self.forward, 1, 1)

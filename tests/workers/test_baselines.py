@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from method_checks import DEVICES
 from torchvision.transforms.functional import gaussian_blur as torchvision_blur
 
 from workers.methods.base import Normalisation
@@ -131,9 +132,6 @@ def test_rejects_an_unknown_kind_and_a_normalisation_of_the_wrong_size() -> None
         make_baseline("grey", inputs)
     with pytest.raises(ValueError, match="a normalisation of 1 channels for 3"):
         make_baseline("black", inputs, normalisation=Normalisation((0.5,), (0.25,)))
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 from torchvision.models import DenseNet, resnet18
 
@@ -63,23 +64,6 @@ def calibrated_resnet18() -> nn.Module:
 @pytest.fixture(scope="module")
 def demo_model() -> nn.Module:
     return load_model(DEMO_MODEL, torch.device("cpu")).module
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 def test_equals_gradcam_times_the_map_area_on_the_demo_model(demo_model: nn.Module) -> None:
@@ -279,9 +263,6 @@ def test_leaves_the_model_unchanged() -> None:
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name])
     assert not inputs.requires_grad
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

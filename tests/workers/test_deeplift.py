@@ -10,6 +10,7 @@ import pytest
 import torch
 from captum.attr import DeepLift as CaptumDeepLift
 from captum.testing.helpers.basic_models import ReLUDeepLiftModel, ReLULinearModel
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 from torchvision.models import densenet121, resnet50
 
@@ -106,23 +107,6 @@ def completeness_error(
     return float(error.max())
 
 
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-        assert not parameter.requires_grad
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
-
-
 @pytest.mark.parametrize(
     ("factory", "baselines"), [(resnet50, ("black", "uniform")), (densenet121, ("blur",))]
 )
@@ -135,7 +119,7 @@ def test_is_complete_on_torchvision_models(
 
     for baseline in baselines:
         assert completeness_error(model, inputs, targets, baseline) < 1e-3, baseline
-    assert_untouched(model)
+    assert_untouched(model, frozen=True)
 
 
 def test_captum_refuses_a_reused_relu_that_this_handles() -> None:
@@ -170,7 +154,7 @@ def test_matches_captum_where_its_relu_and_maxpool_rules_apply(baseline: str) ->
     assert result.values.dtype == torch.float32
     assert result.signed
     assert max_relative_deviation(result.values, expected.detach().sum(1)) < 1e-4
-    assert_untouched(model)
+    assert_untouched(model, frozen=True)
 
 
 def test_stays_complete_on_overlapping_max_pools_where_captums_unpooling_is_not() -> None:
@@ -269,16 +253,13 @@ def test_leaves_the_model_and_the_inputs_alone() -> None:
 
     explain("deeplift", model, inputs, torch.tensor([0, 1]), {}, cam_layer="")
 
-    assert_untouched(model)
+    assert_untouched(model, frozen=True)
     assert model.relu.inplace and type(model.relu) is nn.ReLU
     assert not model.training
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name])
     assert torch.equal(inputs, original)
     assert not inputs.requires_grad
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import LayerAttribution, LayerGradCam
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 from torchvision.models import resnet18
 
@@ -69,24 +70,6 @@ def captum_gradcam(
         attribution, tuple(inputs.shape[2:]), interpolate_mode="bilinear"
     )
     return upsampled[:, 0].detach()
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    deviations = (actual - expected).abs().flatten(1).amax(1) / spans
-    return float(deviations.max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 @pytest.mark.parametrize("layer", ["0.6", "0.5", "0.2"])
@@ -291,9 +274,6 @@ def test_rejects_a_layer_that_runs_twice() -> None:
         explain("gradcam", model, torch.randn(1, 1, 8, 8), torch.tensor([0]), {}, cam_layer="1")
 
     assert_untouched(model)
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,6 +6,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 from torch.func import jvp, vmap
 
@@ -69,23 +70,6 @@ def paper_gradcam_pp(
     exp_score = head(activation)[0, target].exp()
     cam = torch.relu((weights * activation).sum(dim=1, keepdim=True)) / exp_score
     return F.interpolate(cam, size=image.shape[2:], mode="bilinear", align_corners=False)[:, 0]
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 # Forward-mode autograd loads torch's own decompositions through the deprecated torch.jit.script.
@@ -171,9 +155,6 @@ def test_rejects_a_layer_without_a_spatial_output() -> None:
 
     assert caught.value.parameter == "layer"
     assert_untouched(model)
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

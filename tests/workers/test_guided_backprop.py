@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
+from method_checks import DEVICES, max_relative_deviation
 from torch import nn
 from torchvision.models import resnet18
 
@@ -65,12 +66,6 @@ def calibrated_resnet18() -> nn.Module:
 
 def captum_guided(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return CaptumGuidedBackprop(model).attribute(inputs, target=targets.tolist()).detach()
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
 
 
 def assert_untouched(model: nn.Module) -> None:
@@ -186,9 +181,6 @@ def test_leaves_the_model_and_the_inputs_alone() -> None:
     # The plain gradient is still the plain gradient: no guided ReLU leaked into the model.
     plain = input_gradient(model, inputs, torch.tensor([0, 1]))
     assert max_relative_deviation(plain, captum_guided(model, inputs, torch.tensor([0, 1]))) > 0.1
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from captum.attr import GuidedGradCam as CaptumGuidedGradCam
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 from torchvision.models import resnet18
 
@@ -56,22 +57,6 @@ def captum_guided_gradcam(
         inputs, target=targets.tolist(), interpolate_mode="bilinear"
     )
     return attribution.detach().abs().amax(1)
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 @pytest.mark.parametrize("layer", ["6", "5", "2"])
@@ -185,9 +170,6 @@ def test_rejects_a_layer_the_model_does_not_have() -> None:
 
     assert caught.value.parameter == "layer"
     assert_untouched(model)
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from captum.attr import IntegratedGradients
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -85,23 +86,6 @@ def completeness_gaps(
         change = model(inputs)[rows, targets] - model(baselines)[rows, targets]
     assert bool((change.abs() > 0.1).all()), "little change to attribute; the check would be weak"
     return (result.values.sum(dim=(1, 2)) - change).abs() / change.abs(), result
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 def test_matches_captum_on_a_small_cnn() -> None:
@@ -265,9 +249,6 @@ def test_leaves_the_model_and_the_inputs_unchanged() -> None:
         assert torch.equal(tensor, state[name])
     assert torch.equal(inputs, before)
     assert not inputs.requires_grad
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -16,6 +16,7 @@ import onnx
 import pytest
 import torch
 from captum.attr import InputXGradient
+from method_checks import DEVICES, assert_untouched
 from torch import nn
 from torchvision.models import densenet121, resnet50
 
@@ -28,7 +29,6 @@ from workers.onnx_models import convert_to_torch
 from workers.repository import load_model
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo-lesions" / "1"
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 SIZE = 64
 
 
@@ -236,21 +236,9 @@ def test_a_batch_with_per_sample_targets_equals_single_calls(
     assert batch.values.dtype == torch.float32
     assert max_relative_deviation(batch.values, singles) < 1e-4
     assert not torch.allclose(batch.values[0], batch.values[1])
-    assert_untouched(model)
+    assert_untouched(model, frozen=True)
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, state[name])
-
-
-def assert_untouched(model: nn.Module) -> None:
-    assert not model.training
-    for parameter in model.parameters():
-        assert parameter.grad is None
-        assert not parameter.requires_grad
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 def test_leaves_a_resnet_and_its_canonical_form_unchanged(
@@ -264,7 +252,7 @@ def test_leaves_a_resnet_and_its_canonical_form_unchanged(
 
     lrp_relevance(model, inputs, torch.tensor([3]))
 
-    assert_untouched(model)
+    assert_untouched(model, frozen=True)
     assert canonical_form(model) is canonical
     assert dict(canonical.named_modules()) == modules
     for name, tensor in model.state_dict().items():

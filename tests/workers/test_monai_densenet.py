@@ -23,6 +23,7 @@ import pytest
 import safetensors.torch
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
+from method_checks import assert_untouched, max_relative_deviation
 from monai.networks.nets import DenseNet121
 from torch import nn
 
@@ -210,28 +211,9 @@ def run(
     return result.values
 
 
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
 def target_logits(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(inputs).gather(1, targets[:, None])[:, 0].double()
-
-
-def assert_untouched(model: nn.Module) -> None:
-    assert not model.training
-    for parameter in model.parameters():
-        assert parameter.grad is None
-        assert not parameter.requires_grad
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 def test_loads_in_both_formats_with_every_method_available(
@@ -261,7 +243,7 @@ def test_every_method_gives_the_same_map_through_onnx(
     maps = {path: run(method, twins[path], path, inputs, targets) for path in PATHS}
 
     assert max_relative_deviation(maps["onnx"], maps["torch"]) < TWIN_TOLERANCE
-    assert_untouched(twins["torch"].module)
+    assert_untouched(twins["torch"].module, frozen=True)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -345,4 +327,4 @@ def test_gradcam_matches_captum_on_the_default_cam_layer(
     )
     expected = LayerAttribution.interpolate(attribution, (SIZE, SIZE), interpolate_mode="bilinear")
     assert max_relative_deviation(result, expected[:, 0].detach()) < 1e-4
-    assert_untouched(loaded.module)
+    assert_untouched(loaded.module, frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 
 from workers.methods import TargetError, explain
@@ -17,7 +18,6 @@ from workers.repository import LoadedModel, load_model
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "models" / "demo-lesions" / "1"
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 def small_cnn() -> nn.Sequential:
@@ -52,24 +52,6 @@ class AffineProbabilities(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         q = self.bias + inputs.flatten(1) @ self.weight.flatten()
         return torch.log(torch.stack([q, 1 - q], dim=1))
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    deviations = (actual - expected).abs().flatten(1).amax(1) / spans
-    return float(deviations.max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 def expected_rise_map(

@@ -3,6 +3,7 @@
 import pytest
 import torch
 from captum.attr import Saliency
+from method_checks import DEVICES
 from torch import nn
 
 from workers.methods import explain
@@ -93,9 +94,6 @@ def test_leaves_the_model_and_the_inputs_alone() -> None:
     assert not inputs.requires_grad
     assert inputs.grad is None
     assert torch.equal(inputs, before)
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -4,6 +4,7 @@ model hygiene."""
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 
 from workers.methods import MethodParameterError, TargetError, explain
@@ -53,23 +54,6 @@ def loop_scorecam(
             score = torch.softmax(model(image * mask), dim=1)[0, target]
             cam += (score - baseline) * channel_map
     return F.interpolate(torch.relu(cam)[None, None], size=size, mode="bilinear")[0]
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 @pytest.mark.parametrize(("layer", "batch_size"), [(5, 32), (5, 3), (2, 1)])
@@ -178,9 +162,6 @@ def test_leaves_the_model_and_the_inputs_unchanged() -> None:
         assert torch.equal(tensor, state[name])
     assert torch.equal(inputs, before)
     assert not inputs.requires_grad
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

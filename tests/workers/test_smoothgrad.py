@@ -6,6 +6,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
 from torch import nn
 
 import workers.methods.base as method_base
@@ -69,23 +70,6 @@ def captum_mean_over_noise(
             for image, target in zip(inputs, targets, strict=True)
         ]
     )
-
-
-def max_relative_deviation(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """The largest |actual - expected| per sample, relative to that sample's map range."""
-    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
-    assert bool((spans > 0).all()), "a reference map is flat; the comparison would be empty"
-    return float(((actual - expected).abs().flatten(1).amax(1) / spans).max())
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 @pytest.mark.parametrize("absolute", [True, False])
@@ -296,9 +280,6 @@ def test_leaves_the_model_and_the_inputs_unchanged() -> None:
         assert torch.equal(tensor, state[name])
     assert torch.equal(inputs, before)
     assert not inputs.requires_grad
-
-
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from method_checks import DEVICES, assert_untouched
 from PIL import Image
 from torch import nn
 from torchvision.models import resnet50
@@ -20,21 +21,10 @@ from workers.visualize import COLOUR_CHOLESKY, Visualization, render_png, visual
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
-DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 def params(**fields: object) -> VisualizationParams:
     return VisualizationParams.model_validate(fields)
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
 
 
 def decode_png(data: bytes) -> np.ndarray:
