@@ -88,7 +88,17 @@ class JobQueue:
         return infos
 
     async def model(self, model_id: str) -> ModelInfo | None:
-        return (await self.models()).get(model_id)
+        """One registered model with its count of live workers, in one round trip."""
+        since = time.time() - self.worker_timeout_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.MODEL_REGISTRY, model_id)
+            pipe.zcount(keys.model_workers(model_id), since, "+inf")
+            raw, count = await pipe.execute()
+        if raw is None:
+            return None
+        info = ModelInfo.model_validate_json(raw)
+        info.live_workers = int(count)
+        return info
 
     async def live_workers(self) -> int:
         return int(
