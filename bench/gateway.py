@@ -88,6 +88,7 @@ def body(seed: int) -> dict[str, object]:
 
 def measure_latency(url: str, requests: int) -> None:
     totals, worker_parts = [], []
+    parts: dict[str, list[float]] = {"queue_ms": [], "compute_ms": [], "render_ms": []}
     with httpx.Client(base_url=url, timeout=30) as client:
         for seed in range(10):  # warm: first calls load and trace
             client.post("/v1/explanations", json=body(1_000_000 + seed)).raise_for_status()
@@ -97,13 +98,16 @@ def measure_latency(url: str, requests: int) -> None:
             totals.append((time.perf_counter() - started) * 1000)
             answer.raise_for_status()
             timings = answer.json()["timings"]
-            worker_parts.append(timings["queue_ms"] + timings["compute_ms"] + timings["render_ms"])
+            worker_parts.append(sum(timings[part] for part in parts))
+            for part, values in parts.items():
+                values.append(timings[part])
     totals.sort()
     p50, p95 = statistics.median(totals), totals[int(0.95 * (len(totals) - 1))]
     print(f"latency over {requests} sequential requests (trivial model, saliency):")
     print(f"  end to end p50 {p50:.1f} ms, p95 {p95:.1f} ms, max {totals[-1]:.1f} ms")
     print(
         f"  worker's share (queue + compute + render) p50 {statistics.median(worker_parts):.1f} ms"
+        f" ({', '.join(f'{k[:-3]} {statistics.median(v):.1f}' for k, v in parts.items())})"
     )
 
 
