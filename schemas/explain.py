@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.dicom import DicomOptions
 from schemas.methods import PARAMS_BY_METHOD
 
 MAX_TOP_K = 5
@@ -39,6 +40,9 @@ class ExplainOptions(BaseModel):
     )
     params: dict[str, dict[str, object]] = Field(default_factory=dict)
     output: OutputOptions = Field(default_factory=OutputOptions)
+    dicom: DicomOptions | None = Field(
+        default=None, description="frame and window of a DICOM image; only with DICOM images"
+    )
 
     @field_validator("methods")
     @classmethod
@@ -100,7 +104,9 @@ class ExplainOptions(BaseModel):
 class ExplainRequest(ExplainOptions):
     """`POST /v1/explanations` and `POST /v1/jobs` as JSON."""
 
-    image: str = Field(min_length=1, description="base64 of PNG or JPEG bytes (or a data URL)")
+    image: str = Field(
+        min_length=1, description="base64 of PNG, JPEG or DICOM bytes (or a data URL)"
+    )
 
     def options(self) -> ExplainOptions:
         return ExplainOptions.model_validate(self.model_dump(exclude={"image"}))
@@ -167,6 +173,11 @@ class Provenance(BaseModel):
     params: dict[str, dict[str, object]]
     target: Target
     output: OutputOptions
+    dicom: DicomOptions | None = Field(
+        default=None,
+        description="for a DICOM image: the frame and the window as applied (from the request, "
+        "the file, or the full range of its values); none for a colour image",
+    )
 
 
 class ExplainResponse(BaseModel):

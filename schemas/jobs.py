@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter
 
+from schemas.dicom import DicomOptions
 from schemas.explain import ExplainResponse, OutputOptions, Target
 from schemas.problems import Problem
 from schemas.visualizations import VisualizationParams, VisualizationResponse
@@ -40,6 +41,7 @@ class ExplanationJob(QueuedJob):
     target: Target
     params: dict[str, dict[str, object]] = Field(description="as requested, defaults filled in")
     output: OutputOptions
+    dicom: DicomOptions | None = Field(default=None, description="as requested, for DICOM images")
     cache_key: str | None = Field(
         default=None, description="where the result is also kept for identical requests"
     )

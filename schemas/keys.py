@@ -47,7 +47,7 @@ def rate_window(principal: str) -> str:
 
 def explanation_cache(model_sha256: str, request_digest: str) -> str:
     """An explanation kept for identical requests: same key, image bytes, model weights, methods,
-    parameters, target and output options (`request_digest` covers all but the weights)."""
+    parameters, target, output and DICOM options (`request_digest` covers all but the weights)."""
     return f"{PREFIX}:cache:explanation:{model_sha256}:{request_digest}"
 
 

@@ -10,12 +10,14 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from schemas import keys
+from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob
 from schemas.models import ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
 from service.config import Settings
+from service.dicom import check_dicom_options
 from service.errors import (
     BadImage,
     InvalidRequest,
@@ -28,7 +30,7 @@ from service.errors import (
 from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue
 
-JSON_FIELDS = ("target", "params", "output")
+JSON_FIELDS = ("target", "params", "output", "dicom")
 
 
 class InvalidFields(InvalidRequest):
@@ -171,6 +173,7 @@ async def admit(
     if not image:
         raise BadImage("The image is empty.")
     header = inspect_image(image, settings.max_image_pixels)
+    check_dicom_options(options.dicom, header.dicom)
     check_output(options, info, header, settings)
     params = options.applied_params()
     message = ExplanationJob(
@@ -180,6 +183,7 @@ async def admit(
         target=options.target,
         params=params,
         output=options.output,
+        dicom=options.dicom,
         cache_key=explanation_cache_key(options, params, image, info, principal)
         if settings.result_cache
         else None,
@@ -212,6 +216,7 @@ def explanation_cache_key(
             "target": options.target,
             "params": params,
             "output": options.output.model_dump(mode="json"),
+            "dicom": (options.dicom or DicomOptions()).model_dump(mode="json"),
         },
         sort_keys=True,
     )

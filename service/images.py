@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from service.dicom import DicomHeader, inspect_dicom, is_dicom
 from service.errors import BadImage, PayloadTooLarge, UnsupportedMedia
 
 _SIGNATURES = {
@@ -21,6 +22,7 @@ class ImageHeader:
     format: str
     width: int
     height: int
+    dicom: DicomHeader | None = None
 
 
 def decode_base64_image(text: str) -> bytes:
@@ -34,16 +36,21 @@ def decode_base64_image(text: str) -> bytes:
 
 
 def sniff_format(data: bytes) -> str:
-    """`png` or `jpeg` by magic bytes; UnsupportedMedia for anything else."""
+    """`png`, `jpeg` or `dicom` by magic bytes; UnsupportedMedia for anything else."""
     for signature, name in _SIGNATURES.items():
         if data.startswith(signature):
             return name
-    raise UnsupportedMedia("The image is neither PNG nor JPEG.")
+    if is_dicom(data):
+        return "dicom"
+    raise UnsupportedMedia("The image is neither PNG, JPEG nor DICOM.")
 
 
 def inspect_image(data: bytes, max_pixels: int) -> ImageHeader:
     """Check format, dimensions and integrity without keeping decoded pixels."""
     fmt = sniff_format(data)
+    if fmt == "dicom":
+        dicom = inspect_dicom(data, max_pixels)
+        return ImageHeader(format=fmt, width=dicom.columns, height=dicom.rows, dicom=dicom)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

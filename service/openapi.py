@@ -18,12 +18,21 @@ EXPLAIN_BODY: dict[str, object] = {
                     "type": "object",
                     "required": ["image", "model"],
                     "properties": {
-                        "image": {"type": "string", "format": "binary"},
+                        "image": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "PNG, JPEG or DICOM file",
+                        },
                         "model": {"type": "string"},
                         "methods": {"type": "string", "description": "comma-separated"},
                         "target": {"type": "string"},
                         "params": {"type": "string", "description": "JSON object"},
                         "output": {"type": "string", "description": "JSON object"},
+                        "dicom": {
+                            "type": "string",
+                            "description": 'JSON object, e.g. {"frame": 0, "window": '
+                            '{"center": 40, "width": 400}}',
+                        },
                     },
                 }
             },
@@ -40,7 +49,7 @@ _PROBLEM_TEXT = {
     404: "Unknown model or job",
     413: "Body or image too large",
     415: "Unsupported media type or image format",
-    422: "Invalid field, unknown method or bad target",
+    422: "Invalid field, unknown method, bad target or a DICOM frame the file lacks",
     429: "Rate limit or model queue full; see Retry-After",
     503: "Redis unreachable or no live worker; see Retry-After",
     504: "The wait ran out; the body carries the job_id",

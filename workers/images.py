@@ -12,10 +12,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from schemas.dicom import DicomOptions
+
 DEFAULT_MAX_PIXELS = 64_000_000
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
+# A DICOM file (PS3.10) is a 128-byte preamble, then `DICM`.
+_DICOM_MAGIC_OFFSET = 128
+_DICOM_MAGIC = b"DICM"
 # PNG colour types 0 and 4 are grey and grey + alpha; the IHDR colour type byte sits at offset 25.
 _PNG_COLOUR_TYPE_OFFSET = 25
 _PNG_GREY_COLOUR_TYPES = (0, 4)
@@ -46,11 +51,15 @@ class ImageDecodeError(ValueError):
 
 
 class UnsupportedImageError(ValueError):
-    """The bytes are not in a format this worker decodes (PNG or JPEG)."""
+    """The bytes are not in a format or encoding this worker decodes."""
 
 
 class ImageTooLargeError(ValueError):
     """The image has more pixels than allowed; refused before its pixels are decoded."""
+
+
+class DicomOptionError(ValueError):
+    """The request's DICOM options do not fit the file: a frame it lacks, a window on colour."""
 
 
 @dataclass(frozen=True)
@@ -58,15 +67,20 @@ class DecodedImage:
     """An image at its original resolution, transparency composited on black.
 
     `pixels` is float32 H×W×C in [0, 1] with C = 1 for grey images and 3 for colour ones;
-    `display` is the uint8 H×W×3 RGB picture overlays are drawn on.
+    `display` is the uint8 H×W×3 RGB picture overlays are drawn on; `dicom` is, for a DICOM
+    image, the frame and window that made it.
     """
 
     pixels: np.ndarray
     display: np.ndarray
+    dicom: DicomOptions | None = None
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode PNG or JPEG bytes (8 or 16 bit; grey, grey + alpha, RGB, RGBA or palette).
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, dicom: DicomOptions | None = None
+) -> DecodedImage:
+    """Decode PNG or JPEG bytes (8 or 16 bit; grey, grey + alpha, RGB, RGBA or palette), or
+    DICOM bytes as `workers.dicom.decode_dicom` does with the options `dicom`.
 
     EXIF orientation is applied, so the image is upright as a browser shows it. Raises
     `UnsupportedImageError` for other formats, `ImageTooLargeError` past `max_pixels` (checked
@@ -75,6 +89,11 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     """
     if not data:
         raise ImageDecodeError("the image is empty")
+    if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == _DICOM_MAGIC:
+        # workers.dicom builds on this module's DecodedImage and errors, so it is imported here.
+        from workers.dicom import decode_dicom
+
+        return decode_dicom(data, dicom or DicomOptions(), max_pixels)
     if data.startswith(_PNG_SIGNATURE):
         grey_source = (
             len(data) > _PNG_COLOUR_TYPE_OFFSET
@@ -85,7 +104,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         grey_source = False
         image_format = "JPEG"
     else:
-        raise UnsupportedImageError("unsupported image format; expected PNG or JPEG")
+        raise UnsupportedImageError("unsupported image format; expected PNG, JPEG or DICOM")
     with _pillow_errors(image_format):
         image = Image.open(io.BytesIO(data), formats=[image_format])
     _check_size(image.size, max_pixels)
@@ -93,10 +112,15 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
     pixels = _read_pixels(image, grey_source)
+    return DecodedImage(pixels=pixels, display=display_of(pixels))
+
+
+def display_of(pixels: np.ndarray) -> np.ndarray:
+    """The uint8 H×W×3 RGB picture of float H×W×C pixels in [0, 1]."""
     display = np.rint(pixels * 255).astype(np.uint8)
     if display.shape[2] == 1:
         display = np.repeat(display, 3, axis=2)
-    return DecodedImage(pixels=pixels, display=display)
+    return display
 
 
 def to_model_input(

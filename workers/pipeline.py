@@ -151,6 +151,7 @@ def explain_jobs(
                     params=params,
                     target=job.message.target,
                     output=job.message.output,
+                    dicom=job.image.dicom,
                 ),
             )
         )

@@ -20,6 +20,7 @@ from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, problem_type
 from workers.config import WorkerSettings
 from workers.images import (
     DecodedImage,
+    DicomOptionError,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageError,
@@ -181,7 +182,7 @@ class Worker:
                     key = (entry.model_id, message.visualization.batch_key())
                     visualizations[key].append((entry, message))
                 else:
-                    prepared = PreparedJob(message, self._decode(job_id), time.time())
+                    prepared = PreparedJob(message, self._decode(message), time.time())
                     explanations[batch_key(message)].append((entry, prepared))
             except JobFailed as failure:
                 self._fail(entry, failure.problem)
@@ -198,12 +199,14 @@ class Worker:
         messages = [job for job in jobs if isinstance(job, VisualizationJob)]
         return list(visualization_responses(model, messages))
 
-    def _decode(self, job_id: str) -> DecodedImage:
-        data = self.store.image(job_id)
+    def _decode(self, message: ExplanationJob) -> DecodedImage:
+        data = self.store.image(message.job_id)
         if data is None:
             raise JobFailed(410, "image-expired", "Image expired", "The job's image has expired.")
         try:
-            return decode_image(data)
+            return decode_image(data, dicom=message.dicom)
+        except DicomOptionError as exc:
+            raise JobFailed(422, "invalid-request", "Invalid request", str(exc)) from exc
         except ImageTooLargeError as exc:
             raise JobFailed(413, "too-large", "Image too large", str(exc)) from exc
         except UnsupportedImageError as exc:

@@ -1,0 +1,157 @@
+"""The gateway's DICOM header check on real files written by pydicom: format, size, options."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from dicom_files import (  # type: ignore[import-not-found]
+    PLANTED_VALUES,
+    dicom_file,
+    jpeg_dicom_file,
+    short_rle_file,
+)
+from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+
+from schemas.dicom import DicomOptions, DicomWindow
+from service.dicom import DicomHeader, check_dicom_options, inspect_dicom
+from service.errors import ApiError, BadImage, InvalidRequest, PayloadTooLarge, UnsupportedMedia
+from service.images import inspect_image, sniff_format
+
+MAX_PIXELS = 64_000_000
+RNG = np.random.default_rng(5)
+CT = RNG.integers(-1000, 2000, (12, 10)).astype(np.int16)
+FRAMES = RNG.integers(0, 255, (3, 8, 6), dtype=np.uint8)
+RGB = RNG.integers(0, 255, (4, 5, 3), dtype=np.uint8)
+
+
+def assert_no_planted_value(error: BaseException) -> None:
+    assert not any(value in str(error) for value in PLANTED_VALUES)
+
+
+def test_dicom_is_sniffed_by_dicm_after_the_128_byte_preamble() -> None:
+    data = dicom_file(CT)
+    assert data[128:132] == b"DICM"
+
+    assert sniff_format(data) == "dicom"
+    with pytest.raises(UnsupportedMedia, match="DICOM"):
+        sniff_format(b"DICM" + data[132:])
+    with pytest.raises(UnsupportedMedia):
+        sniff_format(data[:128] + b"DICN" + data[132:])
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (dicom_file(CT), DicomHeader(rows=12, columns=10, frames=1, photometric="MONOCHROME2")),
+        (dicom_file(FRAMES), DicomHeader(rows=8, columns=6, frames=3, photometric="MONOCHROME2")),
+        (
+            dicom_file(RGB, photometric="RGB", transfer_syntax=RLELossless),
+            DicomHeader(rows=4, columns=5, frames=1, photometric="RGB"),
+        ),
+        (
+            dicom_file(FRAMES[0], photometric="MONOCHROME1"),
+            DicomHeader(rows=8, columns=6, frames=1, photometric="MONOCHROME1"),
+        ),
+    ],
+    ids=["ct", "multi-frame", "rgb-rle", "monochrome1"],
+)
+def test_the_header_gives_the_image_layout(data: bytes, expected: DicomHeader) -> None:
+    header = inspect_image(data, MAX_PIXELS)
+
+    assert header.format == "dicom"
+    assert (header.width, header.height) == (expected.columns, expected.rows)
+    assert header.dicom == expected
+
+
+def test_rows_columns_and_frames_together_are_held_to_the_pixel_limit() -> None:
+    data = dicom_file(FRAMES)  # 3 × 8 × 6 = 144 pixels
+
+    with pytest.raises(PayloadTooLarge, match="3 frame"):
+        inspect_dicom(data, max_pixels=143)
+    assert inspect_dicom(data, max_pixels=144).frames == 3
+
+
+def test_huge_claimed_dimensions_are_too_large_not_short_of_pixel_data() -> None:
+    bomb = dicom_file(np.zeros((4, 4), np.uint16), Rows=65535, Columns=65535)
+
+    with pytest.raises(PayloadTooLarge):
+        inspect_image(bomb, MAX_PIXELS)
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (jpeg_dicom_file(FRAMES[0]), "JPEG Baseline"),
+        (dicom_file(CT, transfer_syntax=DeflatedExplicitVRLittleEndian), "Deflated"),
+        (dicom_file(RGB, photometric="YBR_FULL"), "YBR_FULL"),
+        (dicom_file(CT.astype(np.int32)), "32 bits"),
+    ],
+    ids=["jpeg-baseline", "deflated", "ybr-full", "32-bit"],
+)
+def test_encodings_and_layouts_it_does_not_read_are_unsupported(data: bytes, named: str) -> None:
+    with pytest.raises(UnsupportedMedia, match=named) as refused:
+        inspect_image(data, MAX_PIXELS)
+    assert_no_planted_value(refused.value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        dicom_file(CT)[:-7],
+        dicom_file(CT)[:400],
+        bytes(128) + b"DICM" + bytes(RNG.integers(0, 256, 300, dtype=np.uint8)),
+        dicom_file(CT, Rows=0),
+        dicom_file(RGB, photometric="RGB", SamplesPerPixel=1),
+        dicom_file(CT, BitsStored=17),
+    ],
+    ids=["pixel-data-cut", "header-only", "garbage", "no-rows", "rgb-one-sample", "bits-stored"],
+)
+def test_malformed_files_are_bad_images(data: bytes) -> None:
+    with pytest.raises(BadImage) as refused:
+        inspect_image(data, MAX_PIXELS)
+    assert_no_planted_value(refused.value)
+
+
+def test_a_corrupt_rle_frame_passes_the_door_for_the_worker_to_refuse() -> None:
+    assert inspect_image(short_rle_file(CT), MAX_PIXELS).format == "dicom"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns of what it reads past
+def test_mutated_files_are_refused_as_client_errors_never_anything_else() -> None:
+    originals = [dicom_file(CT), dicom_file(RGB, photometric="RGB"), dicom_file(FRAMES)]
+    rng = np.random.default_rng(11)
+    for trial in range(300):
+        data = bytearray(originals[trial % len(originals)])
+        for position in rng.integers(132, len(data), int(rng.integers(1, 8))):
+            data[position] = int(rng.integers(0, 256))
+        try:
+            inspect_image(bytes(data), MAX_PIXELS)
+        except ApiError as refused:
+            assert refused.status in (400, 413, 415)
+            assert_no_planted_value(refused)
+
+
+def test_frame_and_window_must_fit_the_file() -> None:
+    grey = DicomHeader(rows=8, columns=6, frames=3, photometric="MONOCHROME2")
+    colour = DicomHeader(rows=8, columns=6, frames=1, photometric="RGB")
+    window = DicomWindow(center=40, width=400)
+
+    check_dicom_options(None, None)
+    check_dicom_options(DicomOptions(frame=2, window=window), grey)
+    check_dicom_options(DicomOptions(), colour)
+    with pytest.raises(InvalidRequest, match=r"3 frame\(s\) \(0–2\)"):
+        check_dicom_options(DicomOptions(frame=3), grey)
+    with pytest.raises(InvalidRequest, match="MONOCHROME"):
+        check_dicom_options(DicomOptions(window=window), colour)
+    with pytest.raises(InvalidRequest, match="only to DICOM"):
+        check_dicom_options(DicomOptions(), None)
+
+
+def test_the_gateway_loads_pydicom_only_for_a_dicom_upload() -> None:
+    code = (
+        "import sys; from service.app import create_app; create_app(); "
+        "print('pydicom' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
