@@ -241,6 +241,9 @@ class Worker:
             return
         for (entry, _), result in zip(group, results, strict=True):
             result_json = result.model_dump_json()
+            # Cached first: the client woken by `complete` may repeat its request at once.
+            if entry.message.cache_key is not None:
+                self.store.cache(entry.message.cache_key, result_json)
             stored = self.store.complete(
                 entry.model_id,
                 entry.entry_id,
@@ -249,8 +252,6 @@ class Worker:
                 result_json=result_json,
             )
             self.store.count("results_stored" if stored else "duplicates_dropped")
-            if entry.message.cache_key is not None:
-                self.store.cache(entry.message.cache_key, result_json)
         self._record(group, results)
 
     def _record(self, group: list[tuple[Entry, object]], results: list[BaseModel]) -> None:
