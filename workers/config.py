@@ -26,7 +26,9 @@ class WorkerSettings(BaseSettings):
     device: str = Field(default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
     worker_id: str = Field(default_factory=_worker_id)
     max_batch: int = Field(default=8, ge=1, description="jobs read per batch")
-    max_wait_ms: int = Field(default=2, ge=0, description="extra wait to fill a batch")
+    # 0, as Triton's dynamic batcher: jobs that queue while a batch computes still batch
+    # together; a wait helps only at moderate load and costs every request about twice itself.
+    max_wait_ms: int = Field(default=0, ge=0, description="extra wait to fill a batch")
     block_ms: int = Field(default=1000, ge=1)
     heartbeat_s: float = Field(default=2.0, gt=0)
     result_ttl_s: int = Field(default=3600, gt=0)
