@@ -68,3 +68,4 @@ class ModelInfo(BaseModel):
     sha256: str
     description: str = ""
     live_workers: int = 0
+    queued: int = Field(default=0, description="jobs queued or in a worker's hands")

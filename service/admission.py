@@ -148,11 +148,12 @@ async def find_model(queue: JobQueue, model_id: str) -> ModelInfo:
     return info
 
 
-async def check_capacity(queue: JobQueue, settings: Settings, info: ModelInfo) -> None:
-    """503 without a live worker for the model, 429 when its queue is full."""
+def check_capacity(settings: Settings, info: ModelInfo) -> None:
+    """503 without a live worker for the model, 429 when its queue is full (as `info`, fresh
+    from `JobQueue.model`, counts them)."""
     if info.live_workers == 0:
         raise Unavailable(f"No live worker serves {info.id!r}.", retry_after=settings.retry_after_s)
-    if await queue.depth(info.id) >= settings.queue_limit:
+    if info.queued >= settings.queue_limit:
         raise QueueFull(
             f"{info.id!r} has {settings.queue_limit} jobs waiting.",
             retry_after=settings.retry_after_s,
@@ -195,7 +196,7 @@ async def admit(
         if cached is not None:
             await queue.store_answered(message, reissued(cached, message.job_id), principal.name)
             return message
-    await check_capacity(queue, settings, info)
+    check_capacity(settings, info)
     await queue.enqueue(message, image, principal.name)
     return message
 

@@ -74,7 +74,7 @@ class JobQueue:
             return False
 
     async def models(self) -> dict[str, ModelInfo]:
-        """Every model a worker has registered, with its count of live workers."""
+        """Every model a worker has registered, with its live workers and queued jobs."""
         raw = cast(dict[bytes, bytes], await self.redis.hgetall(keys.MODEL_REGISTRY))
         infos = {name.decode(): ModelInfo.model_validate_json(value) for name, value in raw.items()}
         if infos:
@@ -82,22 +82,24 @@ class JobQueue:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for model_id in infos:
                     pipe.zcount(keys.model_workers(model_id), since, "+inf")
+                    pipe.xlen(keys.job_stream(model_id))
                 counts = await pipe.execute()
-            for info, count in zip(infos.values(), counts, strict=True):
-                info.live_workers = int(count)
+            for index, info in enumerate(infos.values()):
+                info.live_workers, info.queued = int(counts[2 * index]), int(counts[2 * index + 1])
         return infos
 
     async def model(self, model_id: str) -> ModelInfo | None:
-        """One registered model with its count of live workers, in one round trip."""
+        """One registered model with its live workers and queued jobs, in one round trip."""
         since = time.time() - self.worker_timeout_s
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.MODEL_REGISTRY, model_id)
             pipe.zcount(keys.model_workers(model_id), since, "+inf")
-            raw, count = await pipe.execute()
+            pipe.xlen(keys.job_stream(model_id))
+            raw, count, queued = await pipe.execute()
         if raw is None:
             return None
         info = ModelInfo.model_validate_json(raw)
-        info.live_workers = int(count)
+        info.live_workers, info.queued = int(count), int(queued)
         return info
 
     async def live_workers(self) -> int:
@@ -125,10 +127,6 @@ class JobQueue:
             pipe.hgetall(keys.STATS)
             recorded, events = await pipe.execute()
         return _decoded(recorded), _decoded(events)
-
-    async def depth(self, model_id: str) -> int:
-        """Jobs in the model's stream: queued or in a worker's hands (workers delete acked ones)."""
-        return int(await self.redis.xlen(keys.job_stream(model_id)))
 
     async def spend_rate(self, principal: str, limit_per_minute: int) -> None:
         """Count one request in the caller's last 60 s; RateLimited (not counted) past the limit."""

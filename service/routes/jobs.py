@@ -6,8 +6,9 @@ from schemas.jobs import JobStatus
 from service.deps import ExplainerDep, QueueDep
 from service.errors import NotFound
 from service.openapi import READ_ONE
+from service.waiting import JOBS_PREFIX
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix=JOBS_PREFIX, tags=["jobs"])
 
 
 def _not_found(job_id: str) -> NotFound:

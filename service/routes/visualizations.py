@@ -25,7 +25,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
     response_model=VisualizationResponse,
     responses={
         202: {"model": JobAccepted, "description": "Queued (with `Prefer: respond-async`)"},
-        **problems(401, 403, 404, 413, 422, 429, 503, 504),
+        **problems(400, 401, 403, 404, 413, 422, 429, 503, 504),
     },
 )
 async def create_visualization(
@@ -51,7 +51,7 @@ async def create_visualization(
     if cached is not None:
         return Response(cached, media_type="application/json")
 
-    await check_capacity(queue, settings, info)
+    check_capacity(settings, info)
     asynchronous = wants_async(request)
     message = VisualizationJob(
         job_id=uuid.uuid4().hex,
