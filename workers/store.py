@@ -1,6 +1,7 @@
 """The worker's side of the queue: claim jobs, store outcomes, announce them, beat the heart."""
 
 import time
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -77,16 +78,23 @@ class JobStore:
         events: Sequence[tuple[CounterSpec, str]] = (),
     ) -> None:
         """Add observations (histogram, label value, value) and counter events (counter, label
-        value) to the service's metrics (`keys.METRICS`), in one round trip."""
+        value) to the service's metrics (`keys.METRICS`), in one round trip.
+
+        Summed here first, so that a batch sends each field once, not once per observation.
+        """
+        counts: Counter[str] = Counter()
+        sums: defaultdict[str, float] = defaultdict(float)
+        for histogram, label_value, value in observations:
+            buckets, sum_field, count_field = histogram.fields(label_value, value)
+            counts.update(buckets)
+            counts[count_field] += 1
+            sums[sum_field] += value
+        counts.update(counter.field(label_value) for counter, label_value in events)
         with self.redis.pipeline(transaction=False) as pipe:
-            for histogram, label_value, value in observations:
-                buckets, sum_field, count_field = histogram.fields(label_value, value)
-                for field in buckets:
-                    pipe.hincrby(keys.METRICS, field, 1)
-                pipe.hincrbyfloat(keys.METRICS, sum_field, value)
-                pipe.hincrby(keys.METRICS, count_field, 1)
-            for counter, label_value in events:
-                pipe.hincrby(keys.METRICS, counter.field(label_value), 1)
+            for field, count in counts.items():
+                pipe.hincrby(keys.METRICS, field, count)
+            for field, total in sums.items():
+                pipe.hincrbyfloat(keys.METRICS, field, total)
             pipe.execute()
 
     def heartbeat(self, model_ids: list[str], description: str) -> None:
