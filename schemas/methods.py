@@ -145,6 +145,9 @@ class MethodSpec(BaseModel):
     passes: str = Field(description="cost in forward/backward passes per target")
     signed: bool = Field(description="whether the map's sign carries meaning")
     parameters: dict[str, object] = Field(description="JSON Schema of `params.<id>`")
+    endpoint: str = Field(
+        default="POST /v1/explanations", description="where the method is requested"
+    )
 
 
 class _Entry(BaseModel):

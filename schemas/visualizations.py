@@ -131,4 +131,5 @@ def activation_max_spec() -> MethodSpec:
         passes="`steps` forward + backward passes to the input",
         signed=False,
         parameters=VisualizationParams.model_json_schema(),
+        endpoint="POST /v1/models/{id}/visualizations",
     )
