@@ -9,22 +9,22 @@ from service.config import Settings
 from service.queue import CompletionListener, JobQueue
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     queue: JobQueue = request.app.state.queue
     return queue
 
 
-def get_listener(request: Request) -> CompletionListener:
+async def get_listener(request: Request) -> CompletionListener:
     listener: CompletionListener = request.app.state.listener
     return listener
 
 
-def get_principal(
+async def get_principal(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
@@ -36,12 +36,12 @@ def get_principal(
     return store.authenticate(authorization, x_api_key)
 
 
-def explainer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def explainer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     principal.require("explain")
     return principal
 
 
-def administrator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def administrator(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     principal.require("admin")
     return principal
 
