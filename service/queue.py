@@ -12,6 +12,7 @@ from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from schemas import keys
 from schemas.jobs import ExplanationJob, JobRecord, JobState, JobStatus, VisualizationJob
@@ -149,15 +150,7 @@ class JobQueue:
         # The record must outlive a long queue wait plus the result's own lifetime.
         ttl = self.result_ttl_s * 2
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                record_key,
-                mapping={
-                    JobRecord.STATUS: JobState.QUEUED.value,
-                    JobRecord.OWNER: owner,
-                    JobRecord.MODEL: message.model,
-                    JobRecord.CREATED_AT: repr(message.enqueued_at),
-                },
-            )
+            pipe.hset(record_key, mapping=_record_fields(message, owner, JobState.QUEUED))
             pipe.expire(record_key, ttl)
             if image is not None:
                 pipe.set(keys.job_image(message.job_id), image, ex=ttl)
@@ -168,16 +161,8 @@ class JobQueue:
         """Record a job that needs no worker (answered from the cache) as succeeded."""
         record_key = keys.job_record(message.job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                record_key,
-                mapping={
-                    JobRecord.STATUS: JobState.SUCCEEDED.value,
-                    JobRecord.OWNER: owner,
-                    JobRecord.MODEL: message.model,
-                    JobRecord.CREATED_AT: repr(message.enqueued_at),
-                    JobRecord.RESULT: result_json,
-                },
-            )
+            fields = _record_fields(message, owner, JobState.SUCCEEDED)
+            pipe.hset(record_key, mapping={**fields, JobRecord.RESULT: result_json})
             pipe.expire(record_key, self.result_ttl_s)
             await pipe.execute()
 
@@ -269,3 +254,15 @@ class CompletionListener:
 
 def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
     return {field.decode(): value.decode() for field, value in raw.items()}
+
+
+def _record_fields(
+    message: ExplanationJob | VisualizationJob, owner: str, state: JobState
+) -> dict[FieldT, EncodableT]:
+    """A new job record: its state, the key that owns it, its model and when it was made."""
+    return {
+        JobRecord.STATUS: state.value,
+        JobRecord.OWNER: owner,
+        JobRecord.MODEL: message.model,
+        JobRecord.CREATED_AT: repr(message.enqueued_at),
+    }
