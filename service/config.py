@@ -3,31 +3,24 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+
+from schemas.settings import SharedSettings
 
 
-class Settings(BaseSettings):
+class Settings(SharedSettings):
     """Every gateway setting; see the README for the environment variable of each."""
 
-    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", extra="ignore")
-
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"),
-    )
     host: str = "127.0.0.1"
     port: int = 8000
     auth: bool = True
     api_keys_file: Path | None = None
     sync_timeout_s: float = Field(default=30.0, gt=0)
     max_sync_timeout_s: float = Field(default=300.0, gt=0)
-    result_ttl_s: int = Field(default=3600, gt=0)
     result_cache: bool = Field(
         default=True, description="answer identical explain requests by one key from a cache"
     )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(default=64_000_000, gt=0)
     max_score_values: int = Field(
         default=4_194_304, gt=0, description="values of one returned score array"
     )

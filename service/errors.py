@@ -10,15 +10,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from schemas.problems import PROBLEM_MEDIA_TYPE, FieldError, Problem, problem_type
+from schemas import problems
+from schemas.problems import PROBLEM_MEDIA_TYPE, FieldError, Problem, ProblemKind
 
 
 class ApiError(Exception):
-    """Base of every error the API describes; subclasses fix the status and the type."""
+    """Base of every error the API describes; each subclass names its kind of problem."""
 
-    status = 500
-    slug = "internal"
-    title = "Internal error"
+    kind: ProblemKind = problems.INTERNAL
 
     def __init__(
         self, detail: str, *, retry_after: int | None = None, job_id: str | None = None
@@ -28,58 +27,60 @@ class ApiError(Exception):
         self.retry_after = retry_after
         self.job_id = job_id
 
+    @property
+    def status(self) -> int:
+        return self.kind.status
+
     def problem(self) -> Problem:
-        return Problem(
-            type=problem_type(self.slug),
-            title=self.title,
-            status=self.status,
-            detail=self.detail,
-            job_id=self.job_id,
-        )
+        return self.kind.problem(self.detail, job_id=self.job_id)
 
 
 class BadImage(ApiError):
-    status, slug, title = 400, "bad-image", "Image cannot be decoded"
+    kind = problems.BAD_IMAGE
 
 
 class Unauthenticated(ApiError):
-    status, slug, title = 401, "unauthenticated", "Missing or wrong credentials"
+    kind = problems.UNAUTHENTICATED
 
 
 class Forbidden(ApiError):
-    status, slug, title = 403, "forbidden", "The key lacks the scope"
+    kind = problems.FORBIDDEN
 
 
 class NotFound(ApiError):
-    status, slug, title = 404, "not-found", "Not found"
+    kind = problems.NOT_FOUND
+
+
+class Conflict(ApiError):
+    kind = problems.CONFLICT
 
 
 class PayloadTooLarge(ApiError):
-    status, slug, title = 413, "too-large", "Body or image too large"
+    kind = problems.TOO_LARGE
 
 
 class UnsupportedMedia(ApiError):
-    status, slug, title = 415, "unsupported-media-type", "Unsupported media type or image format"
+    kind = problems.UNSUPPORTED_MEDIA
 
 
 class InvalidRequest(ApiError):
-    status, slug, title = 422, "invalid-request", "Invalid request"
+    kind = problems.INVALID_REQUEST
 
 
 class RateLimited(ApiError):
-    status, slug, title = 429, "rate-limited", "Too many requests for this key"
+    kind = problems.RATE_LIMITED
 
 
 class QueueFull(ApiError):
-    status, slug, title = 429, "queue-full", "Too many queued jobs for this model"
+    kind = problems.QUEUE_FULL
 
 
 class Unavailable(ApiError):
-    status, slug, title = 503, "unavailable", "Service unavailable"
+    kind = problems.UNAVAILABLE
 
 
 class SyncTimeout(ApiError):
-    status, slug, title = 504, "timeout", "The job did not finish in time"
+    kind = problems.TIMEOUT
 
 
 def field_errors(errors: Sequence[object]) -> list[FieldError]:
@@ -108,13 +109,7 @@ def problem_response(problem: Problem, retry_after: int | None = None) -> JSONRe
 
 
 def invalid(errors: Sequence[object], detail: str = "The request has invalid fields.") -> Problem:
-    return Problem(
-        type=problem_type("invalid-request"),
-        title="Invalid request",
-        status=422,
-        detail=detail,
-        errors=field_errors(errors),
-    )
+    return problems.INVALID_REQUEST.problem(detail, errors=field_errors(errors))
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:

@@ -47,6 +47,7 @@ _PROBLEM_TEXT = {
     401: "No or wrong credentials",
     403: "The key lacks the scope",
     404: "Unknown model or job",
+    409: "The job already runs or has ended",
     413: "Body or image too large",
     415: "Unsupported media type or image format",
     422: "Invalid field, unknown method, bad target or a DICOM frame the file lacks",
@@ -65,6 +66,7 @@ def problems(*statuses: int) -> dict[int | str, dict[str, object]]:
 
 READ = problems(401, 403, 503)
 READ_ONE = problems(401, 403, 404, 503)
+CANCEL = problems(401, 403, 404, 409, 503)
 SUBMIT = problems(400, 401, 403, 404, 413, 415, 422, 429, 503)
 
 EXPLAIN_RESPONSES: dict[int | str, dict[str, object]] = {

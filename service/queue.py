@@ -36,6 +36,18 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return nil
 """
 
+# Cancels a queued job of the caller's in one step, so that no worker can claim it in between.
+# Returns nil for an unknown job or another key's, else the state the job was in.
+_CANCEL = """
+local record = redis.call('HMGET', KEYS[1], ARGV[1], ARGV[2])
+if not record[1] or record[2] ~= ARGV[3] then return nil end
+if record[1] == ARGV[4] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5])
+  redis.call('DEL', KEYS[2])
+end
+return record[1]
+"""
+
 
 @dataclass(frozen=True)
 class StoredJob:
@@ -67,6 +79,7 @@ class JobQueue:
         self.result_ttl_s = result_ttl_s
         self.worker_timeout_s = worker_timeout_s
         self._spend_rate = redis.register_script(_SPEND_RATE)
+        self._cancel = redis.register_script(_CANCEL)
 
     async def ping(self) -> bool:
         try:
@@ -185,18 +198,20 @@ class JobQueue:
         stored = await self.record(job_id, owner)
         return stored.status() if stored is not None else None
 
-    async def cancel(self, job_id: str, owner: str) -> JobStatus | None:
-        """Cancel a queued job; a job already running or finished is left as it is."""
-        status = await self.status(job_id, owner)
-        if status is None or status.status is not JobState.QUEUED:
-            return status
-        record_key = keys.job_record(job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(record_key, JobRecord.STATUS, JobState.CANCELLED.value)
-            pipe.delete(keys.job_image(job_id))
-            await pipe.execute()
-        status.status = JobState.CANCELLED
-        return status
+    async def cancel(self, job_id: str, owner: str) -> JobState | None:
+        """Cancel the job if it is still queued, atomically; the state it was in (`QUEUED`: this
+        call cancelled it), or None for an unknown job or another key's job."""
+        previous = await self._cancel(
+            keys=[keys.job_record(job_id), keys.job_image(job_id)],
+            args=[
+                JobRecord.STATUS,
+                JobRecord.OWNER,
+                owner,
+                JobState.QUEUED.value,
+                JobState.CANCELLED.value,
+            ],
+        )
+        return None if previous is None else JobState(previous.decode())
 
 
 class CompletionListener:

@@ -5,23 +5,18 @@ import socket
 import uuid
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+
+from schemas.settings import SharedSettings
 
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(SharedSettings):
     """Every worker setting; see the README for the environment variable of each."""
 
-    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", extra="ignore")
-
-    redis_url: str = Field(
-        default="redis://127.0.0.1:6379/0",
-        validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"),
-    )
     model_repository: Path = Path("models")
     device: str = Field(default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
     worker_id: str = Field(default_factory=_worker_id)
@@ -31,6 +26,5 @@ class WorkerSettings(BaseSettings):
     max_wait_ms: int = Field(default=0, ge=0, description="extra wait to fill a batch")
     block_ms: int = Field(default=1000, ge=1)
     heartbeat_s: float = Field(default=2.0, gt=0)
-    result_ttl_s: int = Field(default=3600, gt=0)
     visibility_timeout_s: float = Field(default=60.0, gt=0)
     max_deliveries: int = Field(default=3, ge=1)

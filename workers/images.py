@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from schemas.dicom import DicomOptions
-
-DEFAULT_MAX_PIXELS = 64_000_000
+from schemas.settings import DEFAULT_MAX_IMAGE_PIXELS
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
@@ -77,7 +76,7 @@ class DecodedImage:
 
 
 def decode_image(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, dicom: DicomOptions | None = None
+    data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, dicom: DicomOptions | None = None
 ) -> DecodedImage:
     """Decode PNG or JPEG bytes (8 or 16 bit; grey, grey + alpha, RGB, RGBA or palette), or
     DICOM bytes as `workers.dicom.decode_dicom` does with the options `dicom`.

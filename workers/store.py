@@ -41,13 +41,11 @@ return stored
 class JobStore:
     """Redis operations of one worker, with the key names from `schemas.keys`."""
 
-    def __init__(
-        self, redis: Redis, worker_id: str, result_ttl_s: int, cache_ttl_s: int = 86400
-    ) -> None:
+    def __init__(self, redis: Redis, worker_id: str, result_ttl_s: int) -> None:
         self.redis = redis
         self.worker_id = worker_id
+        # Results and cached results alike: nothing a job produced outlives this.
         self.result_ttl_s = result_ttl_s
-        self.cache_ttl_s = cache_ttl_s
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
 
@@ -167,7 +165,7 @@ class JobStore:
 
     def cache(self, key: str, result_json: str) -> None:
         """Keep a deterministic result for identical requests to reuse."""
-        self.redis.set(key, result_json, ex=self.cache_ttl_s)
+        self.redis.set(key, result_json, ex=self.result_ttl_s)
 
     def image(self, job_id: str) -> bytes | None:
         return cast(bytes | None, self.redis.get(keys.job_image(job_id)))

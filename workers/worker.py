@@ -13,10 +13,10 @@ from pydantic import BaseModel
 from redis import Redis
 from redis.exceptions import RedisError
 
-from schemas import metrics
+from schemas import metrics, problems
 from schemas.explain import ExplainResponse
 from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
-from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, problem_type
+from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
 from workers.config import WorkerSettings
 from workers.images import (
     DecodedImage,
@@ -48,9 +48,9 @@ class Entry:
 class JobFailed(Exception):
     """A job that cannot succeed; carries the problem its client will read."""
 
-    def __init__(self, status: int, slug: str, title: str, detail: str) -> None:
+    def __init__(self, kind: ProblemKind, detail: str) -> None:
         super().__init__(detail)
-        self.problem = Problem(type=problem_type(slug), title=title, status=status, detail=detail)
+        self.problem = kind.problem(detail)
 
 
 class Worker:
@@ -172,9 +172,7 @@ class Worker:
             try:
                 if deliveries > self.settings.max_deliveries:
                     raise JobFailed(
-                        500,
-                        "too-many-deliveries",
-                        "The job kept failing",
+                        problems.TOO_MANY_DELIVERIES,
                         f"Delivered {deliveries} times without finishing; giving up.",
                     )
                 message = entry.message
@@ -202,21 +200,19 @@ class Worker:
     def _decode(self, message: ExplanationJob) -> DecodedImage:
         data = self.store.image(message.job_id)
         if data is None:
-            raise JobFailed(410, "image-expired", "Image expired", "The job's image has expired.")
+            raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
         try:
-            return decode_image(data, dicom=message.dicom)
+            return decode_image(data, self.settings.max_image_pixels, message.dicom)
         except DicomOptionError as exc:
-            raise JobFailed(422, "invalid-request", "Invalid request", str(exc)) from exc
+            raise JobFailed(problems.INVALID_REQUEST, str(exc)) from exc
         except ImageTooLargeError as exc:
-            raise JobFailed(413, "too-large", "Image too large", str(exc)) from exc
+            raise JobFailed(problems.TOO_LARGE, str(exc)) from exc
         except UnsupportedImageError as exc:
-            raise JobFailed(415, "unsupported-media-type", "Unsupported image", str(exc)) from exc
+            raise JobFailed(problems.UNSUPPORTED_MEDIA, str(exc)) from exc
         except ImageDecodeError as exc:
-            raise JobFailed(400, "bad-image", "Image cannot be decoded", str(exc)) from exc
+            raise JobFailed(problems.BAD_IMAGE, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files
-            raise JobFailed(
-                400, "bad-image", "Image cannot be decoded", "The image is corrupt."
-            ) from exc
+            raise JobFailed(problems.BAD_IMAGE, "The image is corrupt.") from exc
 
     def _run_group(
         self,
@@ -292,15 +288,7 @@ class Worker:
 def _problem_for(exc: Exception) -> Problem:
     """What the client reads about a job that raised: its own mistake (422) or ours (500)."""
     if isinstance(exc, MethodParameterError | TargetError | UnsupportedModelError):
-        return Problem(
-            type=problem_type("invalid-request"),
-            title="Invalid request",
-            status=422,
-            detail=str(exc),
-        )
-    return Problem(
-        type=problem_type("attribution-failed"),
-        title="Attribution failed",
-        status=500,
-        detail="The worker could not compute this job; the error is in its log.",
+        return problems.INVALID_REQUEST.problem(str(exc))
+    return problems.ATTRIBUTION_FAILED.problem(
+        "The worker could not compute this job; the error is in its log."
     )

@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from schemas.jobs import JobStatus
+from schemas.jobs import JobState, JobStatus
 from service.deps import ExplainerDep, QueueDep
-from service.errors import NotFound
-from service.openapi import READ_ONE
+from service.errors import Conflict, NotFound
+from service.openapi import CANCEL, READ_ONE
 from service.waiting import JOBS_PREFIX
 
 router = APIRouter(prefix=JOBS_PREFIX, tags=["jobs"])
@@ -24,10 +24,13 @@ async def get_job(job_id: str, principal: ExplainerDep, queue: QueueDep) -> JobS
     return status
 
 
-@router.delete("/{job_id}", response_model=JobStatus, responses=READ_ONE)
+@router.delete("/{job_id}", response_model=JobStatus, responses=CANCEL)
 async def cancel_job(job_id: str, principal: ExplainerDep, queue: QueueDep) -> JobStatus:
-    """Cancel a queued job; a running or finished job is returned unchanged."""
-    status = await queue.cancel(job_id, principal.name)
-    if status is None:
+    """Cancel a queued job; 409 when it already runs or has ended."""
+    previous = await queue.cancel(job_id, principal.name)
+    status = await queue.status(job_id, principal.name) if previous is not None else None
+    if previous is None or status is None:
         raise _not_found(job_id)
+    if previous is not JobState.QUEUED:
+        raise Conflict(f"The job is {previous.value}; only a queued job can be cancelled.")
     return status

@@ -13,6 +13,7 @@ from reliability_support import (  # type: ignore[import-not-found]
     faulty_stack,
     image_b64,
     wait_for,
+    wait_until,
 )
 
 from service.auth import hash_key
@@ -107,9 +108,21 @@ def test_queue_limit_timeout_and_cancel(client: httpx.Client) -> None:
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
 
     with httpx.Client(base_url=str(client.base_url), timeout=30, headers=key("alice")) as alice:
+        assert wait_until(lambda: alice.get(f"/v1/jobs/{accepted[0]}").json()["status"] != "queued")
+        running = alice.delete(f"/v1/jobs/{accepted[0]}")
         finished = wait_for(alice, accepted)
         assert finished[accepted[-1]]["status"] == "cancelled"
         assert {finished[j]["status"] for j in accepted[:-1]} == {"succeeded"}
+        # A job that already runs or has ended is left alone, and the answer says so.
+        for refused_cancel, state in [
+            (running, "running"),
+            (alice.delete(f"/v1/jobs/{accepted[0]}"), "succeeded"),
+            (alice.delete(f"/v1/jobs/{accepted[-1]}"), "cancelled"),
+        ]:
+            assert refused_cancel.status_code == 409, refused_cancel.text
+            assert refused_cancel.headers["content-type"] == "application/problem+json"
+            problem = refused_cancel.json()
+            assert problem["type"].endswith(":conflict") and state in problem["detail"]
 
         started = time.monotonic()
         late = alice.post(

@@ -1,0 +1,26 @@
+"""Settings that the gateway and the workers must agree on, read by both from one definition."""
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+
+
+class SharedSettings(BaseSettings):
+    """Read from `GLIMPSE_*` environment variables by the gateway and by every worker."""
+
+    model_config = SettingsConfigDict(env_prefix="GLIMPSE_", extra="ignore")
+
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"),
+        description="the Redis that holds the queue, the jobs and the results",
+    )
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        gt=0,
+        description="pixels of one image (rows × columns × frames), checked before decoding",
+    )
+    result_ttl_s: int = Field(
+        default=3600, gt=0, description="seconds a job's result, and a cached result, is kept"
+    )
