@@ -1,7 +1,8 @@
-"""The OpenAPI document's key schemes."""
+"""The OpenAPI document's key schemes and the `/docs` page that must work without internet."""
 
 import json
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -11,15 +12,55 @@ from service.app import create_app
 from service.auth import hash_key
 from service.config import Settings
 
+CONTENT_TYPES = {
+    ".js": ("text/javascript", "application/javascript"),
+    ".css": ("text/css",),
+    ".png": ("image/png",),
+}
+
+
+class AssetUrls(HTMLParser):
+    """The `src` and `href` of every element of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+
 
 @pytest.fixture()
 def gateway(redis_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    """A gateway with authentication on."""
+    """A gateway with authentication on: the docs must not need a key."""
     keys = tmp_path / "keys.json"
     keys.write_text(json.dumps({"keys": [{"name": "viewer", "sha256": hash_key("secret")}]}))
     settings = Settings(redis_url=redis_url, auth=True, api_keys_file=keys)
     with TestClient(create_app(settings)) as client:
         yield client
+
+
+def test_docs_page_loads_its_assets_from_the_gateway(gateway: TestClient) -> None:
+    page = gateway.get("/docs")
+    parser = AssetUrls()
+    parser.feed(page.text)
+
+    assert page.status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text
+    assert '"validatorUrl": null' in page.text
+    assert {Path(url).suffix for url in parser.urls} == set(CONTENT_TYPES)
+    for url in parser.urls:
+        assert url.startswith("/docs/assets/"), url
+        asset = gateway.get(url)
+        assert asset.status_code == 200, url
+        assert asset.headers["content-type"].startswith(CONTENT_TYPES[Path(url).suffix]), url
+        assert asset.content
+
+
+def test_no_page_of_docs_from_a_cdn(gateway: TestClient) -> None:
+    assert gateway.get("/redoc").status_code == 404
+    assert gateway.get("/docs/oauth2-redirect").status_code == 404
+    assert gateway.get("/docs/assets/no-such-file.js").status_code == 404
 
 
 def test_openapi_declares_both_ways_to_present_a_key(gateway: TestClient) -> None:
