@@ -18,7 +18,11 @@ from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.limits import BodySizeLimit
 from service.metrics import HttpMetrics, RequestMetrics
-from service.openapi import component_schemas, use_problem_for_validation_errors
+from service.openapi import (
+    component_schemas,
+    install_docs_page,
+    use_problem_for_validation_errors,
+)
 from service.queue import CompletionListener, JobQueue
 from service.routes import explanations, health, jobs, metrics, models, visualizations
 
@@ -60,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=SERVICE_VERSION,
         summary="Attribution maps for image classifiers, over HTTP.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,  # see service.openapi
     )
     install_error_handlers(app, settings.retry_after_s)
     for router in (
@@ -78,7 +84,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 component_schemas()
             )
@@ -87,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    install_docs_page(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so that it also counts what the other middleware answers (a 413, a CORS reply).
     app.state.http_metrics = HttpMetrics()

@@ -58,12 +58,9 @@ class KeyStore:
             return cls([])
         return cls(KeysFile.model_validate(json.loads(path.read_text())).keys)
 
-    def authenticate(self, authorization: str | None, api_key: str | None) -> Principal:
-        presented = api_key
-        if presented is None and authorization:
-            scheme, _, value = authorization.partition(" ")
-            if scheme.lower() == "bearer" and value:
-                presented = value.strip()
+    def authenticate(self, bearer: str | None, api_key: str | None) -> Principal:
+        """The key's owner; `api_key` (from `X-API-Key`) wins over `bearer` when both came."""
+        presented = api_key or bearer
         if not presented:
             raise Unauthenticated(
                 "Send an API key as `Authorization: Bearer <key>` or `X-API-Key`."

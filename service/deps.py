@@ -2,7 +2,8 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import ANONYMOUS, KeyStore, Principal
 from service.config import Settings
@@ -24,16 +25,28 @@ async def get_listener(request: Request) -> CompletionListener:
     return listener
 
 
+# Either header carries the key; as security schemes they give the OpenAPI document its
+# `securitySchemes` and each operation that takes a key its `security`.
+bearer_key = HTTPBearer(
+    scheme_name="bearer",
+    description="An API key as `Authorization: Bearer <key>`.",
+    auto_error=False,
+)
+header_key = APIKeyHeader(
+    name="X-API-Key", scheme_name="apiKey", description="An API key.", auto_error=False
+)
+
+
 async def get_principal(
     request: Request,
-    authorization: Annotated[str | None, Header()] = None,
-    x_api_key: Annotated[str | None, Header()] = None,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_key)],
+    api_key: Annotated[str | None, Security(header_key)],
 ) -> Principal:
     settings: Settings = request.app.state.settings
     if not settings.auth:
         return ANONYMOUS
     store: KeyStore = request.app.state.keys
-    return store.authenticate(authorization, x_api_key)
+    return store.authenticate(bearer.credentials if bearer else None, api_key)
 
 
 async def explainer(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

@@ -1,6 +1,16 @@
-"""OpenAPI descriptions of bodies the routes parse by hand (JSON or multipart)."""
+"""The OpenAPI document's hand-written parts, and the page that shows it.
+
+`/docs` (Swagger UI) loads its script, style and icon from this gateway, never from a CDN, so that
+it works on a network without internet. There is no `/redoc`: ReDoc fetches its logo from its
+maker's CDN whatever it is told.
+"""
 
 from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from schemas.explain import ExplainRequest, ExplainResponse
 from schemas.jobs import JobAccepted
@@ -97,3 +107,28 @@ def use_problem_for_validation_errors(schema: dict[str, Any]) -> None:
     components = schema.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
+
+
+DOCS_ASSETS_URL = "/docs/assets"
+# fastapi-offline's copy of Swagger UI's build (swagger-ui-bundle.js, swagger-ui.css), an icon.
+_DOCS_ASSETS_PACKAGE = ("fastapi_offline", "static")
+# Swagger UI would otherwise send the schema's URL to validator.swagger.io for a badge.
+_SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
+
+
+def install_docs_page(app: FastAPI) -> None:
+    """Serve `/docs` and its assets, which need no key, on an app made with `docs_url=None`."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(packages=[_DOCS_ASSETS_PACKAGE]), name="docs_assets")
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + (app.openapi_url or ""),
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+            oauth2_redirect_url=None,
+            swagger_ui_parameters=_SWAGGER_UI_PARAMETERS,
+        )
