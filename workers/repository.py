@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 import onnxruntime
@@ -38,6 +39,15 @@ class ModelLoadError(Exception):
         super().__init__(f"model folder {folder}: {problem}")
         self.folder = folder
         self.problem = problem
+
+    @property
+    def model_id(self) -> str:
+        """The id the folder would serve: its model folder's name."""
+        return self.folder.parent.name
+
+    @property
+    def version(self) -> str:
+        return self.folder.name
 
 
 @dataclass(frozen=True)
@@ -118,13 +128,32 @@ def discover(repository: Path) -> list[Path]:
     return served
 
 
-def load_repository(repository: Path, device: torch.device) -> dict[str, LoadedModel]:
-    """Load the highest version of every model in the repository, by model id.
+class LoadedRepository(NamedTuple):
+    """A repository as loaded: the models to serve, by id, and the folders that failed."""
 
-    Raises ModelLoadError on the first folder that cannot be served.
+    models: dict[str, LoadedModel]
+    failures: list[ModelLoadError]
+
+
+def load_repository(repository: Path, device: torch.device) -> LoadedRepository:
+    """Load the highest version of every model in the repository.
+
+    A folder that cannot be served is among `failures`, in discovery order, and never stops the
+    others from loading. Raises ModelLoadError only when the repository is not a directory.
     """
-    models = (load_model(version_dir, device) for version_dir in discover(repository))
-    return {model.manifest.id: model for model in models}
+    models: dict[str, LoadedModel] = {}
+    failures: list[ModelLoadError] = []
+    for version_dir in discover(repository):
+        try:
+            model = load_model(version_dir, device)
+        except ModelLoadError as exc:
+            failures.append(exc)
+        except Exception as exc:
+            # Third-party loaders raise anything; one folder's surprise must not stop the others.
+            failures.append(ModelLoadError(version_dir, f"it cannot be loaded: {exc!r}"))
+        else:
+            models[model.manifest.id] = model
+    return LoadedRepository(models, failures)
 
 
 def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
