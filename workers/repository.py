@@ -5,6 +5,7 @@ names: `model.safetensors` (with an importable architecture factory) or `model.o
 ever unpickled.
 """
 
+import difflib
 import hashlib
 import importlib
 import re
@@ -33,9 +34,11 @@ CONVERSION_CHECK_SEED = 0
 
 
 class ModelLoadError(Exception):
-    """A model folder that cannot be served: what is wrong, and where."""
+    """A model folder that cannot be served: what is wrong, and where, on one line."""
 
     def __init__(self, folder: Path, problem: str) -> None:
+        # Loaders' messages span lines (ONNX Runtime's, pydantic's); a log line and a reason don't.
+        problem = " ".join(problem.split())
         super().__init__(f"model folder {folder}: {problem}")
         self.folder = folder
         self.problem = problem
@@ -189,10 +192,12 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
         raise ModelLoadError(version_dir, "no layer has a spatial output usable for CAM methods")
     default_cam_layer = manifest.cam_layer or cam_layers[-1]
     if default_cam_layer not in cam_layers:
+        close = difflib.get_close_matches(default_cam_layer, cam_layers, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ModelLoadError(
             version_dir,
             f"cam_layer {default_cam_layer!r} is not a layer with a spatial output; "
-            f"the deepest are {cam_layers[-3:]}",
+            f"{hint}the deepest are {cam_layers[-3:]}",
         )
     model = LoadedModel(
         manifest=manifest,

@@ -339,10 +339,14 @@ def test_load_repository_reports_broken_folders_and_serves_the_others(
         (missing_weights, "d-no-weights", "1"),
     ]
     problems = [failure.problem for failure in failures]
-    assert "does not run on a batch of 2" in problems[0]
-    assert "is its batch axis dynamic?" in problems[0]
-    assert problems[1].startswith("cam_layer 'featurs' is not a layer with a spatial output")
-    assert "'features'" in problems[1]
+    assert problems[0].startswith(
+        "model.onnx does not run on a batch of 2 at the manifest's input size "
+        "(is its batch axis dynamic?): "
+    )
+    assert "\n" not in problems[0], "ONNX Runtime's message is on one line"
+    assert problems[1].startswith(
+        "cam_layer 'featurs' is not a layer with a spatial output; did you mean 'features'? "
+    )
     assert problems[2].startswith("factory 'tiny_modles:build_tiny_cnn' cannot be imported")
     assert "No module named 'tiny_modles'" in problems[2]
     assert problems[3] == "format is 'safetensors' but model.safetensors is missing"
