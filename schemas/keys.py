@@ -4,6 +4,8 @@ PREFIX = "glimpse"
 
 CONSUMER_GROUP = "workers"
 MODEL_REGISTRY = f"{PREFIX}:models"
+MODEL_FAILURES = f"{PREFIX}:models:failed"
+"""Hash of model id → `schemas.models.FailedModel`: the folders workers could not load."""
 LIVE_WORKERS = f"{PREFIX}:workers:alive"
 STATS = f"{PREFIX}:stats"
 METRICS = f"{PREFIX}:metrics"

@@ -1,6 +1,6 @@
 """Models in the repository: the manifest on disk and what the API says about a model."""
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +59,9 @@ class ModelInfo(BaseModel):
 
     id: str
     version: str
+    status: Literal["ready"] = Field(
+        default="ready", description="a worker loaded it; `live_workers` says how many serve it now"
+    )
     format: ModelFormat
     input: InputSpec
     labels: list[str]
@@ -69,3 +72,23 @@ class ModelInfo(BaseModel):
     description: str = ""
     live_workers: int = 0
     queued: int = Field(default=0, description="jobs queued or in a worker's hands")
+
+
+class FailedModel(BaseModel):
+    """A model folder that a live worker could not load, and that no live worker serves.
+
+    Workers publish it with every heartbeat; the gateway lists it only while it is fresh, as it
+    counts only workers with a fresh heartbeat, and never while a live worker serves the model.
+    """
+
+    id: str = Field(description="the model folder's name")
+    version: str = Field(description="the version folder's name")
+    status: Literal["failed"] = Field(
+        default="failed", description="no live worker serves it; `reason` says why"
+    )
+    reason: str = Field(description="why the folder cannot be served")
+    reported_at: float = Field(description="when a worker last reported it, in Unix seconds")
+
+
+ModelEntry = Annotated[ModelInfo | FailedModel, Field(discriminator="status")]
+"""One model as `GET /v1/models` lists it: served (`ready`) or `failed`, told by `status`."""

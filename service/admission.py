@@ -13,7 +13,7 @@ from schemas import keys
 from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob
-from schemas.models import ModelInfo
+from schemas.models import FailedModel, ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
 from service.config import Settings
@@ -141,11 +141,17 @@ def check_output(
         )
 
 
-async def find_model(queue: JobQueue, model_id: str) -> ModelInfo:
-    info = await queue.model(model_id)
-    if info is None:
+async def find_model(queue: JobQueue, model_id: str, settings: Settings) -> ModelInfo:
+    """The served model a request names: 404 when no worker knows it, 503 when it failed to load."""
+    entry = await queue.model(model_id)
+    if entry is None:
         raise NotFound(f"No model {model_id!r}; GET /v1/models lists the models.")
-    return info
+    if isinstance(entry, FailedModel):
+        raise Unavailable(
+            f"Model {model_id!r} (version {entry.version}) failed to load: {entry.reason}",
+            retry_after=settings.retry_after_s,
+        )
+    return entry
 
 
 def check_capacity(settings: Settings, info: ModelInfo) -> None:
@@ -169,7 +175,7 @@ async def admit(
     reply_to: str | None,
 ) -> ExplanationJob:
     """Validate against the model and the queue, then enqueue. Returns the queued message."""
-    info = await find_model(queue, options.model)
+    info = await find_model(queue, options.model, settings)
     check_against_model(options, info)
     if not image:
         raise BadImage("The image is empty.")

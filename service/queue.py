@@ -16,7 +16,7 @@ from redis.typing import EncodableT, FieldT
 
 from schemas import keys
 from schemas.jobs import ExplanationJob, JobRecord, JobState, JobStatus, VisualizationJob
-from schemas.models import ModelInfo
+from schemas.models import FailedModel, ModelInfo
 from service.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -102,19 +102,32 @@ class JobQueue:
                 info.live_workers, info.queued = int(counts[2 * index]), int(counts[2 * index + 1])
         return infos
 
-    async def model(self, model_id: str) -> ModelInfo | None:
-        """One registered model with its live workers and queued jobs, in one round trip."""
+    async def catalogue(self) -> list[ModelInfo | FailedModel]:
+        """Every model a worker registered or failed to load, by id, as `served_or_failed` says."""
+        infos = await self.models()
+        since = time.time() - self.worker_timeout_s
+        raw = cast(dict[bytes, bytes], await self.redis.hgetall(keys.MODEL_FAILURES))
+        failures = {name.decode(): value for name, value in raw.items()}
+        entries = (
+            served_or_failed(infos.get(model_id), failures.get(model_id), since)
+            for model_id in sorted(infos.keys() | failures.keys())
+        )
+        return [entry for entry in entries if entry is not None]
+
+    async def model(self, model_id: str) -> ModelInfo | FailedModel | None:
+        """One model with its live workers and queued jobs, or its failure, in one round trip."""
         since = time.time() - self.worker_timeout_s
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.MODEL_REGISTRY, model_id)
             pipe.zcount(keys.model_workers(model_id), since, "+inf")
             pipe.xlen(keys.job_stream(model_id))
-            raw, count, queued = await pipe.execute()
-        if raw is None:
-            return None
-        info = ModelInfo.model_validate_json(raw)
-        info.live_workers, info.queued = int(count), int(queued)
-        return info
+            pipe.hget(keys.MODEL_FAILURES, model_id)
+            raw, count, queued, failure = await pipe.execute()
+        info = None
+        if raw is not None:
+            info = ModelInfo.model_validate_json(raw)
+            info.live_workers, info.queued = int(count), int(queued)
+        return served_or_failed(info, failure, since)
 
     async def live_workers(self) -> int:
         return int(
@@ -265,6 +278,21 @@ class CompletionListener:
                 log.warning("completion listener lost Redis; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def served_or_failed(
+    info: ModelInfo | None, failure_json: bytes | None, since: float
+) -> ModelInfo | FailedModel | None:
+    """What the API says about a model: served wins; a failure reported since `since` stands for a
+    model that no live worker serves; a registered model without a worker or failure stays
+    listed (as unserved), and a stale failure alone is forgotten."""
+    if info is not None and info.live_workers > 0:
+        return info
+    if failure_json is not None:
+        failure = FailedModel.model_validate_json(failure_json)
+        if failure.reported_at >= since:
+            return failure
+    return info
 
 
 def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:

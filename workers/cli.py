@@ -37,22 +37,29 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(healthcheck(settings))
 
     # Imported here so that `--healthcheck` answers without loading torch.
-    from workers.repository import choose_device, load_repository
+    from workers.repository import ModelLoadError, choose_device, load_repository
     from workers.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log = logging.getLogger("glimpse.worker")
     device = choose_device(settings.device)
     started = time.perf_counter()
-    models = load_repository(settings.model_repository, device)
+    try:
+        models, failures = load_repository(settings.model_repository, device)
+    except ModelLoadError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    for failure in failures:
+        log.error("model folder %s not served: %s", failure.folder, failure.problem)
     if not models:
-        log.error("no model found in %s", settings.model_repository)
+        found = f"all {len(failures)} model folder(s) failed to load" if failures else "none found"
+        log.error("no model to serve in %s: %s", settings.model_repository, found)
         sys.exit(2)
     log.info(
         "loaded %d model(s) on %s in %.1f s", len(models), device, time.perf_counter() - started
     )
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=15)
-    worker = Worker(settings, models, redis)
+    worker = Worker(settings, models, redis, failures)
     worker.install_signal_handlers()
     worker.run()
 

@@ -5,12 +5,14 @@ names: `model.safetensors` (with an importable architecture factory) or `model.o
 ever unpickled.
 """
 
+import difflib
 import hashlib
 import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 import onnxruntime
@@ -32,12 +34,23 @@ CONVERSION_CHECK_SEED = 0
 
 
 class ModelLoadError(Exception):
-    """A model folder that cannot be served: what is wrong, and where."""
+    """A model folder that cannot be served: what is wrong, and where, on one line."""
 
     def __init__(self, folder: Path, problem: str) -> None:
+        # Loaders' messages span lines (ONNX Runtime's, pydantic's); a log line and a reason don't.
+        problem = " ".join(problem.split())
         super().__init__(f"model folder {folder}: {problem}")
         self.folder = folder
         self.problem = problem
+
+    @property
+    def model_id(self) -> str:
+        """The id the folder would serve: its model folder's name."""
+        return self.folder.parent.name
+
+    @property
+    def version(self) -> str:
+        return self.folder.name
 
 
 @dataclass(frozen=True)
@@ -118,13 +131,32 @@ def discover(repository: Path) -> list[Path]:
     return served
 
 
-def load_repository(repository: Path, device: torch.device) -> dict[str, LoadedModel]:
-    """Load the highest version of every model in the repository, by model id.
+class LoadedRepository(NamedTuple):
+    """A repository as loaded: the models to serve, by id, and the folders that failed."""
 
-    Raises ModelLoadError on the first folder that cannot be served.
+    models: dict[str, LoadedModel]
+    failures: list[ModelLoadError]
+
+
+def load_repository(repository: Path, device: torch.device) -> LoadedRepository:
+    """Load the highest version of every model in the repository.
+
+    A folder that cannot be served is among `failures`, in discovery order, and never stops the
+    others from loading. Raises ModelLoadError only when the repository is not a directory.
     """
-    models = (load_model(version_dir, device) for version_dir in discover(repository))
-    return {model.manifest.id: model for model in models}
+    models: dict[str, LoadedModel] = {}
+    failures: list[ModelLoadError] = []
+    for version_dir in discover(repository):
+        try:
+            model = load_model(version_dir, device)
+        except ModelLoadError as exc:
+            failures.append(exc)
+        except Exception as exc:
+            # Third-party loaders raise anything; one folder's surprise must not stop the others.
+            failures.append(ModelLoadError(version_dir, f"it cannot be loaded: {exc!r}"))
+        else:
+            models[model.manifest.id] = model
+    return LoadedRepository(models, failures)
 
 
 def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
@@ -160,10 +192,12 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
         raise ModelLoadError(version_dir, "no layer has a spatial output usable for CAM methods")
     default_cam_layer = manifest.cam_layer or cam_layers[-1]
     if default_cam_layer not in cam_layers:
+        close = difflib.get_close_matches(default_cam_layer, cam_layers, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ModelLoadError(
             version_dir,
             f"cam_layer {default_cam_layer!r} is not a layer with a spatial output; "
-            f"the deepest are {cam_layers[-3:]}",
+            f"{hint}the deepest are {cam_layers[-3:]}",
         )
     model = LoadedModel(
         manifest=manifest,

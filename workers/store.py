@@ -11,7 +11,7 @@ from redis.typing import KeyT, StreamIdT
 from schemas import keys
 from schemas.jobs import JobRecord, JobState
 from schemas.metrics import CounterSpec, HistogramSpec
-from schemas.models import ModelInfo
+from schemas.models import FailedModel, ModelInfo
 
 # Runs atomically: a job is claimed only while queued or running (a redelivery after a crash).
 _CLAIM = """
@@ -49,9 +49,15 @@ class JobStore:
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
 
-    def register_models(self, infos: list[ModelInfo]) -> None:
-        """Create each model's consumer group and publish what the gateway says about it.
+    def register_models(
+        self, infos: Sequence[ModelInfo], failures: Sequence[FailedModel] = ()
+    ) -> None:
+        """Create each served model's consumer group and publish what the gateway says about it,
+        and publish the model folders that failed to load.
 
+        A model served here clears a failure another worker (or this one, before its folder was
+        fixed) reported; the gateway ignores a failure while a live worker serves the model, and
+        once no worker has reported it for longer than it waits for a heartbeat.
         Idempotent, and repeated with every heartbeat, so that a Redis that lost its data
         (restarted without persistence) learns the models and groups again by itself.
         """
@@ -61,6 +67,9 @@ class JobStore:
                     keys.job_stream(info.id), keys.CONSUMER_GROUP, id="0", mkstream=True
                 )
                 pipe.hset(keys.MODEL_REGISTRY, info.id, info.model_dump_json())
+                pipe.hdel(keys.MODEL_FAILURES, info.id)
+            for failure in failures:
+                pipe.hset(keys.MODEL_FAILURES, failure.id, failure.model_dump_json())
             for outcome in pipe.execute(raise_on_error=False):
                 # BUSYGROUP: the group exists already, which is the usual case.
                 if isinstance(outcome, Exception) and "BUSYGROUP" not in str(outcome):

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from schemas import metrics, problems
 from schemas.explain import ExplainResponse
 from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
+from schemas.models import FailedModel
 from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
 from workers.config import WorkerSettings
 from workers.images import (
@@ -29,7 +30,7 @@ from workers.images import (
 from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.methods.base import UnsupportedModelError
 from workers.pipeline import PreparedJob, batch_key, explain_jobs
-from workers.repository import LoadedModel
+from workers.repository import LoadedModel, ModelLoadError
 from workers.store import JobStore
 from workers.visualization_jobs import visualization_responses
 
@@ -55,10 +56,15 @@ class JobFailed(Exception):
 
 class Worker:
     def __init__(
-        self, settings: WorkerSettings, models: dict[str, LoadedModel], redis: Redis
+        self,
+        settings: WorkerSettings,
+        models: dict[str, LoadedModel],
+        redis: Redis,
+        failures: Sequence[ModelLoadError] = (),
     ) -> None:
         self.settings = settings
         self.models = models
+        self.failures = list(failures)
         self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s)
         self.stopping = threading.Event()
         self.infos = [
@@ -73,7 +79,7 @@ class Worker:
 
     def run(self) -> None:
         """Serve until SIGTERM/SIGINT; the batch in hand is finished and acknowledged first."""
-        self.store.register_models(self.infos)
+        self._register()
         heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         heartbeat.start()
         log.info("worker %s serving %s", self.settings.worker_id, ", ".join(self.model_ids))
@@ -109,10 +115,24 @@ class Worker:
         while not self.stopping.is_set():
             try:
                 self.store.heartbeat(self.model_ids, description)
-                self.store.register_models(self.infos)
+                self._register()
             except RedisError:
                 log.warning("heartbeat failed; Redis unavailable")
             self.stopping.wait(self.settings.heartbeat_s)
+
+    def _register(self) -> None:
+        """Publish the models served and, stamped now, the folders that failed to load."""
+        now = time.time()
+        failed = [
+            FailedModel(
+                id=failure.model_id,
+                version=failure.version,
+                reason=failure.problem,
+                reported_at=now,
+            )
+            for failure in self.failures
+        ]
+        self.store.register_models(self.infos, failed)
 
     def _device_names(self) -> list[str]:
         return sorted({str(model.device) for model in self.models.values()})

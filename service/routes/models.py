@@ -3,7 +3,7 @@
 from fastapi import APIRouter
 
 from schemas.methods import MethodSpec, method_catalogue
-from schemas.models import ModelInfo
+from schemas.models import FailedModel, ModelEntry, ModelInfo
 from schemas.visualizations import activation_max_spec
 from service.deps import ExplainerDep, QueueDep
 from service.errors import NotFound
@@ -12,14 +12,15 @@ from service.openapi import READ, READ_ONE, problems
 router = APIRouter(prefix="/v1", tags=["models"])
 
 
-@router.get("/models", response_model=list[ModelInfo], responses=READ)
-async def list_models(_: ExplainerDep, queue: QueueDep) -> list[ModelInfo]:
-    """Every model a worker has registered, with its live worker count."""
-    return sorted((await queue.models()).values(), key=lambda info: info.id)
+@router.get("/models", response_model=list[ModelEntry], responses=READ)
+async def list_models(_: ExplainerDep, queue: QueueDep) -> list[ModelInfo | FailedModel]:
+    """Every model a worker has registered, with its live worker count, and every model folder
+    that failed to load (`status: "failed"`, with its `reason`) while no live worker serves it."""
+    return await queue.catalogue()
 
 
-@router.get("/models/{model_id}", response_model=ModelInfo, responses=READ_ONE)
-async def get_model(model_id: str, _: ExplainerDep, queue: QueueDep) -> ModelInfo:
+@router.get("/models/{model_id}", response_model=ModelEntry, responses=READ_ONE)
+async def get_model(model_id: str, _: ExplainerDep, queue: QueueDep) -> ModelInfo | FailedModel:
     info = await queue.model(model_id)
     if info is None:
         raise NotFound(f"No model {model_id!r}; GET /v1/models lists the models.")

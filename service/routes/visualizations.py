@@ -39,7 +39,7 @@ async def create_visualization(
     timeout: Annotated[float | None, Query(gt=0, description="seconds to wait")] = None,
 ) -> Response:
     """Deterministic for a seed; a repeated request is answered from the cache at once."""
-    info = await find_model(queue, model_id)
+    info = await find_model(queue, model_id, settings)
     if params.target is not None and params.target >= len(info.labels):
         raise InvalidRequest(
             f"Class index {params.target} is out of range: {info.id!r} has "

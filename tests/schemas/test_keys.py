@@ -10,6 +10,7 @@ def test_every_key_is_namespaced_and_distinct() -> None:
         keys.model_workers("m"),
         keys.worker_info("w"),
         keys.MODEL_REGISTRY,
+        keys.MODEL_FAILURES,
         keys.LIVE_WORKERS,
     ]
     assert all(name.startswith(keys.PREFIX + ":") for name in names)

@@ -305,21 +305,76 @@ def test_load_repository_loads_every_model_by_id(tiny_cnn: torch.nn.Module, tmp_
     save_safetensors(tiny_cnn, tmp_path / "tiny" / "2", description="newer")
     save_onnx(tiny_cnn, tmp_path / "tiny-onnx" / "1", TINY_INPUT)
 
-    models = load_repository(tmp_path, CPU)
+    models, failures = load_repository(tmp_path, CPU)
 
     assert sorted(models) == ["tiny", "tiny-onnx"]
     assert all(isinstance(model, LoadedModel) for model in models.values())
     assert models["tiny"].manifest.description == "newer"
     assert models["tiny-onnx"].onnx_session is not None
+    assert failures == []
 
 
-def test_load_repository_fails_on_a_broken_model(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:
-    save_safetensors(tiny_cnn, tmp_path / "tiny" / "1")
-    broken = write_manifest(tmp_path / "broken" / "1")
+def test_load_repository_reports_broken_folders_and_serves_the_others(
+    tiny_cnn: torch.nn.Module, tmp_path: Path
+) -> None:
+    save_safetensors(tiny_cnn, tmp_path / "good" / "1")
+    fixed_batch = save_onnx(
+        tiny_cnn, tmp_path / "a-fixed-batch" / "1", TINY_INPUT, dynamic_batch=False
+    )
+    misspelt = save_safetensors(tiny_cnn, tmp_path / "b-misspelt-layer" / "1", cam_layer="featurs")
+    unimportable = save_safetensors(
+        tiny_cnn,
+        tmp_path / "c-unimportable" / "2",
+        architecture={"factory": "tiny_modles:build_tiny_cnn", "kwargs": {}},
+    )
+    missing_weights = write_manifest(tmp_path / "d-no-weights" / "1")
 
-    with pytest.raises(ModelLoadError, match="model.safetensors is missing") as caught:
-        load_repository(tmp_path, CPU)
-    assert caught.value.folder == broken
+    models, failures = load_repository(tmp_path, CPU)
+
+    assert sorted(models) == ["good"]
+    assert [(f.folder, f.model_id, f.version) for f in failures] == [
+        (fixed_batch, "a-fixed-batch", "1"),
+        (misspelt, "b-misspelt-layer", "1"),
+        (unimportable, "c-unimportable", "2"),
+        (missing_weights, "d-no-weights", "1"),
+    ]
+    problems = [failure.problem for failure in failures]
+    assert problems[0].startswith(
+        "model.onnx does not run on a batch of 2 at the manifest's input size "
+        "(is its batch axis dynamic?): "
+    )
+    assert "\n" not in problems[0], "ONNX Runtime's message is on one line"
+    assert problems[1].startswith(
+        "cam_layer 'featurs' is not a layer with a spatial output; did you mean 'features'? "
+    )
+    assert problems[2].startswith("factory 'tiny_modles:build_tiny_cnn' cannot be imported")
+    assert "No module named 'tiny_modles'" in problems[2]
+    assert problems[3] == "format is 'safetensors' but model.safetensors is missing"
+
+
+def test_load_repository_reports_an_unexpected_load_error_as_a_failure(
+    tiny_models: ModuleType, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    net = tiny_models.build_pair_net()
+    version_dir = save_safetensors(
+        net, tmp_path / "pair" / "1", architecture={"factory": "tiny_models:build_pair_net"}
+    )
+
+    models, failures = load_repository(tmp_path, CPU)
+
+    assert models == {}
+    assert [failure.folder for failure in failures] == [version_dir]
+    assert failures[0].problem.startswith("it cannot be loaded: AttributeError(")
+
+
+def test_load_repository_of_only_broken_folders_serves_nothing(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "broken" / "1")
+
+    models, failures = load_repository(tmp_path, CPU)
+
+    assert models == {}
+    assert [failure.model_id for failure in failures] == ["broken"]
 
 
 def test_missing_repository_raises(tmp_path: Path) -> None:

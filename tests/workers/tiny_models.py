@@ -31,3 +31,18 @@ def build_tiny_cnn(channels: int = 1, classes: int = 3, width: int = 4) -> TinyC
 def build_not_a_module() -> str:
     """A factory that returns something other than a network."""
     return "not a network"
+
+
+class PairNet(nn.Module):
+    """A `TinyCNN` whose forward answers a (logits, features) pair rather than a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = TinyCNN(channels=1, classes=3, width=4)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(images), self.net.features(images)
+
+
+def build_pair_net() -> PairNet:
+    return PairNet()
