@@ -6,7 +6,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from captum.attr import GuidedBackprop, IntegratedGradients, NoiseTunnel, Saliency
-from method_checks import DEVICES, assert_untouched, max_relative_deviation
+from method_checks import DEVICES, assert_untouched, float32_rounding, max_relative_deviation
 from torch import nn
 
 import workers.methods.base as method_base
@@ -184,8 +184,10 @@ def test_over_guided_backprop_equals_captum_over_the_same_noise() -> None:
 def test_is_the_mean_of_the_base_methods_maps_over_the_noisy_copies(
     base: str, absolute: bool
 ) -> None:
-    model = small_cnn(channels=3)
-    image = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    # In float64: near integrated_gradients' first path node, close to the flat black baseline,
+    # max-pool winners differ by ~1e-7, so float32 rounding of the noise picks them.
+    model = small_cnn(channels=3).double()
+    image = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(6)).double()
     target = torch.tensor([1])
 
     result = explain(
@@ -197,13 +199,21 @@ def test_is_the_mean_of_the_base_methods_maps_over_the_noisy_copies(
         cam_layer="",
     )
 
-    noisy = image + sigma(0.3, image) * same_noise(2, 3, image.shape[1:])
-    base_params = {"abs": absolute} if base in ("saliency", "guided_backprop") else {}
+    noisy = image + sigma(0.3, image) * same_noise(2, 3, image.shape[1:]).double()
+    # The base as SmoothGrad documents it: its defaults, integrated_gradients not refined.
+    base_params = {
+        "saliency": {"abs": absolute},
+        "guided_backprop": {"abs": absolute},
+        "integrated_gradients": {"steps": 50, "max_steps": 50},
+        "deeplift": {},
+    }[base]
     maps = torch.cat(
         [explain(base, model, x[None], target, base_params, cam_layer="").values for x in noisy]
     )
     expected = (maps.abs() if absolute else maps).mean(dim=0, keepdim=True)
-    assert max_relative_deviation(result.values, expected) < 1e-5
+    # Each side rounds 3 float64 maps to float32, sums them and divides: 2 × (3 + 2) roundings.
+    bound = float32_rounding(expected, roundings=10, magnitude=maps.abs().amax(0, keepdim=True))
+    assert max_relative_deviation(result.values, expected) <= bound
 
 
 def test_without_noise_equals_the_base_method() -> None:
