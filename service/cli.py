@@ -7,7 +7,8 @@ import sys
 
 import uvicorn
 
-from service.config import get_settings
+from schemas.environment import environment_help
+from service.config import Settings, get_settings
 
 HEALTH_PROBES = ("/healthz", "/readyz")
 
@@ -39,7 +40,13 @@ def serve(host: str | None, port: int | None, access_log: bool = False) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="glimpse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the HTTP gateway")
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the HTTP gateway",
+        description="Run the HTTP gateway, configured by the environment variables below.",
+        epilog=environment_help(Settings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument(
