@@ -1,37 +1,62 @@
 """`glimpse`: the gateway (`serve`), a worker (`worker`), or everything for development (`run`)."""
 
 import argparse
+import logging
 import os
 import sys
 
 import uvicorn
 
-from service.config import get_settings
+from schemas.environment import environment_help
+from service.config import Settings, get_settings
+
+HEALTH_PROBES = ("/healthz", "/readyz")
 
 
-def serve(host: str | None, port: int | None) -> None:
+class _WithoutHealthProbes(logging.Filter):
+    """Drops access-log lines of health probes, which would bury the requests."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access record: (client address, method, path and query, HTTP version, status)
+        args = record.args
+        return not (isinstance(args, tuple) and len(args) == 5 and args[2] in HEALTH_PROBES)
+
+
+def serve(host: str | None, port: int | None, access_log: bool = False) -> None:
+    """Run the gateway; `access_log` adds a line per request (never a body, header or key)."""
     settings = get_settings()
+    if access_log:
+        logging.getLogger("uvicorn.access").addFilter(_WithoutHealthProbes())
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
         log_level="info",
-        access_log=False,
+        access_log=access_log,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="glimpse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the HTTP gateway")
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the HTTP gateway",
+        description="Run the HTTP gateway, configured by the environment variables below.",
+        epilog=environment_help(Settings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument(
+        "--access-log", action="store_true", help="log a line per request (method, path, status)"
+    )
     commands.add_parser("worker", help="run a worker (same as glimpse-worker)")
     commands.add_parser("run", help="Redis + gateway + one worker, for development")
     args, rest = parser.parse_known_args(argv)
     if args.command == "serve":
-        serve(args.host, args.port)
+        serve(args.host, args.port, args.access_log)
     elif args.command == "worker":
         # A separate process image: the gateway package never imports the worker's torch.
         os.execvp("glimpse-worker", ["glimpse-worker", *rest])

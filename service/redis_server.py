@@ -113,7 +113,11 @@ class PrivateRedis:
             args += ["--appendonly", "yes"]
         # An anonymous file, not a pipe: nobody drains the server's output while it runs.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by stop()
-        self._process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
+        # A session of its own: Ctrl-C in a terminal stops the gateway and workers, which still
+        # sign off from Redis before `stop()` ends it.
+        self._process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._wait_until_answering(self._process)
         return self
 

@@ -95,9 +95,10 @@ def _dockerfile_commands() -> list[list[str]]:
     return commands
 
 
-def _compose_config(**environment: str) -> dict[str, Any]:
+def _compose_config(compose_file: Path = COMPOSE_FILE, **environment: str) -> dict[str, Any]:
+    command = [_tool("docker-compose"), "--file", str(compose_file), "--project-directory"]
     result = subprocess.run(
-        [_tool("docker-compose"), "--file", str(COMPOSE_FILE), "config", "--format", "json"],
+        [*command, str(ROOT), "config", "--format", "json"],
         cwd=ROOT,
         env={**os.environ, **environment},
         capture_output=True,
@@ -107,6 +108,22 @@ def _compose_config(**environment: str) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = json.loads(result.stdout)
     return config
+
+
+def _reserved_gpus(service: dict[str, Any]) -> list[str]:
+    """The GPUs a service's containers reserve, by id; fails on any other kind of reservation."""
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert all(d["driver"] == "nvidia" and d["capabilities"] == ["gpu"] for d in devices)
+    assert all("count" not in d for d in devices), "a worker computes on one GPU only"
+    return [gpu for d in devices for gpu in d["device_ids"]]
+
+
+def _readme_worker_service_block() -> str:
+    """The README's example of the worker service for a further GPU."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(  worker-gpu1:\n.*?)```", readme, re.DOTALL)
+    assert len(blocks) == 1, "the README shows one worker service for GPU 1"
+    return str(blocks[0])
 
 
 def _compose_commands(config: dict[str, Any]) -> list[list[str]]:
@@ -178,7 +195,7 @@ def test_hadolint_passes_on_the_dockerfile() -> None:
 
 
 def test_compose_file_has_the_production_shape() -> None:
-    config = _compose_config(GLIMPSE_WORKERS="3")
+    config = _compose_config(GLIMPSE_WORKERS_PER_GPU="3")
     services = config["services"]
 
     redis = services["redis"]
@@ -194,8 +211,8 @@ def test_compose_file_has_the_production_shape() -> None:
     worker = services["worker"]
     assert worker["build"]["target"] == "worker"
     assert worker["deploy"]["replicas"] == 3
-    devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert [(d["driver"], d["capabilities"]) for d in devices] == [("nvidia", ["gpu"])]
+    assert _reserved_gpus(worker) == ["0"]
+    assert worker["environment"]["GLIMPSE_DEVICE"] == "cuda:0"
 
     for name in OUR_SERVICES:
         assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:")
@@ -236,3 +253,39 @@ def test_the_gateway_image_installs_no_torch() -> None:
     assert not gateway_extras & TORCH_EXTRAS
     assert "torch" not in base_dependencies and "onnxruntime" not in base_dependencies
     assert "gpu" in worker_extras
+
+
+def test_each_worker_service_owns_one_gpu_as_the_readme_shows(tmp_path: Path) -> None:
+    shipped = COMPOSE_FILE.read_text()
+    services_end = shipped.index("\nvolumes:\n")
+    two_gpus = tmp_path / "docker-compose.yml"
+    two_gpus.write_text(
+        shipped[:services_end] + "\n" + _readme_worker_service_block() + shipped[services_end:]
+    )
+
+    services = _compose_config(two_gpus, GLIMPSE_WORKERS_PER_GPU="2")["services"]
+
+    workers = {name: service for name, service in services.items() if "worker" in name}
+    assert sorted(workers) == ["worker", "worker-gpu1"]
+    assert [_reserved_gpus(workers[name]) for name in sorted(workers)] == [["0"], ["1"]]
+    for service in workers.values():
+        # device_ids leaves the container one GPU, numbered 0.
+        assert service["environment"]["GLIMPSE_DEVICE"] == "cuda:0"
+        assert service["deploy"]["replicas"] == 2
+    without_deploy = [
+        {k: v for k, v in service.items() if k != "deploy"} for service in workers.values()
+    ]
+    assert without_deploy[0] == without_deploy[1]
+
+
+def test_the_gateway_reads_its_keys_from_the_api_keys_secret(tmp_path: Path) -> None:
+    default = _compose_config()
+    chosen = _compose_config(GLIMPSE_API_KEYS_FILE=str(tmp_path / "keys.json"))
+
+    gateway = default["services"]["gateway"]
+    assert [secret["source"] for secret in gateway["secrets"]] == ["api_keys"]
+    assert gateway["environment"]["GLIMPSE_API_KEYS_FILE"] == "/run/secrets/api_keys"
+    assert default["secrets"]["api_keys"]["file"] == str(ROOT / "api-keys.json")
+    assert chosen["secrets"]["api_keys"]["file"] == str(tmp_path / "keys.json")
+    # The keys file never reaches an image.
+    assert _dockerignore_excludes("api-keys.json")

@@ -11,6 +11,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from schemas import keys
+from schemas.environment import environment_help
 from workers.config import WorkerSettings
 
 
@@ -27,7 +28,12 @@ def healthcheck(settings: WorkerSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="glimpse-worker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="glimpse-worker",
+        description=__doc__,
+        epilog=environment_help(WorkerSettings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument(
         "--healthcheck", action="store_true", help="exit 0 if this host's worker is alive"
     )
