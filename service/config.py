@@ -11,22 +11,28 @@ from schemas.settings import SharedSettings
 class Settings(SharedSettings):
     """Every gateway setting; see the README for the environment variable of each."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    auth: bool = True
-    api_keys_file: Path | None = None
-    sync_timeout_s: float = Field(default=30.0, gt=0)
-    max_sync_timeout_s: float = Field(default=300.0, gt=0)
+    host: str = Field(default="127.0.0.1", description="address the gateway listens on")
+    port: int = Field(default=8000, description="port the gateway listens on")
+    auth: bool = Field(default=True, description="require API keys; off trusts every caller")
+    api_keys_file: Path | None = Field(
+        default=None, description="JSON file of hashed API keys with their scopes and limits"
+    )
+    sync_timeout_s: float = Field(
+        default=30.0, gt=0, description="default wait of POST /v1/explanations"
+    )
+    max_sync_timeout_s: float = Field(default=300.0, gt=0, description="largest ?timeout= taken")
     result_cache: bool = Field(
         default=True, description="answer identical explain requests by one key from a cache"
     )
-    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    max_body_bytes: int = Field(
+        default=32 * 1024 * 1024, gt=0, description="larger bodies get 413 before they are read"
+    )
     max_score_values: int = Field(
         default=4_194_304, gt=0, description="values of one returned score array"
     )
     queue_limit: int = Field(default=1000, gt=0, description="queued jobs per model before 429")
     worker_timeout_s: float = Field(default=10.0, gt=0, description="heartbeat age of a live one")
-    retry_after_s: int = Field(default=2, ge=1)
+    retry_after_s: int = Field(default=2, ge=1, description="Retry-After of a 503")
     rate_limit_per_minute: int = Field(
         default=0, ge=0, description="explain requests per key and minute; 0: unlimited"
     )

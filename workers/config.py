@@ -17,14 +17,24 @@ def _worker_id() -> str:
 class WorkerSettings(SharedSettings):
     """Every worker setting; see the README for the environment variable of each."""
 
-    model_repository: Path = Path("models")
-    device: str = Field(default="auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
-    worker_id: str = Field(default_factory=_worker_id)
+    model_repository: Path = Field(
+        default=Path("models"), description="folder of <id>/<version>/ model folders"
+    )
+    device: str = Field(
+        default="auto",
+        pattern="^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="auto (CUDA when there is one), cpu, cuda or cuda:N",
+    )
+    worker_id: str = Field(
+        default_factory=_worker_id, description="consumer name in Redis; host-pid-random by default"
+    )
     max_batch: int = Field(default=8, ge=1, description="jobs read per batch")
     # 0, as Triton's dynamic batcher: jobs that queue while a batch computes still batch
     # together; a wait helps only at moderate load and costs every request about twice itself.
     max_wait_ms: int = Field(default=0, ge=0, description="extra wait to fill a batch")
-    block_ms: int = Field(default=1000, ge=1)
-    heartbeat_s: float = Field(default=2.0, gt=0)
-    visibility_timeout_s: float = Field(default=60.0, gt=0)
-    max_deliveries: int = Field(default=3, ge=1)
+    block_ms: int = Field(default=1000, ge=1, description="longest wait of one read for jobs")
+    heartbeat_s: float = Field(default=2.0, gt=0, description="heartbeat period")
+    visibility_timeout_s: float = Field(
+        default=60.0, gt=0, description="idle time after which a dead worker's jobs are taken over"
+    )
+    max_deliveries: int = Field(default=3, ge=1, description="deliveries before a job fails")
