@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, cast
@@ -217,6 +217,16 @@ class DevStack:
                     return
             time.sleep(0.2)
         raise RuntimeError(f"not ready after {timeout_s:.0f} s")
+
+    @contextlib.contextmanager
+    def serving(self, timeout_s: float = 180.0) -> Iterator["DevStack"]:
+        """Started and ready for the `with` block; stopped after it, whatever happens."""
+        try:
+            self.start()
+            self.wait_ready(timeout_s=timeout_s)
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         for process in self.processes:

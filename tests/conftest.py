@@ -60,12 +60,8 @@ def stack(
             "GLIMPSE_MAX_BODY_BYTES": str(4 * 1024 * 1024),
         },
     )
-    try:
-        running.start()
-        running.wait_ready(timeout_s=180)
+    with running.serving():
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture()

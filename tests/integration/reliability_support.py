@@ -93,11 +93,9 @@ def faulty_stack(
         },
     )
     try:
-        stack.start()
-        stack.wait_ready(timeout_s=120)
-        yield stack
+        with stack.serving(timeout_s=120):
+            yield stack
     finally:
-        stack.stop()
         if own_redis:
             server.stop()
 

@@ -132,12 +132,8 @@ def stack(
             "GLIMPSE_HEARTBEAT_S": "0.5",
         },
     )
-    try:
-        running.start()
-        running.wait_ready(timeout_s=180)
+    with running.serving():
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture()

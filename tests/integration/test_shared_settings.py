@@ -42,12 +42,8 @@ def raised(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "GLIMPSE_RESULT_TTL_S": str(RESULT_TTL_S),
         },
     )
-    try:
-        stack.start()
-        stack.wait_ready(timeout_s=180)
+    with stack.serving():
         yield stack
-    finally:
-        stack.stop()
 
 
 def many_frames(frames: int) -> bytes:
