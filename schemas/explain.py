@@ -26,6 +26,20 @@ class OutputOptions(BaseModel):
     alpha: float = Field(default=0.45, ge=0.0, le=1.0)
     size: Literal["original", "model"] = "original"
     grid: int | None = Field(default=None, ge=1, le=256, description="pool scores to N×N")
+    normalize: bool = Field(
+        default=True,
+        description="scale scores to [0, 1] (unsigned maps) or [-1, 1] (signed); false returns "
+        'the method\'s raw attribution, at `size: "model"` only, pooled to `grid` by cell sums',
+    )
+
+    @model_validator(mode="after")
+    def _raw_scores_at_model_size(self) -> "OutputOptions":
+        if not self.normalize and self.size != "model":
+            # Resampling a raw map to the input's size would change what its values sum to.
+            raise ValueError(
+                'raw scores (normalize: false) come at the model\'s input size: add size: "model"'
+            )
+        return self
 
 
 class ExplainOptions(BaseModel):
@@ -115,7 +129,8 @@ class ExplainRequest(ExplainOptions):
 class Prediction(BaseModel):
     class_index: int
     label: str
-    score: float
+    score: float = Field(description="the class's softmax probability")
+    logit: float = Field(description="the model's raw output for the class")
 
 
 class ExplanationTarget(BaseModel):
@@ -133,7 +148,9 @@ class Scores(BaseModel):
     min: float
     max: float
     signed: bool
-    normalized: bool
+    normalized: bool = Field(
+        description="scaled to [0, 1] or [-1, 1]; false for a raw map (`output.normalize`)"
+    )
 
 
 class Explanation(BaseModel):
