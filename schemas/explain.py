@@ -1,9 +1,9 @@
 """The explain request and its response (SPEC §3)."""
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.dicom import DicomOptions
 from schemas.methods import PARAMS_BY_METHOD
@@ -12,6 +12,23 @@ MAX_TOP_K = 5
 _TOP_K = re.compile(r"^top([1-5])$")
 
 Target = str | int | list[int]
+
+
+def check_target(target: Target) -> Target:
+    """A target as the API takes it: "top1".."top5", a class index, or a list of distinct ones."""
+    if isinstance(target, str) and not _TOP_K.match(target):
+        raise ValueError(f'target must be "top1".."top{MAX_TOP_K}", an index or a list')
+    if isinstance(target, int) and target < 0:
+        raise ValueError("a class index is never negative")
+    if isinstance(target, list):
+        if not 1 <= len(target) <= MAX_TOP_K:
+            raise ValueError(f"a target list holds 1 to {MAX_TOP_K} class indices")
+        if any(t < 0 for t in target) or len(set(target)) != len(target):
+            raise ValueError("class indices must be distinct and non-negative")
+    return target
+
+
+ValidTarget = Annotated[Target, AfterValidator(check_target)]
 
 
 class OutputOptions(BaseModel):
@@ -26,23 +43,34 @@ class OutputOptions(BaseModel):
     alpha: float = Field(default=0.45, ge=0.0, le=1.0)
     size: Literal["original", "model"] = "original"
     grid: int | None = Field(default=None, ge=1, le=256, description="pool scores to N×N")
+    normalize: bool = Field(
+        default=True,
+        description="scale scores to [0, 1] (unsigned maps) or [-1, 1] (signed); false returns "
+        'the method\'s raw attribution, at `size: "model"` only, pooled to `grid` by cell sums',
+    )
+
+    @model_validator(mode="after")
+    def _raw_scores_at_model_size(self) -> "OutputOptions":
+        if not self.normalize and self.size != "model":
+            # Resampling a raw map to the input's size would change what its values sum to.
+            raise ValueError(
+                'raw scores (normalize: false) come at the model\'s input size: add size: "model"'
+            )
+        return self
 
 
-class ExplainOptions(BaseModel):
-    """Everything an explain request says besides the image itself."""
+class ExplainParameters(BaseModel):
+    """What to compute and how to answer, for any image: methods, their parameters, the target
+    and the output. The `parameters` of a KServe explain request."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, max_length=64, examples=["demo-lesions"])
     methods: list[str] = Field(default=["gradcam"], min_length=1, max_length=16)
-    target: Target = Field(
+    target: ValidTarget = Field(
         default="top1", description='"top1", "topK" (K ≤ 5), a class index, or a list of them'
     )
     params: dict[str, dict[str, object]] = Field(default_factory=dict)
     output: OutputOptions = Field(default_factory=OutputOptions)
-    dicom: DicomOptions | None = Field(
-        default=None, description="frame and window of a DICOM image; only with DICOM images"
-    )
 
     @field_validator("methods")
     @classmethod
@@ -55,22 +83,8 @@ class ExplainOptions(BaseModel):
             raise ValueError("a method is listed twice")
         return methods
 
-    @field_validator("target")
-    @classmethod
-    def _valid_target(cls, target: Target) -> Target:
-        if isinstance(target, str) and not _TOP_K.match(target):
-            raise ValueError(f'target must be "top1".."top{MAX_TOP_K}", an index or a list')
-        if isinstance(target, int) and target < 0:
-            raise ValueError("a class index is never negative")
-        if isinstance(target, list):
-            if not 1 <= len(target) <= MAX_TOP_K:
-                raise ValueError(f"a target list holds 1 to {MAX_TOP_K} class indices")
-            if any(t < 0 for t in target) or len(set(target)) != len(target):
-                raise ValueError("class indices must be distinct and non-negative")
-        return target
-
     @model_validator(mode="after")
-    def _params_for_requested_methods(self) -> "ExplainOptions":
+    def _params_for_requested_methods(self) -> "ExplainParameters":
         for method, values in self.params.items():
             if method not in self.methods:
                 raise ValueError(f"params given for {method!r}, which is not requested")
@@ -101,6 +115,15 @@ class ExplainOptions(BaseModel):
         return 0
 
 
+class ExplainOptions(ExplainParameters):
+    """Everything an explain request says besides the image itself."""
+
+    model: str = Field(min_length=1, max_length=64, examples=["demo-lesions"])
+    dicom: DicomOptions | None = Field(
+        default=None, description="frame and window of a DICOM image; only with DICOM images"
+    )
+
+
 class ExplainRequest(ExplainOptions):
     """`POST /v1/explanations` and `POST /v1/jobs` as JSON."""
 
@@ -115,7 +138,8 @@ class ExplainRequest(ExplainOptions):
 class Prediction(BaseModel):
     class_index: int
     label: str
-    score: float
+    score: float = Field(description="the class's softmax probability")
+    logit: float = Field(description="the model's raw output for the class")
 
 
 class ExplanationTarget(BaseModel):
@@ -133,7 +157,9 @@ class Scores(BaseModel):
     min: float
     max: float
     signed: bool
-    normalized: bool
+    normalized: bool = Field(
+        description="scaled to [0, 1] or [-1, 1]; false for a raw map (`output.normalize`)"
+    )
 
 
 class Explanation(BaseModel):

@@ -4,6 +4,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Sequence
 
 from fastapi import Request
 from pydantic import ValidationError
@@ -36,12 +37,14 @@ JSON_FIELDS = ("target", "params", "output", "dicom")
 class InvalidFields(InvalidRequest):
     """A request whose fields fail validation; carries pydantic's field errors."""
 
-    def __init__(self, error: ValidationError) -> None:
-        super().__init__("The request has invalid fields.")
+    def __init__(
+        self, error: ValidationError, detail: str = "The request has invalid fields."
+    ) -> None:
+        super().__init__(detail)
         self.errors = error.errors(include_url=False, include_context=False)
 
     def problem(self) -> Problem:
-        return invalid(self.errors)
+        return invalid(self.errors, self.detail)
 
 
 async def read_explain_request(request: Request) -> tuple[ExplainOptions, bytes]:
@@ -154,14 +157,15 @@ async def find_model(queue: JobQueue, model_id: str, settings: Settings) -> Mode
     return entry
 
 
-def check_capacity(settings: Settings, info: ModelInfo) -> None:
-    """503 without a live worker for the model, 429 when its queue is full (as `info`, fresh
-    from `JobQueue.model`, counts them)."""
+def check_capacity(settings: Settings, info: ModelInfo, adding: int = 1) -> None:
+    """503 without a live worker for the model, 429 when its queue cannot take `adding` more jobs
+    (as `info`, fresh from `JobQueue.model`, counts them)."""
     if info.live_workers == 0:
         raise Unavailable(f"No live worker serves {info.id!r}.", retry_after=settings.retry_after_s)
-    if info.queued >= settings.queue_limit:
+    if info.queued + adding > settings.queue_limit:
         raise QueueFull(
-            f"{info.id!r} has {settings.queue_limit} jobs waiting.",
+            f"{info.id!r} has {info.queued} of at most {settings.queue_limit} jobs waiting"
+            + (f"; this request brings {adding}." if adding > 1 else "."),
             retry_after=settings.retry_after_s,
         )
 
@@ -176,6 +180,20 @@ async def admit(
 ) -> ExplanationJob:
     """Validate against the model and the queue, then enqueue. Returns the queued message."""
     info = await find_model(queue, options.model, settings)
+    message = prepare_job(options, image, info, principal, settings, reply_to)
+    await submit_jobs([(message, image)], info, principal, queue, settings)
+    return message
+
+
+def prepare_job(
+    options: ExplainOptions,
+    image: bytes,
+    info: ModelInfo,
+    principal: Principal,
+    settings: Settings,
+    reply_to: str | None,
+) -> ExplanationJob:
+    """Check a request against its model and its image, and build its job; nothing is queued."""
     check_against_model(options, info)
     if not image:
         raise BadImage("The image is empty.")
@@ -183,7 +201,7 @@ async def admit(
     check_dicom_options(options.dicom, header.dicom)
     check_output(options, info, header, settings)
     params = options.applied_params()
-    message = ExplanationJob(
+    return ExplanationJob(
         job_id=uuid.uuid4().hex,
         model=info.id,
         methods=options.methods,
@@ -197,14 +215,29 @@ async def admit(
         reply_to=reply_to,
         enqueued_at=time.time(),
     )
-    if message.cache_key is not None:
-        cached = await queue.cached(message.cache_key)
-        if cached is not None:
-            await queue.store_answered(message, reissued(cached, message.job_id), principal.name)
-            return message
-    check_capacity(settings, info)
-    await queue.enqueue(message, image, principal.name)
-    return message
+
+
+async def submit_jobs(
+    jobs: Sequence[tuple[ExplanationJob, bytes]],
+    info: ModelInfo,
+    principal: Principal,
+    queue: JobQueue,
+    settings: Settings,
+) -> None:
+    """Answer from the result cache the jobs it holds, and queue the others in one transaction,
+    so that a worker can batch them; 503 or 429 (see `check_capacity`) for all of them."""
+    to_queue = []
+    for message, image in jobs:
+        if message.cache_key is not None:
+            cached = await queue.cached(message.cache_key)
+            if cached is not None:
+                answer = reissued(cached, message.job_id)
+                await queue.store_answered(message, answer, principal.name)
+                continue
+        to_queue.append((message, image))
+    if to_queue:
+        check_capacity(settings, info, adding=len(to_queue))
+        await queue.enqueue_many(to_queue, principal.name)
 
 
 def explanation_cache_key(

@@ -24,7 +24,7 @@ from service.openapi import (
     use_problem_for_validation_errors,
 )
 from service.queue import CompletionListener, JobQueue
-from service.routes import explanations, health, jobs, metrics, models, visualizations
+from service.routes import explanations, health, jobs, kserve, metrics, models, visualizations
 
 log = logging.getLogger("glimpse.gateway")
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app, settings.retry_after_s)
     for router in (
         explanations.router,
+        kserve.router,
         jobs.router,
         models.router,
         visualizations.router,

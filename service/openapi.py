@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from schemas.explain import ExplainRequest, ExplainResponse
 from schemas.jobs import JobAccepted
+from schemas.kserve import KServeExplainRequest
 from schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 
 _REF = "#/components/schemas/{model}"
@@ -90,7 +91,7 @@ EXPLAIN_RESPONSES: dict[int | str, dict[str, object]] = {
 def component_schemas() -> dict[str, object]:
     """Schemas referenced above, in the components section's form."""
     schemas: dict[str, object] = {}
-    for model in (ExplainRequest, Problem):
+    for model in (ExplainRequest, KServeExplainRequest, Problem):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

@@ -7,6 +7,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -172,15 +173,24 @@ class JobQueue:
         self, message: ExplanationJob | VisualizationJob, image: bytes | None, owner: str
     ) -> None:
         """Store the job's record (and image), then queue it: all in one transaction."""
-        record_key = keys.job_record(message.job_id)
+        await self.enqueue_many([(message, image)], owner)
+
+    async def enqueue_many(
+        self,
+        jobs: Sequence[tuple[ExplanationJob | VisualizationJob, bytes | None]],
+        owner: str,
+    ) -> None:
+        """`enqueue` for several jobs in one transaction: a worker reads them all at once."""
         # The record must outlive a long queue wait plus the result's own lifetime.
         ttl = self.result_ttl_s * 2
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(record_key, mapping=_record_fields(message, owner, JobState.QUEUED))
-            pipe.expire(record_key, ttl)
-            if image is not None:
-                pipe.set(keys.job_image(message.job_id), image, ex=ttl)
-            pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
+            for message, image in jobs:
+                record_key = keys.job_record(message.job_id)
+                pipe.hset(record_key, mapping=_record_fields(message, owner, JobState.QUEUED))
+                pipe.expire(record_key, ttl)
+                if image is not None:
+                    pipe.set(keys.job_image(message.job_id), image, ex=ttl)
+                pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
             await pipe.execute()
 
     async def store_answered(self, message: ExplanationJob, result_json: str, owner: str) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
@@ -9,7 +10,7 @@ from fastapi.responses import JSONResponse
 from schemas.jobs import JobAccepted, JobState
 from schemas.problems import Problem
 from service.errors import ApiError, SyncTimeout, problem_response
-from service.queue import CompletionListener, JobQueue
+from service.queue import CompletionListener, JobQueue, StoredJob
 
 JOBS_PREFIX = "/v1/jobs"
 JOB_PATH = JOBS_PREFIX + "/{job_id}"
@@ -39,16 +40,7 @@ async def answer_when_done(
 
     The job must have been queued with `reply_to=listener.channel`.
     """
-    finished = listener.expect(job_id)
-    # Re-read after registering: a job that finished before then sent its note to no one.
-    try:
-        stored = await queue.record(job_id, owner)
-        if stored is None or not stored.state.finished:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(finished, timeout=wait_s)
-            stored = await queue.record(job_id, owner)
-    finally:
-        listener.forget(job_id)
+    (stored,) = await records_when_done(queue, listener, [job_id], owner, wait_s)
     if stored is None or not stored.state.finished:
         raise SyncTimeout(
             f"The job is still {stored.state.value if stored else 'pending'}; "
@@ -61,3 +53,29 @@ async def answer_when_done(
     if stored.error_json is not None:
         return problem_response(Problem.model_validate_json(stored.error_json))
     raise ApiError(f"The job ended as {stored.state.value}.", job_id=job_id)
+
+
+async def records_when_done(
+    queue: JobQueue, listener: CompletionListener, job_ids: Sequence[str], owner: str, wait_s: float
+) -> list[StoredJob | None]:
+    """Each job's record once all have finished, or as they stand when `wait_s` runs out.
+
+    The jobs must have been queued with `reply_to=listener.channel`.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    finished = {job_id: listener.expect(job_id) for job_id in job_ids}
+    records: list[StoredJob | None] = []
+    try:
+        for job_id in job_ids:
+            # Read after registering: a job that finished before then sent its note to no one.
+            stored = await queue.record(job_id, owner)
+            if stored is None or not stored.state.finished:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(finished[job_id], timeout=deadline - loop.time())
+                stored = await queue.record(job_id, owner)
+            records.append(stored)
+    finally:
+        for job_id in job_ids:
+            listener.forget(job_id)
+    return records

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from model_zoo import add_resnet50  # type: ignore[import-not-found]
+from model_zoo import add_resnet50, add_unbiased_demo  # type: ignore[import-not-found]
 
 from service.devstack import DevStack, free_port
 from service.redis_server import PrivateRedis
@@ -28,7 +28,8 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped repository, `demo-lesions-onnx` (the demo model served from its ONNX file),
-    and torchvision's ResNet-50 in both formats (`resnet50`, `resnet50-onnx`)."""
+    `demo-lesions-unbiased` (its weights without biases), and torchvision's ResNet-50 in both
+    formats (`resnet50`, `resnet50-onnx`)."""
     repository = tmp_path_factory.mktemp("models")
     (repository / "demo-lesions").symlink_to(ROOT / "models" / "demo-lesions")
     shipped = ROOT / "models" / "demo-lesions" / "1"
@@ -39,6 +40,7 @@ def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx_version.mkdir(parents=True)
     (onnx_version / "manifest.json").write_text(json.dumps(manifest))
     (onnx_version / "model.onnx").symlink_to(shipped / "model.onnx")
+    add_unbiased_demo(repository, shipped)
     add_resnet50(repository)
     return repository
 

@@ -77,7 +77,9 @@ def explain_jobs(
     inputs = to_model_input(
         [job.image for job in jobs], spec.channels, spec.height, spec.width, spec.mean, spec.std
     ).to(model.device)
-    probabilities = torch.softmax(model.forward_logits(inputs).float(), dim=1).cpu()
+    logits = model.forward_logits(inputs).float()
+    probabilities = torch.softmax(logits, dim=1).cpu()
+    logits = logits.cpu()
     rows = [
         _Row(job=j, class_index=c)
         for j, job in enumerate(jobs)
@@ -136,7 +138,7 @@ def explain_jobs(
             ExplainResponse(
                 job_id=job.message.job_id,
                 model=ModelRef(id=model.manifest.id, version=model.manifest.version),
-                predictions=_predictions(probabilities[j], model.manifest.labels),
+                predictions=_predictions(probabilities[j], logits[j], model.manifest.labels),
                 explanations=explanations,
                 timings=Timings(
                     queue_ms=max(0.0, (job.picked_at - job.message.enqueued_at) * 1000),
@@ -168,10 +170,12 @@ def _targets(message: ExplanationJob, probabilities: torch.Tensor) -> list[int]:
     return probabilities.topk(k).indices.tolist()
 
 
-def _predictions(probabilities: torch.Tensor, labels: Sequence[str]) -> list[Prediction]:
+def _predictions(
+    probabilities: torch.Tensor, logits: torch.Tensor, labels: Sequence[str]
+) -> list[Prediction]:
     top = probabilities.topk(min(MAX_PREDICTIONS, len(labels)))
     return [
-        Prediction(class_index=int(i), label=labels[int(i)], score=float(p))
+        Prediction(class_index=int(i), label=labels[int(i)], score=float(p), logit=float(logits[i]))
         for p, i in zip(top.values, top.indices, strict=True)
     ]
 
@@ -201,10 +205,7 @@ def _render_explanation(
         heatmap = _b64(render.render_heatmap(colour_values, output.colormap))
     scores = None
     if output.scores != "none":
-        grid = full_size if output.size == "original" else render.normalize_map(values, signed)
-        if output.grid is not None:
-            grid = render.pool_grid(grid, output.grid)
-        grid = grid.astype(np.float32)
+        grid = _score_grid(values, full_size, signed, output)
         scores = Scores(
             shape=list(grid.shape),
             values=grid.tolist() if output.scores == "json" else None,
@@ -212,7 +213,7 @@ def _render_explanation(
             min=float(grid.min()),
             max=float(grid.max()),
             signed=signed,
-            normalized=True,
+            normalized=output.normalize,
         )
     return Explanation(
         method=method,
@@ -225,6 +226,22 @@ def _render_explanation(
         compute_ms=compute_ms,
         checks=checks,
     )
+
+
+def _score_grid(
+    values: np.ndarray, full_size: np.ndarray, signed: bool, output: OutputOptions
+) -> np.ndarray:
+    """The score array a job asked for: the map at the model's size (`values`), raw or normalised,
+    or the normalised map at the input's size (`full_size`); pooled to `output.grid`, a raw map
+    by cell sums so that it keeps its total."""
+    if not output.normalize:
+        # OutputOptions allows raw scores only at the model's size: `values` as computed.
+        raw = np.asarray(values, dtype=np.float32)
+        return raw if output.grid is None else render.pool_grid(raw, output.grid, total=True)
+    grid = full_size if output.size == "original" else render.normalize_map(values, signed)
+    if output.grid is not None:
+        grid = render.pool_grid(grid, output.grid)
+    return grid.astype(np.float32)
 
 
 def _row_checks(checks: Mapping[str, torch.Tensor], count: int) -> list[dict[str, float] | None]:

@@ -84,8 +84,12 @@ def resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def pool_grid(values: np.ndarray, n: int) -> np.ndarray:
-    """Average an H×W map over an n×n grid of cells, as equal in size as the sizes allow."""
+def pool_grid(values: np.ndarray, n: int, *, total: bool = False) -> np.ndarray:
+    """Average an H×W map over an n×n grid of cells, as equal in size as the sizes allow.
+
+    With `total`, each cell holds the sum of its values instead, so that the grid sums to what
+    the map sums to (for raw attributions, whose sum has a meaning).
+    """
     height, width = values.shape
     if not 1 <= n <= min(height, width):
         raise ValueError(f"a {n}×{n} grid does not fit a {height}×{width} map")
@@ -96,6 +100,8 @@ def pool_grid(values: np.ndarray, n: int) -> np.ndarray:
         columns[:-1],
         axis=1,
     )
+    if total:
+        return sums.astype(np.float32)
     counts = np.outer(np.diff(rows), np.diff(columns))
     return (sums / counts).astype(np.float32)
 

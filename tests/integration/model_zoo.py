@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models import resnet50
 
@@ -83,3 +83,26 @@ def add_resnet50(repository: Path) -> None:
     (folder / "manifest.json").write_text(
         json.dumps({**manifest, "id": "resnet50-onnx", "format": "onnx"})
     )
+
+
+UNBIASED_DEMO = "demo-lesions-unbiased"
+
+
+def add_unbiased_demo(repository: Path, shipped: Path) -> None:
+    """`demo-lesions-unbiased`: the shipped demo model's weights with every additive term zeroed
+    (the head's bias, BatchNorm's shift and running mean), so that BatchNorm only scales and a
+    layer adds nothing of its own. On such a network LRP's relevance is conserved layer by layer,
+    and the input relevance sums to the explained logit."""
+    weights = load_file(str(shipped / "model.safetensors"))
+    unbiased = {
+        name: torch.zeros_like(tensor) if name.endswith((".bias", ".running_mean")) else tensor
+        for name, tensor in weights.items()
+    }
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    manifest.update(
+        id=UNBIASED_DEMO, description="the demo model without biases, for tests", notes=""
+    )
+    folder = repository / UNBIASED_DEMO / "1"
+    folder.mkdir(parents=True)
+    save_file(unbiased, str(folder / "model.safetensors"))
+    (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -17,6 +17,7 @@ def test_defaults_follow_the_contract() -> None:
     assert parsed.output.overlay and not parsed.output.heatmap
     assert parsed.output.scores == "json" and parsed.output.size == "original"
     assert parsed.output.alpha == 0.45
+    assert parsed.output.normalize
     assert parsed.top_k() == 1 and parsed.class_indices() is None
 
 
@@ -45,12 +46,19 @@ def test_targets(target: object, classes: list[int] | None, k: int) -> None:
         {"params": {"gradcam": {"unknown": 1}}},
         {"output": {"scores": "xml"}},
         {"output": {"grid": 0}},
+        {"output": {"normalize": False}},
+        {"output": {"normalize": False, "size": "original"}},
         {"extra": 1},
     ],
 )
 def test_invalid_fields_are_refused(fields: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         request(**fields)
+
+
+def test_raw_scores_are_accepted_at_the_model_size() -> None:
+    output = request(output={"normalize": False, "size": "model", "grid": 8}).output
+    assert not output.normalize and output.size == "model" and output.grid == 8
 
 
 def test_applied_params_fill_defaults_and_options_drop_the_image() -> None:

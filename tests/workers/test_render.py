@@ -101,6 +101,24 @@ def test_pool_grid_splits_uneven_sizes_as_evenly_as_possible() -> None:
     np.testing.assert_allclose(pooled, expected)
 
 
+def test_pool_grid_total_sums_each_cell_and_keeps_the_sum() -> None:
+    values = RNG.normal(size=(7, 9)).astype(np.float32)
+
+    pooled = pool_grid(values, 3, total=True)
+
+    # Rows split 2 + 2 + 3, columns 3 + 3 + 3.
+    rows, columns = [0, 2, 4, 7], [0, 3, 6, 9]
+    expected = [
+        [values[rows[i] : rows[i + 1], columns[j] : columns[j + 1]].sum() for j in range(3)]
+        for i in range(3)
+    ]
+    assert pooled.dtype == np.float32
+    np.testing.assert_allclose(pooled, expected, rtol=1e-6)
+    # float32 round-off of 63 terms, relative to their magnitudes.
+    tolerance = 63 * 2.0**-24 * float(np.abs(values).sum())
+    assert abs(float(pooled.sum()) - float(values.sum())) <= tolerance
+
+
 def test_pool_grid_of_one_cell_is_the_mean() -> None:
     values = RNG.random((6, 7))
     np.testing.assert_allclose(pool_grid(values, 1), [[values.mean()]], rtol=1e-6)
