@@ -215,11 +215,13 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Exit:
         timeout=args.timeout,
     )
 
+    concurrency = max(1, args.concurrency)
+
     async def run() -> Exit:
         async with AsyncClient(
-            args.url, args.key, retry=_retry(args), max_connections=args.concurrency
+            args.url, args.key, retry=_retry(args), max_connections=concurrency
         ) as client:
-            outcome = await explain_all(client, args.images, job, max(1, args.concurrency))
+            outcome = await explain_all(client, args.images, job, concurrency)
         for image, error in outcome.failed.items():
             print(f"{image}: {error}", file=sys.stderr)
         if not outcome.failed:

@@ -181,6 +181,10 @@ def test_problems_become_their_error_types(glimpse: Client) -> None:
 def test_an_async_client_explains_concurrently(stack: DevStack) -> None:
     async def explain_many() -> list[glimpse_client.ExplainResult]:
         async with AsyncClient(stack.url) as client:
+            assert MODEL in {model.id for model in await client.models()}
+            accepted = await client.submit(lesion_image(29), MODEL, "saliency")
+            job = await client.wait(accepted.job_id, timeout=60)
+            assert isinstance(job.result, glimpse_client.ExplainResult)
             images = [lesion_image(seed) for seed in range(30, 36)]
             return await asyncio.gather(*(client.explain(i, MODEL, "gradcam") for i in images))
 
