@@ -17,6 +17,9 @@ COPY pyproject.toml README.md ./
 
 FROM base AS gateway
 RUN pip install --no-cache-dir .
+# The client, for `glimpse explain …` and the other client commands inside the image.
+COPY client/ client/
+RUN pip install --no-cache-dir ./client
 COPY schemas/ schemas/
 COPY service/ service/
 RUN pip install --no-cache-dir --no-deps --force-reinstall .

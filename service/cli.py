@@ -1,4 +1,7 @@
-"""`glimpse`: the gateway (`serve`), a worker (`worker`), or everything for development (`run`)."""
+"""`glimpse`: the gateway (`serve`), a worker (`worker`), or everything for development (`run`).
+
+`explain`, `models`, `methods`, `jobs` and `visualize` are the client's (`glimpse explain --help`).
+"""
 
 import argparse
 import logging
@@ -37,7 +40,22 @@ def serve(host: str | None, port: int | None, access_log: bool = False) -> None:
     )
 
 
+CLIENT_COMMANDS = ("explain", "models", "methods", "jobs", "visualize")
+
+
+def hand_to_client(argv: list[str]) -> None:
+    """Run a client command in `glimpse_client.cli`, imported only then: the gateway itself
+    runs without the client installed."""
+    if argv[:1] and argv[0] in CLIENT_COMMANDS:
+        try:
+            from glimpse_client.cli import main as client_main
+        except ModuleNotFoundError:
+            sys.exit(f"glimpse {argv[0]} needs the client: pip install ./client")
+        sys.exit(client_main(argv, prog="glimpse"))
+
+
 def main(argv: list[str] | None = None) -> None:
+    hand_to_client(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="glimpse", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser(
