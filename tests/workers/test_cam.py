@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import DEVICES, assert_untouched, max_relative_deviation
+from method_checks import DEVICES, assert_untouched, float32_rounding, max_relative_deviation
 from torch import nn
 from torchvision.models import DenseNet, resnet18
 
@@ -22,7 +22,13 @@ DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "demo-lesions" / "
 
 
 def small_cnn() -> nn.Sequential:
-    """Conv–BN–ReLU blocks, then a global average pool, a flatten and a linear layer."""
+    """Conv–BN–ReLU blocks, then a global average pool, a flatten and a linear layer; in float64.
+
+    In float64 so that two ways of computing a map (CAM and Grad-CAM, a batch and its rows, two
+    devices) agree to far below float32's precision, and no ReLU or max-pool near its kink or
+    tie is decided differently by their roundings: what separates them is the maps' rounding to
+    float32.
+    """
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -40,11 +46,12 @@ def small_cnn() -> nn.Sequential:
         if isinstance(module, nn.BatchNorm2d):
             module.running_mean = torch.empty(module.num_features).uniform_(-0.5, 0.5)
             module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
-    return model.eval().requires_grad_(False)
+    return model.double().eval().requires_grad_(False)
 
 
 def calibrated(model: nn.Module, size: int) -> nn.Module:
-    """A random-weight torchvision model with BatchNorm statistics taken from random data."""
+    """A random-weight torchvision model with BatchNorm statistics taken from random data, then in
+    float64 (for the same reason as `small_cnn`)."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # a cumulative average over the calibration passes
@@ -52,7 +59,7 @@ def calibrated(model: nn.Module, size: int) -> nn.Module:
     with torch.no_grad():
         for _ in range(3):
             model(torch.randn(8, 3, size, size))
-    return model.eval().requires_grad_(False)
+    return model.double().eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +70,13 @@ def calibrated_resnet18() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def demo_model() -> nn.Module:
-    return load_model(DEMO_MODEL, torch.device("cpu")).module
+    """The shipped model in float64, for the same reason as `small_cnn`."""
+    return load_model(DEMO_MODEL, torch.device("cpu")).module.double()
 
 
 def test_equals_gradcam_times_the_map_area_on_the_demo_model(demo_model: nn.Module) -> None:
     images, labels, _ = make_dataset(3, seed=5_000_000)
-    inputs = (torch.from_numpy(images)[:, None] - 0.5) / 0.25
+    inputs = ((torch.from_numpy(images)[:, None] - 0.5) / 0.25).double()
     # Each image's own class and the next: both with evidence somewhere in these images.
     inputs = torch.cat([inputs, inputs])
     targets = torch.cat([torch.from_numpy(labels), (torch.from_numpy(labels) + 1) % 3])
@@ -79,20 +87,24 @@ def test_equals_gradcam_times_the_map_area_on_the_demo_model(demo_model: nn.Modu
     assert cam.values.shape == (6, 128, 128)
     assert cam.values.dtype == torch.float32
     assert not cam.signed
-    # features.14 gives 16×16 maps, whose spatial mean the head's weights see.
-    assert max_relative_deviation(cam.values, 16 * 16 * gradcam.values) < 1e-5
+    # features.14 gives 16×16 maps, whose spatial mean the head's weights see. Both in float64,
+    # the scaling exact: two float32 roundings of values ~1e-16 apart, ≤ 1 ulp ≤ eps32 · |value|.
+    expected = 16 * 16 * gradcam.values.double()
+    assert max_relative_deviation(cam.values, expected) <= float32_rounding(expected, 1)
     assert_untouched(demo_model)
 
 
 def test_equals_gradcam_times_the_map_area_on_resnet18(calibrated_resnet18: nn.Module) -> None:
     model = calibrated_resnet18
-    inputs = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    inputs = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(2)).double()
     targets = torch.tensor([7, 412, 999])
 
     cam = explain("cam", model, inputs, targets, {}, cam_layer="layer4")
     gradcam = explain("gradcam", model, inputs, targets, {}, cam_layer="layer4")
 
-    assert max_relative_deviation(cam.values, 3 * 3 * gradcam.values) < 1e-5
+    # Both in float64, scaled in float64: two float32 roundings, ≤ 1 ulp ≤ eps32 · |value|.
+    expected = 3 * 3 * gradcam.values.double()
+    assert max_relative_deviation(cam.values, expected) <= float32_rounding(expected, 1)
     assert_untouched(model)
 
 
@@ -102,7 +114,8 @@ def test_matches_the_formula_on_a_densenet() -> None:
     # adaptive_avg_pool2d in its forward, no pool module.
     model = DenseNet(growth_rate=8, block_config=(2, 2, 2), num_init_features=16)
     calibrated(model, 64)
-    inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)).double()
+    # Decided once, for both sides: whichever class wins, the maps below are of the same one.
     targets = model(inputs).argmax(dim=1)
 
     result = explain("cam", model, inputs, targets, {}, cam_layer="features")
@@ -112,7 +125,8 @@ def test_matches_the_formula_on_a_densenet() -> None:
     expected = F.interpolate(
         torch.relu((weights * features).sum(1, keepdim=True)), size=(64, 64), mode="bilinear"
     )[:, 0]
-    assert max_relative_deviation(result.values, expected) < 1e-5
+    # Both in float64: the map's rounding to float32, ≤ eps32/2 of each value, and ~1e-16 more.
+    assert max_relative_deviation(result.values, expected) <= float32_rounding(expected, 1)
     assert_untouched(model)
 
 
@@ -120,20 +134,24 @@ def test_the_onnx_conversion_of_the_demo_model_gives_the_same_maps(
     demo_model: nn.Module,
 ) -> None:
     converted = onnx_models.convert_to_torch(onnx.load(DEMO_MODEL / "model.onnx"))
-    converted = converted.eval().requires_grad_(False)
-    inputs = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(4))
+    # In float64 like `demo_model`: the conversion keeps the same float32 weights and operations
+    # (no BatchNorm folded), and ONNX Runtime plays no part in CAM.
+    converted = converted.double().eval().requires_grad_(False)
+    inputs = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(4)).double()
     targets = torch.tensor([1, 2])
 
     from_onnx = explain("cam", converted, inputs, targets, {}, cam_layer="")
     native = explain("cam", demo_model, inputs, targets, {}, cam_layer="")
 
     assert "cam" in available_methods(converted)
-    assert max_relative_deviation(from_onnx.values, native.values) < 1e-4
+    # Float64 maps ~1e-16 apart, each rounded to float32: at most 1 ulp ≤ eps32 · |value| apart.
+    bound = float32_rounding(native.values, 1)
+    assert max_relative_deviation(from_onnx.values, native.values) <= bound
 
 
 def test_a_batch_equals_single_image_calls() -> None:
     model = small_cnn()
-    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)).double()
     inputs = torch.stack([images[0], images[0], images[1]])
     targets = torch.tensor([0, 2, 1])
 
@@ -145,7 +163,8 @@ def test_a_batch_equals_single_image_calls() -> None:
         ]
     )
 
-    assert max_relative_deviation(batch, singles) < 1e-5
+    # Float64 maps ~1e-16 apart, each rounded to float32: at most 1 ulp ≤ eps32 · |value| apart.
+    assert max_relative_deviation(batch, singles) <= float32_rounding(singles, 1)
     assert not torch.allclose(batch[0], batch[1])
 
 
@@ -232,29 +251,33 @@ def test_supports_other_spellings_of_the_pool(
     build: Callable[[], nn.Module], pooled_layer: str
 ) -> None:
     torch.manual_seed(0)
-    model = build().eval().requires_grad_(False)
-    inputs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(7))
+    model = build().double().eval().requires_grad_(False)
+    inputs = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(7)).double()
     targets = torch.tensor([2, 0])
 
     result = explain("cam", model, inputs, targets, {}, cam_layer="")
 
     gradcam = explain("gradcam", model, inputs, targets, {}, cam_layer=pooled_layer)
     assert "cam" in available_methods(model)
-    assert max_relative_deviation(result.values, 8 * 8 * gradcam.values) < 1e-5
+    # Both in float64, the scaling exact: two float32 roundings, ≤ 1 ulp ≤ eps32 · |value|.
+    expected = 8 * 8 * gradcam.values.double()
+    assert max_relative_deviation(result.values, expected) <= float32_rounding(expected, 1)
 
 
 def test_rejects_a_target_the_head_does_not_have() -> None:
     model = small_cnn()
 
     with pytest.raises(TargetError):
-        explain("cam", model, torch.randn(2, 3, 8, 8), torch.tensor([0, 5]), {}, cam_layer="4")
+        explain(
+            "cam", model, torch.randn(2, 3, 8, 8).double(), torch.tensor([0, 5]), {}, cam_layer="4"
+        )
     assert_untouched(model)
 
 
 def test_leaves_the_model_unchanged() -> None:
     model = small_cnn()
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    inputs = torch.randn(2, 3, 16, 16)
+    inputs = torch.randn(2, 3, 16, 16).double()
 
     explain("cam", model, inputs, torch.tensor([0, 1]), {}, cam_layer="4")
 
@@ -268,7 +291,7 @@ def test_leaves_the_model_unchanged() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_on_each_device_matches_cpu(device: str) -> None:
     model = small_cnn()
-    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6)).double()
     targets = torch.tensor([4, 0, 2])
 
     on_cpu = explain("cam", model, inputs, targets, {}, cam_layer="4").values
@@ -277,4 +300,5 @@ def test_on_each_device_matches_cpu(device: str) -> None:
     )
 
     assert on_device.values.device.type == device
-    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4
+    # In float64 (no TF32 either): float64 maps ~1e-15 apart, each rounded to float32, ≤ 1 ulp.
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) <= float32_rounding(on_cpu, 1)

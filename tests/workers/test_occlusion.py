@@ -1,13 +1,21 @@
 """Occlusion against Captum's Occlusion, a linear model worked by hand, and ONNX Runtime."""
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from captum.attr import Occlusion as CaptumOcclusion
-from method_checks import DEVICES, assert_untouched, max_relative_deviation
+from method_checks import (
+    DEVICES,
+    EPS32,
+    assert_untouched,
+    float32_rounding,
+    max_relative_deviation,
+)
+from rounding_bounds_cam import RecordingForward
 from torch import nn
 
 from workers.methods import MethodParameterError, TargetError, explain
@@ -19,7 +27,13 @@ DEMO = ROOT / "models" / "demo-lesions" / "1"
 
 
 def small_cnn() -> nn.Sequential:
-    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode."""
+    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode, in float64.
+
+    In float64 so that the logits of two ways of computing a map (Captum's and the method's, a
+    batch and its rows, two devices) agree to far below float32's precision, and no ReLU or
+    max-pool near its kink or tie is decided differently by their roundings: what separates the
+    maps is the method's float32 arithmetic on those logits (`float32_drop_bound`).
+    """
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -36,7 +50,28 @@ def small_cnn() -> nn.Sequential:
     assert isinstance(batchnorm, nn.BatchNorm2d)
     batchnorm.running_mean = torch.empty(8).uniform_(-0.5, 0.5)
     batchnorm.running_var = torch.empty(8).uniform_(0.5, 2.0)
-    return model.eval().requires_grad_(False)
+    return model.double().eval().requires_grad_(False)
+
+
+def float32_drop_bound(
+    expected: torch.Tensor, largest_logit: float, window: int, stride: int, batch_size: int = 64
+) -> float:
+    """The most `max_relative_deviation` from exact maps `expected` that the method's float32
+    arithmetic on logits up to `largest_logit` (L) allows.
+
+    The method rounds both logits of a drop to float32 and subtracts, ≤ 2·eps32·L; sums the drops
+    of the n windows covering a pixel in c chunks, ≤ (n − 1 + c)·eps32/2 of Σ|drop| ≤ n·2L; and
+    divides by n, once more ≤ eps32/2 · 2L: (n + c + 2)·eps32·L in all.
+    """
+    height, width = expected.shape[1:]
+    starts = [math.ceil((side - min(window, side)) / stride) + 1 for side in (height, width)]
+    covering = math.prod(
+        min(math.ceil(min(window, side) / stride), count)
+        for side, count in zip((height, width), starts, strict=True)
+    )
+    chunks = math.ceil(math.prod(starts) / batch_size)
+    magnitude = torch.full((expected.shape[0], 1), largest_logit)
+    return float32_rounding(expected, covering + chunks + 2, magnitude)
 
 
 @pytest.fixture(scope="module")
@@ -92,26 +127,32 @@ def captum_occlusion(
 )
 def test_matches_captum_on_a_small_cnn(fill: str, window: int, stride: int) -> None:
     model = small_cnn()
-    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)).double()
     targets = torch.tensor([0, 3, 4])
     params = {"fill": fill, "window": window, "stride": stride, "batch_size": 30}
+    forward = RecordingForward(model)
 
-    result = explain("occlusion", model, inputs, targets, params, cam_layer="4")
+    result = explain("occlusion", model, inputs, targets, params, cam_layer="4", forward=forward)
 
     expected = captum_occlusion(model, inputs, targets, fill, window, stride)
     assert result.values.shape == (3, 16, 16)
     assert result.values.dtype == torch.float32
     assert result.signed
-    assert max_relative_deviation(result.values, expected) < 1e-4
+    bound = float32_drop_bound(expected, forward.largest_logit, window, stride, batch_size=30)
+    assert max_relative_deviation(result.values, expected) <= bound
     assert_untouched(model)
 
 
-def test_matches_captum_on_the_demo_model(demo: LoadedModel) -> None:
-    inputs = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(2))
+def test_matches_captum_on_the_demo_model() -> None:
+    # In float64, like `small_cnn`: a fresh copy, as `demo` serves the float32 model to others.
+    demo = load_model(DEMO, torch.device("cpu"))
+    demo.module.double()
+    inputs = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(2)).double()
     targets = torch.tensor([1, 2])
     # Windows of 40 every 30 pixels do not tile 128: the last one is cut off at the edge.
     fill, window, stride = "black", 40, 30
     params = {"fill": fill, "window": window, "stride": stride}
+    forward = RecordingForward(demo.forward_logits)
 
     result = explain(
         "occlusion",
@@ -120,11 +161,12 @@ def test_matches_captum_on_the_demo_model(demo: LoadedModel) -> None:
         targets,
         params,
         cam_layer=demo.default_cam_layer,
-        forward=demo.forward_logits,
+        forward=forward,
     )
 
     expected = captum_occlusion(demo.module, inputs, targets, fill, window, stride)
-    assert max_relative_deviation(result.values, expected) < 1e-4
+    bound = float32_drop_bound(expected, forward.largest_logit, window, stride)
+    assert max_relative_deviation(result.values, expected) <= bound
     assert_untouched(demo.module)
 
 
@@ -132,11 +174,9 @@ def test_onnx_runtime_gives_the_pytorch_map(demo: LoadedModel, demo_onnx: Loaded
     inputs = torch.randn(2, 1, 128, 128, generator=torch.Generator().manual_seed(3))
     targets = torch.tensor([2, 0])
     params = {"window": 48, "stride": 40, "fill": "mean"}
-    calls = []
-
-    def onnx_forward(batch: torch.Tensor) -> torch.Tensor:
-        calls.append(batch.shape[0])
-        return demo_onnx.forward_logits(batch)
+    # ONNX Runtime runs float32 only, so both stay in float32. Each pass through ONNX Runtime is
+    # also run through PyTorch, to know how far apart the two runtimes' logits are (δ).
+    onnx_forward = RecordingForward(demo_onnx.forward_logits, twin=demo.forward_logits)
 
     on_onnx = explain(
         "occlusion",
@@ -150,45 +190,64 @@ def test_onnx_runtime_gives_the_pytorch_map(demo: LoadedModel, demo_onnx: Loaded
     on_torch = explain("occlusion", demo.module, inputs, targets, params, cam_layer="unused")
 
     # One unoccluded and 3 x 3 occluded copies per image, all through ONNX Runtime.
-    assert sum(calls) == 2 * (1 + 9)
-    assert max_relative_deviation(on_onnx.values, on_torch.values) < 1e-4
+    assert sum(onnx_forward.rows) == 2 * (1 + 9)
+    # Logits δ apart move each drop, and so each mean of drops, by ≤ 2δ; each side's float32
+    # arithmetic after the logits adds its `float32_drop_bound`.
+    spans = on_torch.values.flatten(1).amax(1) - on_torch.values.flatten(1).amin(1)
+    gap = float((2 * onnx_forward.twin_gap / spans).max())
+    arithmetic = float32_drop_bound(on_torch.values, onnx_forward.largest_logit, 48, 40)
+    assert max_relative_deviation(on_onnx.values, on_torch.values) <= gap + 2 * arithmetic
 
 
 def test_a_linear_model_gives_its_weighted_input_differences() -> None:
     torch.manual_seed(4)
     linear = nn.Linear(2 * 6 * 6, 1, bias=False)
     weight = linear.weight.detach().clone()
-    model = nn.Sequential(nn.Flatten(), linear).eval().requires_grad_(False)
-    inputs = torch.randn(1, 2, 6, 6)
+    # In float64, where the logits and the contributions are exact to ~1e-16.
+    model = nn.Sequential(nn.Flatten(), linear).double().eval().requires_grad_(False)
+    inputs = torch.randn(1, 2, 6, 6).double()
     darkest = inputs.amin(dim=(2, 3), keepdim=True)
+    forward = RecordingForward(model)
 
     single_pixels = explain(
-        "occlusion", model, inputs, torch.tensor([0]), {"window": 1, "stride": 1}, cam_layer="0"
+        "occlusion",
+        model,
+        inputs,
+        torch.tensor([0]),
+        {"window": 1, "stride": 1},
+        cam_layer="0",
+        forward=forward,
     )
     whole_image = explain(
-        "occlusion", model, inputs, torch.tensor([0]), {"window": 100, "stride": 7}, cam_layer="0"
+        "occlusion",
+        model,
+        inputs,
+        torch.tensor([0]),
+        {"window": 100, "stride": 7},
+        cam_layer="0",
+        forward=forward,
     )
 
-    contributions = (weight.view(1, 2, 6, 6) * (inputs - darkest)).sum(dim=1)
-    torch.testing.assert_close(single_pixels.values, contributions)
-    # A window larger than the image covers all of it: every pixel gets the whole drop.
+    contributions = (weight.double().view(1, 2, 6, 6) * (inputs - darkest)).sum(dim=1)
+    bound = float32_drop_bound(contributions, forward.largest_logit, window=1, stride=1)
+    assert max_relative_deviation(single_pixels.values, contributions) <= bound
+    # A window larger than the image covers all of it: every pixel gets the whole drop, within
+    # the rounding of the two logits and of their difference, 2·eps32·L.
+    whole = contributions.sum().expand(1, 6, 6)
     torch.testing.assert_close(
-        whole_image.values, contributions.sum().expand(1, 6, 6), rtol=1e-5, atol=1e-5
+        whole_image.values.double(), whole, rtol=0.0, atol=2 * EPS32 * forward.largest_logit
     )
 
 
 def test_a_batch_equals_single_image_calls_and_repeated_images_share_passes() -> None:
     model = small_cnn()
-    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)).double()
     # The same image twice with different targets, then another image.
     inputs = torch.stack([images[0], images[0], images[1]])
     targets = torch.tensor([0, 2, 1])
     params = {"window": 6, "stride": 4, "batch_size": 5}
-    rows = []
-
-    def counting_forward(batch: torch.Tensor) -> torch.Tensor:
-        rows.append(batch.shape[0])
-        return model(batch)
+    counting_forward = RecordingForward(model)
+    rows = counting_forward.rows
 
     batch = explain(
         "occlusion", model, inputs, targets, params, cam_layer="4", forward=counting_forward
@@ -202,7 +261,9 @@ def test_a_batch_equals_single_image_calls_and_repeated_images_share_passes() ->
         ]
     )
 
-    assert max_relative_deviation(batch.values, singles) < 1e-5
+    # Both sides' float32 arithmetic on logits ~1e-16 apart (see `float32_drop_bound`).
+    bound = float32_drop_bound(singles, counting_forward.largest_logit, 6, 4, batch_size=5)
+    assert max_relative_deviation(batch.values, singles) <= 2 * bound
     assert not torch.allclose(batch.values[0], batch.values[1])
     # 4 x 4 windows per distinct image plus its unoccluded pass: two images, not three rows.
     assert sum(rows) == 2 * (16 + 1)
@@ -211,7 +272,7 @@ def test_a_batch_equals_single_image_calls_and_repeated_images_share_passes() ->
 
 def test_explain_hands_forward_only_to_forward_only_methods() -> None:
     model = small_cnn()
-    inputs = torch.randn(1, 3, 8, 8)
+    inputs = torch.randn(1, 3, 8, 8).double()
     targets = torch.tensor([1])
 
     class Unusable(nn.Module):
@@ -230,7 +291,8 @@ def test_explain_hands_forward_only_to_forward_only_methods() -> None:
     via_module = explain(
         "occlusion", model, inputs, targets, {"window": 4, "stride": 2}, cam_layer="4"
     )
-    torch.testing.assert_close(via_forward.values, via_module.values)
+    # The same passes and the same float32 arithmetic on the same logits: the same map.
+    torch.testing.assert_close(via_forward.values, via_module.values, rtol=0.0, atol=0.0)
 
     def refuse(batch: torch.Tensor) -> torch.Tensor:
         raise AssertionError("gradient methods must not call `forward`")
@@ -241,7 +303,7 @@ def test_explain_hands_forward_only_to_forward_only_methods() -> None:
 def test_leaves_the_model_and_inputs_unchanged() -> None:
     model = small_cnn()
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    inputs = torch.randn(2, 3, 12, 12)
+    inputs = torch.randn(2, 3, 12, 12).double()
     original = inputs.clone()
 
     explain(
@@ -260,7 +322,7 @@ def test_rejects_a_stride_that_skips_pixels() -> None:
         explain(
             "occlusion",
             small_cnn(),
-            torch.randn(1, 3, 16, 16),
+            torch.randn(1, 3, 16, 16).double(),
             torch.tensor([0]),
             {"window": 4, "stride": 5},
             cam_layer="4",
@@ -273,7 +335,7 @@ def test_rejects_a_target_the_model_does_not_have() -> None:
         explain(
             "occlusion",
             small_cnn(),
-            torch.randn(2, 3, 8, 8),
+            torch.randn(2, 3, 8, 8).double(),
             torch.tensor([0, 5]),
             {},
             cam_layer="4",
@@ -283,14 +345,17 @@ def test_rejects_a_target_the_model_does_not_have() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_on_each_device_matches_cpu(device: str) -> None:
     model = small_cnn()
-    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6)).double()
     targets = torch.tensor([4, 0, 2])
     params = {"window": 6, "stride": 3, "fill": "blur"}
 
-    on_cpu = explain("occlusion", model, inputs, targets, params, cam_layer="4").values
+    forward = RecordingForward(model)
+    on_cpu = explain("occlusion", model, inputs, targets, params, cam_layer="4", forward=forward)
     on_device = explain(
         "occlusion", model.to(device), inputs.to(device), targets.to(device), params, cam_layer="4"
     )
 
     assert on_device.values.device.type == device
-    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4
+    # In float64 (no TF32 either): both sides' float32 arithmetic on logits ~1e-15 apart.
+    bound = float32_drop_bound(on_cpu.values, forward.largest_logit, 6, 3)
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu.values) <= 2 * bound

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import DEVICES, assert_untouched, max_relative_deviation
+from method_checks import (
+    DEVICES,
+    EPS32,
+    assert_untouched,
+    float32_rounding,
+    max_relative_deviation,
+)
+from rounding_bounds_cam import RecordingForward
 from torch import nn
 
 from workers.methods import TargetError, explain
@@ -21,7 +28,13 @@ DEMO = ROOT / "models" / "demo-lesions" / "1"
 
 
 def small_cnn() -> nn.Sequential:
-    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode."""
+    """A conv net with BatchNorm and a global-average-pool + linear head, in eval mode, in float64.
+
+    In float64 so that the logits of two ways of computing a map (the loop and the method, a
+    batch and its rows, two devices) agree to far below float32's precision, and no ReLU or
+    max-pool near its kink or tie is decided differently by their roundings: what separates the
+    maps is the method's float32 arithmetic on those logits (`float32_rise_bound`).
+    """
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -38,7 +51,62 @@ def small_cnn() -> nn.Sequential:
     assert isinstance(batchnorm, nn.BatchNorm2d)
     batchnorm.running_mean = torch.empty(8).uniform_(-0.5, 0.5)
     batchnorm.running_var = torch.empty(8).uniform_(0.5, 2.0)
-    return model.eval().requires_grad_(False)
+    return model.double().eval().requires_grad_(False)
+
+
+def float32_rise_bound(
+    expected: torch.Tensor, largest_logit: float, classes: int, masks: int, batch_size: int = 64
+) -> float:
+    """The most `max_relative_deviation` from exact maps `expected` that the method's float32
+    arithmetic on logits up to `largest_logit` (Z) allows, for the same masks.
+
+    Each probability is a float32 softmax of logits rounded to float32: ≤ (2Z + C/2 + 1)·eps32 of
+    itself (as in test_scorecam). The map sums p·m over the masks, all terms ≥ 0: the products
+    and the sums in c chunks ≤ (masks + c)·eps32/2 of the map's value, and the division by
+    masks·p ≤ 2·eps32/2 more.
+    """
+    chunks = math.ceil(masks / batch_size)
+    roundings = math.ceil(2 * largest_logit + classes / 2 + 1 + (masks + chunks + 2) / 2)
+    return float32_rounding(expected, roundings)
+
+
+def mask_gap_bound(
+    expected: torch.Tensor, model: nn.Sequential, inputs: torch.Tensor, gap: float, p: float
+) -> float:
+    """The most `max_relative_deviation` that masks up to `gap` apart add, relative to `expected`,
+    for `small_cnn`.
+
+    Directly, Σ_i p_i Δm_i / (masks · p) ≤ gap / p. Through the model, the masked inputs move by
+    ≤ gap · (the image's spread above black), the logits by ≤ λ times that, with λ the product of
+    the layers' ∞-norms (largest Σ|weight| of an output; BatchNorm's largest |scale|; ReLU and
+    pools 1), and each probability, so the map, by a factor within e^{±2Δz}.
+    """
+    lipschitz = 1.0
+    for layer in model:
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            lipschitz *= float(layer.weight.abs().flatten(1).sum(1).max())
+        elif isinstance(layer, nn.BatchNorm2d):
+            assert layer.running_var is not None
+            scale = layer.weight.abs() / (layer.running_var + layer.eps).sqrt()
+            lipschitz *= float(scale.max())
+    spread = float((inputs - inputs.amin(dim=(2, 3), keepdim=True)).max())
+    spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
+    largest = expected.flatten(1).amax(1)
+    through_model = math.expm1(2 * lipschitz * gap * spread) * largest
+    return float(((gap / p + through_model) / spans).max())
+
+
+def chunked_masks(
+    count: int, cell: int, p: float, size: int, seed: int, batch_size: int
+) -> torch.Tensor:
+    """The masks as the method makes them: drawn at once, smoothed `batch_size` at a time."""
+    grids, shifts = draw_masks(count, cell, p, (size, size), seed=seed)
+    return torch.cat(
+        [
+            smooth_masks(grid, shift, (size, size))
+            for grid, shift in zip(grids.split(batch_size), shifts.split(batch_size), strict=True)
+        ]
+    )
 
 
 class AffineProbabilities(nn.Module):
@@ -129,7 +197,7 @@ def loop_rise(
 ) -> torch.Tensor:
     """RISE written plainly, one mask at a time: image (C, H, W), masks (M, H, W)."""
     black = image.amin(dim=(1, 2), keepdim=True)
-    saliency = torch.zeros(image.shape[1:])
+    saliency = torch.zeros(image.shape[1:], dtype=image.dtype)
     for mask in masks:
         masked = mask * image + (1 - mask) * black
         probability = torch.softmax(model(masked[None]), dim=1)[0, target]
@@ -139,16 +207,17 @@ def loop_rise(
 
 def test_equals_a_plain_loop_over_the_same_masks() -> None:
     model = small_cnn()
-    images = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(2, 3, 20, 20, generator=torch.Generator().manual_seed(1)).double()
     # The same image twice with different targets, then another image.
     inputs = torch.stack([images[0], images[0], images[1]])
     targets = torch.tensor([0, 3, 4])
     params = {"masks": 50, "cell": 3, "p": 0.4, "seed": 7, "batch_size": 16}
 
-    result = explain("rise", model, inputs, targets, params, cam_layer="4")
+    forward = RecordingForward(model)
 
-    grids, shifts = draw_masks(50, 3, 0.4, (20, 20), seed=7)
-    masks = smooth_masks(grids, shifts, (20, 20))
+    result = explain("rise", model, inputs, targets, params, cam_layer="4", forward=forward)
+
+    masks = chunked_masks(50, 3, 0.4, 20, seed=7, batch_size=16)
     expected = torch.stack(
         [loop_rise(model, inputs[i], int(targets[i]), masks, 0.4) for i in range(3)]
     )
@@ -156,7 +225,8 @@ def test_equals_a_plain_loop_over_the_same_masks() -> None:
     assert result.values.dtype == torch.float32
     assert not result.signed
     assert bool((result.values >= 0).all())
-    assert max_relative_deviation(result.values, expected) < 1e-5
+    bound = float32_rise_bound(expected, forward.largest_logit, 5, masks=50, batch_size=16)
+    assert max_relative_deviation(result.values, expected) <= bound
     assert not torch.allclose(result.values[0], result.values[1])
     assert_untouched(model)
 
@@ -170,7 +240,12 @@ def test_masks_are_the_upsampled_grid_cropped_at_the_shift() -> None:
 
     mask = smooth_masks(grid, torch.tensor([[1, 0]]), (4, 4))
 
-    torch.testing.assert_close(mask[0], torch.outer(profile[1:5], profile[0:4]))
+    # Each linear weight 1 − λ, with λ from (i + ½)·(2/6) − ½ in float32 (roundings of the scale,
+    # the product and the shift, all below 2), is within 3.25 eps32 of exact; the mask multiplies
+    # two weights ≤ 1 and the expected value two rounded thirds: within 8 eps32 of each other.
+    torch.testing.assert_close(
+        mask[0], torch.outer(profile[1:5], profile[0:4]), rtol=0.0, atol=8 * EPS32
+    )
 
 
 def test_draws_cells_with_probability_p_and_shifts_within_a_cell() -> None:
@@ -184,18 +259,19 @@ def test_draws_cells_with_probability_p_and_shifts_within_a_cell() -> None:
     assert set(shifts[:, 1].tolist()) == set(range(4))
     masks = smooth_masks(grids[:500], shifts[:500], (32, 20))
     assert masks.shape == (500, 32, 20)
-    # Bilinear blends of 0 and 1, up to float rounding.
+    # Bilinear blends of 0 and 1, with weights ≥ 0 that sum to 1 within the rounding above.
     assert float(masks.min()) >= 0.0
-    assert float(masks.max()) <= 1.0 + 1e-6
+    assert float(masks.max()) <= 1.0 + 8 * EPS32
 
 
 def test_the_same_seed_gives_the_same_map_and_another_seed_another() -> None:
     model = small_cnn()
-    inputs = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    inputs = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)).double()
     targets = torch.tensor([2])
     params = {"masks": 40, "cell": 4, "seed": 11, "batch_size": 40}
+    forward = RecordingForward(model)
 
-    first = explain("rise", model, inputs, targets, params, cam_layer="4").values
+    first = explain("rise", model, inputs, targets, params, cam_layer="4", forward=forward).values
     again = explain("rise", model, inputs, targets, params, cam_layer="4").values
     other_batches = explain(
         "rise", model, inputs, targets, params | {"batch_size": 7}, cam_layer="4"
@@ -205,21 +281,31 @@ def test_the_same_seed_gives_the_same_map_and_another_seed_another() -> None:
     ).values
 
     assert torch.equal(first, again)
-    assert max_relative_deviation(other_batches, first) < 1e-5
+    # Smoothing the masks 7 at a time or all 40 at once may round them differently (by ~1 ulp,
+    # if at all: each value sums two nonzero products along each axis); what that and both
+    # sides' float32 arithmetic on logits ~1e-16 apart can make.
+    gap = float(
+        (
+            chunked_masks(40, 4, 0.5, 16, seed=11, batch_size=7)
+            - chunked_masks(40, 4, 0.5, 16, seed=11, batch_size=40)
+        )
+        .abs()
+        .max()
+    )
+    bound = float32_rise_bound(first, forward.largest_logit, 5, masks=40, batch_size=7)
+    bound = 2 * bound + mask_gap_bound(first, model, inputs, gap, 0.5)
+    assert max_relative_deviation(other_batches, first) <= bound
     assert max_relative_deviation(other_seed, first) > 0.01
 
 
 def test_a_batch_equals_single_image_calls_and_repeated_images_share_passes() -> None:
     model = small_cnn()
-    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)).double()
     inputs = torch.stack([images[0], images[1], images[0]])
     targets = torch.tensor([1, 1, 4])
     params = {"masks": 30, "batch_size": 8}
-    rows = []
-
-    def counting_forward(batch: torch.Tensor) -> torch.Tensor:
-        rows.append(batch.shape[0])
-        return model(batch)
+    counting_forward = RecordingForward(model)
+    rows = counting_forward.rows
 
     batch = explain("rise", model, inputs, targets, params, cam_layer="4", forward=counting_forward)
     singles = torch.cat(
@@ -231,7 +317,9 @@ def test_a_batch_equals_single_image_calls_and_repeated_images_share_passes() ->
         ]
     )
 
-    assert max_relative_deviation(batch.values, singles) < 1e-5
+    # The same masks; both sides' float32 arithmetic on logits ~1e-16 apart.
+    bound = float32_rise_bound(singles, counting_forward.largest_logit, 5, masks=30, batch_size=8)
+    assert max_relative_deviation(batch.values, singles) <= 2 * bound
     # 30 masks per distinct image, at most 8 per pass: two images, not three rows.
     assert sum(rows) == 2 * 30
     assert max(rows) <= 8
@@ -262,11 +350,9 @@ def test_onnx_runtime_gives_the_pytorch_map(demo: LoadedModel, demo_onnx: Loaded
     inputs = torch.cat([image, image])
     targets = torch.tensor([1, 2])
     params = {"masks": 48, "batch_size": 32}
-    calls = []
-
-    def onnx_forward(batch: torch.Tensor) -> torch.Tensor:
-        calls.append(batch.shape[0])
-        return demo_onnx.forward_logits(batch)
+    # ONNX Runtime runs float32 only, so both stay in float32. Each pass through ONNX Runtime is
+    # also run through PyTorch, to know how far apart the two runtimes' logits are (δ).
+    onnx_forward = RecordingForward(demo_onnx.forward_logits, twin=demo.forward_logits)
 
     on_onnx = explain(
         "rise",
@@ -279,15 +365,20 @@ def test_onnx_runtime_gives_the_pytorch_map(demo: LoadedModel, demo_onnx: Loaded
     )
     on_torch = explain("rise", demo.module, inputs, targets, params, cam_layer="unused")
 
-    assert sum(calls) == 48
-    assert max_relative_deviation(on_onnx.values, on_torch.values) < 1e-4
+    assert sum(onnx_forward.rows) == 48
+    # The same masks and inputs on both sides. Logits δ apart move each probability by a factor
+    # within e^{±2δ}, and so the map, a sum of probabilities times masks ≥ 0, by (e^{2δ} − 1) of
+    # itself; each side's float32 arithmetic after the logits adds its `float32_rise_bound`.
+    gap = float32_rounding(on_torch.values, 1) * math.expm1(2 * onnx_forward.twin_gap) / EPS32
+    arithmetic = float32_rise_bound(on_torch.values, onnx_forward.largest_logit, 3, 48, 32)
+    assert max_relative_deviation(on_onnx.values, on_torch.values) <= gap + 2 * arithmetic
     assert_untouched(demo.module)
 
 
 def test_leaves_the_model_and_inputs_unchanged() -> None:
     model = small_cnn()
     state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    inputs = torch.randn(2, 3, 12, 12)
+    inputs = torch.randn(2, 3, 12, 12).double()
     original = inputs.clone()
 
     explain("rise", model, inputs, torch.tensor([0, 1]), {"masks": 10}, cam_layer="4")
@@ -304,7 +395,7 @@ def test_rejects_a_target_the_model_does_not_have() -> None:
         explain(
             "rise",
             small_cnn(),
-            torch.randn(2, 3, 8, 8),
+            torch.randn(2, 3, 8, 8).double(),
             torch.tensor([5, 0]),
             {"masks": 4},
             cam_layer="4",
@@ -314,14 +405,22 @@ def test_rejects_a_target_the_model_does_not_have() -> None:
 @pytest.mark.parametrize("device", DEVICES)
 def test_on_each_device_matches_cpu(device: str) -> None:
     model = small_cnn()
-    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5)).double()
     targets = torch.tensor([4, 0, 2])
     params = {"masks": 40, "cell": 5, "seed": 3}
+    forward = RecordingForward(model)
 
-    on_cpu = explain("rise", model, inputs, targets, params, cam_layer="4").values
+    on_cpu = explain("rise", model, inputs, targets, params, cam_layer="4", forward=forward).values
     on_device = explain(
         "rise", model.to(device), inputs.to(device), targets.to(device), params, cam_layer="4"
     )
 
     assert on_device.values.device.type == device
-    assert max_relative_deviation(on_device.values.cpu(), on_cpu) < 1e-4
+    # The device may round the masks differently from the CPU (by ~1 ulp); what that and, in
+    # float64 (no TF32 either), both sides' float32 arithmetic on logits ~1e-15 apart can make.
+    grids, shifts = draw_masks(40, 5, 0.5, (16, 16), seed=3)
+    on_device_masks = smooth_masks(grids.to(device), shifts.to(device), (16, 16)).cpu()
+    gap = float((on_device_masks - smooth_masks(grids, shifts, (16, 16))).abs().max())
+    bound = float32_rise_bound(on_cpu, forward.largest_logit, 5, masks=40)
+    bound = 2 * bound + mask_gap_bound(on_cpu, model.cpu(), inputs, gap, 0.5)
+    assert max_relative_deviation(on_device.values.cpu(), on_cpu) <= bound
