@@ -18,6 +18,7 @@ from pydicom.uid import RLELossless
 from schemas import keys
 from schemas.settings import DEFAULT_MAX_IMAGE_PIXELS
 from service.devstack import DevStack, free_port
+from service.redis_server import PrivateRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 # Above the default, so that an image between the two limits proves both processes read it.
@@ -27,12 +28,20 @@ SIDE = 256
 
 
 @pytest.fixture(scope="module")
-def raised(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+def raised_redis() -> Iterator[str]:
+    """A Redis of this module's own: a worker with other settings on a shared Redis would take
+    jobs of the same model from the same stream."""
+    with PrivateRedis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def raised(raised_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     repository = tmp_path_factory.mktemp("shared-models")
     (repository / "demo-lesions").symlink_to(ROOT / "models" / "demo-lesions")
     stack = DevStack(
         port=free_port(),
-        redis_url=redis_url,
+        redis_url=raised_redis,
         log_dir=tmp_path_factory.mktemp("shared-logs"),
         env={
             "GLIMPSE_AUTH": "off",
@@ -86,8 +95,8 @@ def test_a_raised_pixel_limit_lets_a_bigger_image_through_both_processes(
     assert str(RAISED_PIXELS) in refused.json()["detail"]
 
 
-def test_a_cached_result_expires_with_the_result_ttl(raised: DevStack, redis_url: str) -> None:
-    store = redis.Redis.from_url(redis_url)
+def test_a_cached_result_expires_with_the_result_ttl(raised: DevStack, raised_redis: str) -> None:
+    store = redis.Redis.from_url(raised_redis)
     pattern = keys.explanation_cache("*", "*")
     before = set(store.scan_iter(match=pattern))
     image = dicom_file(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
