@@ -102,7 +102,8 @@ def minimal_dicom(data: bytes) -> bytes:
             source = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_DECODING_ELEMENTS))
             for keyword in DICOM_DECODING_ELEMENTS:
                 if keyword in source:
-                    kept[keyword] = source[keyword]
+                    # Unconverted: the value's bytes are copied, never parsed.
+                    kept[keyword] = source.get_item(keyword)
             kept.file_meta.TransferSyntaxUID = source.file_meta.TransferSyntaxUID
             out = io.BytesIO()
             pydicom.dcmwrite(out, kept, enforce_file_format=False)
