@@ -28,6 +28,30 @@ DICOM_PHOTOMETRIC_TERMS = (
     "XYZ",
 )
 DICOM_BITS_ALLOCATED = (8, 16)
+DICOM_DECODING_ELEMENTS = (
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
+    "NumberOfFrames",
+    "Rows",
+    "Columns",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "WindowCenter",
+    "WindowWidth",
+    "RescaleIntercept",
+    "RescaleSlope",
+    "PixelData",
+)
+"""The data elements the worker's decoder reads, by keyword. Of an uploaded file the gateway
+stores only these and the transfer syntax, so that no patient, study or equipment element is
+ever stored. Derived DICOM objects (§3 `output.dicom`, not built yet) will need more of the
+source, kept for the derived object alone: PatientName, PatientID, PatientBirthDate, PatientSex,
+StudyInstanceUID, StudyDate, StudyTime, StudyID, AccessionNumber, ReferringPhysicianName,
+SeriesInstanceUID and SOPInstanceUID (to reference the source), FrameOfReferenceUID, Modality,
+Manufacturer and InstitutionName."""
 
 
 class DicomWindow(BaseModel):

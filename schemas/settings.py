@@ -1,5 +1,7 @@
 """Settings that the gateway and the workers must agree on, read by both from one definition."""
 
+from pathlib import Path
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,4 +25,9 @@ class SharedSettings(BaseSettings):
     )
     result_ttl_s: int = Field(
         default=3600, gt=0, description="seconds a job's result, and a cached result, is kept"
+    )
+    payload_key_file: Path | None = Field(
+        default=None,
+        description="file of the 256-bit key (64 hex digits) that seals every stored image and "
+        "result; required",
     )

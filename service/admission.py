@@ -18,7 +18,7 @@ from schemas.models import FailedModel, ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
 from service.config import Settings
-from service.dicom import check_dicom_options
+from service.dicom import check_dicom_options, minimal_dicom
 from service.errors import (
     BadImage,
     InvalidRequest,
@@ -180,8 +180,8 @@ async def admit(
 ) -> ExplanationJob:
     """Validate against the model and the queue, then enqueue. Returns the queued message."""
     info = await find_model(queue, options.model, settings)
-    message = prepare_job(options, image, info, principal, settings, reply_to)
-    await submit_jobs([(message, image)], info, principal, queue, settings)
+    message, stored_image = prepare_job(options, image, info, principal, settings, reply_to)
+    await submit_jobs([(message, stored_image)], info, principal, queue, settings)
     return message
 
 
@@ -192,16 +192,19 @@ def prepare_job(
     principal: Principal,
     settings: Settings,
     reply_to: str | None,
-) -> ExplanationJob:
-    """Check a request against its model and its image, and build its job; nothing is queued."""
+) -> tuple[ExplanationJob, bytes]:
+    """Check a request against its model and its image, and build its job and the image bytes
+    to store with it (of a DICOM file, only what decoding needs); nothing is queued."""
     check_against_model(options, info)
     if not image:
         raise BadImage("The image is empty.")
     header = inspect_image(image, settings.max_image_pixels)
     check_dicom_options(options.dicom, header.dicom)
     check_output(options, info, header, settings)
+    if header.dicom is not None:
+        image = minimal_dicom(image)
     params = options.applied_params()
-    return ExplanationJob(
+    message = ExplanationJob(
         job_id=uuid.uuid4().hex,
         model=info.id,
         methods=options.methods,
@@ -215,6 +218,7 @@ def prepare_job(
         reply_to=reply_to,
         enqueued_at=time.time(),
     )
+    return message, image
 
 
 async def submit_jobs(

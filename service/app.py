@@ -13,6 +13,7 @@ from fastapi.responses import HTMLResponse
 from redis.asyncio import Redis
 
 from schemas import SERVICE_VERSION
+from schemas.sealing import PayloadSealer
 from service.auth import KeyStore
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
@@ -35,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First, so that a gateway without its payload key refuses to start (PayloadKeyError).
+        sealer = PayloadSealer.from_key_file(settings.payload_key_file)
         redis = Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=1.0,
@@ -46,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = KeyStore.from_file(settings.api_keys_file)
         app.state.queue = JobQueue(
             redis,
+            sealer=sealer,
             result_ttl_s=settings.result_ttl_s,
             worker_timeout_s=settings.worker_timeout_s,
         )

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 
 from schemas import keys
 from schemas.models import ModelInfo
+from schemas.sealing import KEY_FILE_VARIABLE, write_key_file
 from service.redis_server import PrivateRedis
 
 TAIL_LINES = 20  # of a child's output, kept to say why it died
@@ -100,7 +102,9 @@ class DevStack:
     """A running gateway plus workers against one Redis; `stop()` leaves no process behind.
 
     Each child's output is written to `log_dir/<name>.log` when `log_dir` is set and printed,
-    prefixed with the child's name (`gateway`, `worker-0`), when `echo` is set.
+    prefixed with the child's name (`gateway`, `worker-0`), when `echo` is set. Without a
+    `GLIMPSE_PAYLOAD_KEY_FILE` in `env` or the environment, the stack seals payloads under a
+    throwaway key that `stop()` deletes.
     """
 
     host: str = "127.0.0.1"
@@ -112,6 +116,7 @@ class DevStack:
     echo: bool = False
     access_log: bool = False
     _redis: PrivateRedis | None = None
+    _key_dir: tempfile.TemporaryDirectory[str] | None = None
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _outputs: dict[int, ChildOutput] = field(default_factory=dict)
     _terminal: _Terminal = field(default_factory=_Terminal)
@@ -126,6 +131,10 @@ class DevStack:
         return {**os.environ, **self.env, "REDIS_URL": self.redis_url, "PYTHONUNBUFFERED": "1"}
 
     def start(self) -> "DevStack":
+        if KEY_FILE_VARIABLE not in {**os.environ, **self.env}:
+            self._key_dir = tempfile.TemporaryDirectory(prefix="glimpse-key-")
+            key_file = write_key_file(Path(self._key_dir.name) / "payload.key")
+            self.env = {**self.env, KEY_FILE_VARIABLE: str(key_file)}
         if self.redis_url is None:
             self._redis = PrivateRedis().start()
             self.redis_url = self._redis.url
@@ -244,6 +253,9 @@ class DevStack:
         if self._redis is not None:
             self._redis.stop()
             self._redis = None
+        if self._key_dir is not None:
+            self._key_dir.cleanup()
+            self._key_dir = None
 
 
 def _devices_by_model(redis_url: str) -> dict[str, set[str]]:

@@ -1,4 +1,5 @@
-"""Checks a DICOM upload's header at the door: encoding, image layout, frames and size.
+"""Checks a DICOM upload's header at the door (encoding, image layout, frames and size), and
+rewrites it with only the elements decoding needs before it is stored.
 
 Only the elements that describe the pixels are parsed; patient and study elements are skipped
 unread, and no error names a header value other than the image's own layout.
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 from schemas.dicom import (
     DICOM_BITS_ALLOCATED,
+    DICOM_DECODING_ELEMENTS,
     DICOM_PHOTOMETRIC_INTERPRETATIONS,
     DICOM_PHOTOMETRIC_TERMS,
     DICOM_TRANSFER_SYNTAXES,
@@ -82,6 +84,32 @@ def inspect_dicom(data: bytes, max_pixels: int) -> DicomHeader:
     if syntax != RLE_LOSSLESS and len(pixel_data) < expected:
         raise BadImage("The DICOM file's pixel data is shorter than its header says.")
     return DicomHeader(rows=rows, columns=columns, frames=frames, photometric=photometric)
+
+
+def minimal_dicom(data: bytes) -> bytes:
+    """The file rewritten with only `DICOM_DECODING_ELEMENTS` and, in its file meta, the transfer
+    syntax: what the worker decodes the same way, without a patient, study or equipment element.
+    Pixel data is copied as it is (encapsulated frames stay encapsulated). BadImage for a file
+    whose kept elements cannot be read back."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    kept = Dataset()
+    kept.file_meta = FileMetaDataset()
+    kept.preamble = bytes(DICOM_PREAMBLE_BYTES)
+    try:
+        with pydicom.config.disable_value_validation():
+            source = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_DECODING_ELEMENTS))
+            for keyword in DICOM_DECODING_ELEMENTS:
+                if keyword in source:
+                    # Unconverted: the value's bytes are copied, never parsed.
+                    kept[keyword] = source.get_item(keyword)
+            kept.file_meta.TransferSyntaxUID = source.file_meta.TransferSyntaxUID
+            out = io.BytesIO()
+            pydicom.dcmwrite(out, kept, enforce_file_format=False)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
+        raise BadImage("The DICOM file is malformed.") from exc
+    return out.getvalue()
 
 
 def check_dicom_options(options: DicomOptions | None, header: DicomHeader | None) -> None:

@@ -18,6 +18,7 @@ from redis.typing import EncodableT, FieldT
 from schemas import keys
 from schemas.jobs import ExplanationJob, JobRecord, JobState, JobStatus, VisualizationJob
 from schemas.models import FailedModel, ModelInfo
+from schemas.sealing import PayloadSealer, SealedPayloadError, result_field
 from service.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,21 @@ class StoredJob:
 
 
 class JobQueue:
-    """Redis-backed job store shared by every gateway and worker."""
+    """Redis-backed job store shared by every gateway and worker.
 
-    def __init__(self, redis: Redis, *, result_ttl_s: int, worker_timeout_s: float) -> None:
+    Images and results are stored sealed by `sealer` (`schemas.sealing`), never in clear.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        sealer: PayloadSealer,
+        result_ttl_s: int,
+        worker_timeout_s: float,
+    ) -> None:
         self.redis = redis
+        self.sealer = sealer
         self.result_ttl_s = result_ttl_s
         self.worker_timeout_s = worker_timeout_s
         self._spend_rate = redis.register_script(_SPEND_RATE)
@@ -136,8 +148,16 @@ class JobQueue:
         )
 
     async def cached(self, key: str) -> bytes | None:
-        """A stored result that a repeated request may reuse."""
-        return cast(bytes | None, await self.redis.get(key))
+        """A stored result that a repeated request may reuse; None also for one that does not
+        open (sealed under another key), which is then computed again."""
+        sealed = cast(bytes | None, await self.redis.get(key))
+        if sealed is None:
+            return None
+        try:
+            return self.sealer.open(sealed, key)
+        except SealedPayloadError:
+            log.warning("a cached result does not open with this gateway's payload key")
+            return None
 
     async def depths(self, model_ids: list[str]) -> dict[str, int]:
         """`depth` of each model, in one round trip."""
@@ -189,7 +209,8 @@ class JobQueue:
                 pipe.hset(record_key, mapping=_record_fields(message, owner, JobState.QUEUED))
                 pipe.expire(record_key, ttl)
                 if image is not None:
-                    pipe.set(keys.job_image(message.job_id), image, ex=ttl)
+                    image_key = keys.job_image(message.job_id)
+                    pipe.set(image_key, self.sealer.seal(image, image_key), ex=ttl)
                 pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
             await pipe.execute()
 
@@ -198,21 +219,32 @@ class JobQueue:
         record_key = keys.job_record(message.job_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             fields = _record_fields(message, owner, JobState.SUCCEEDED)
-            pipe.hset(record_key, mapping={**fields, JobRecord.RESULT: result_json})
+            sealed = self.sealer.seal(
+                result_json.encode(), result_field(record_key, JobRecord.RESULT)
+            )
+            pipe.hset(record_key, mapping={**fields, JobRecord.RESULT: sealed})
             pipe.expire(record_key, self.result_ttl_s)
             await pipe.execute()
 
     async def record(self, job_id: str, owner: str) -> StoredJob | None:
-        """The job's record as stored; None for an unknown job or another key's job."""
-        record = cast(dict[bytes, bytes], await self.redis.hgetall(keys.job_record(job_id)))
+        """The job's record as stored, its result opened; None for an unknown job or another
+        key's job. SealedPayloadError for a result sealed under another key."""
+        record_key = keys.job_record(job_id)
+        record = cast(dict[bytes, bytes], await self.redis.hgetall(record_key))
         if not record or record.get(JobRecord.OWNER.encode(), b"").decode() != owner:
             return None
+        sealed = record.get(JobRecord.RESULT.encode())
+        result_json = (
+            self.sealer.open(sealed, result_field(record_key, JobRecord.RESULT))
+            if sealed is not None
+            else None
+        )
         return StoredJob(
             job_id=job_id,
             state=JobState(record[JobRecord.STATUS.encode()].decode()),
             model=record[JobRecord.MODEL.encode()].decode(),
             created_at=float(record[JobRecord.CREATED_AT.encode()]),
-            result_json=record.get(JobRecord.RESULT.encode()),
+            result_json=result_json,
             error_json=record.get(JobRecord.ERROR.encode()),
         )
 

@@ -15,7 +15,7 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 from types import TracebackType
-from typing import IO, NoReturn
+from typing import IO, Literal, NoReturn
 
 import redis
 
@@ -57,15 +57,21 @@ class PrivateRedis:
 
     Use it as a context manager, or call `start()` and `stop()`. Nothing is persisted unless
     `appendonly` is set, in which case the append-only file is kept in `data_dir`, so a server
-    started again on the same `data_dir` finds its keys.
+    started again on the same `data_dir` finds its keys; `appendfsync` is its fsync policy.
     """
 
     def __init__(
-        self, *, appendonly: bool = False, data_dir: Path | None = None, port: int | None = None
+        self,
+        *,
+        appendonly: bool = False,
+        appendfsync: Literal["always", "everysec", "no"] = "everysec",
+        data_dir: Path | None = None,
+        port: int | None = None,
     ) -> None:
         if appendonly and data_dir is None:
             raise ValueError("appendonly needs a data_dir to keep the append-only file in")
         self._appendonly = appendonly
+        self._appendfsync = appendfsync
         self._data_dir = data_dir
         self._port = port
         self._process: subprocess.Popen[bytes] | None = None
@@ -110,7 +116,7 @@ class PrivateRedis:
             self._data_dir.mkdir(parents=True, exist_ok=True)
             args += ["--dir", str(self._data_dir)]
         if self._appendonly:
-            args += ["--appendonly", "yes"]
+            args += ["--appendonly", "yes", "--appendfsync", self._appendfsync]
         # An anonymous file, not a pipe: nobody drains the server's output while it runs.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 -- closed by stop()
         # A session of its own: Ctrl-C in a terminal stops the gateway and workers, which still

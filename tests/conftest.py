@@ -9,10 +9,25 @@ import httpx
 import pytest
 from model_zoo import add_resnet50, add_unbiased_demo  # type: ignore[import-not-found]
 
+from schemas.sealing import KEY_FILE_VARIABLE, write_key_file
 from service.devstack import DevStack, free_port
 from service.redis_server import PrivateRedis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def payload_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One payload key for the whole run, as a deployment has: every gateway and worker a test
+    starts, in this process or as a child, seals and opens with it."""
+    key_file = write_key_file(tmp_path_factory.mktemp("secrets") / "payload.key")
+    previous = os.environ.get(KEY_FILE_VARIABLE)
+    os.environ[KEY_FILE_VARIABLE] = str(key_file)
+    yield key_file
+    if previous is None:
+        del os.environ[KEY_FILE_VARIABLE]
+    else:
+        os.environ[KEY_FILE_VARIABLE] = previous
 
 
 @pytest.fixture(scope="session")

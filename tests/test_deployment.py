@@ -25,6 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+SECRET_FILE_VARIABLES = ("GLIMPSE_API_KEYS_FILE", "GLIMPSE_PAYLOAD_KEY_FILE")
 # Services whose images this repository builds; `redis` runs the upstream image.
 OUR_SERVICES = ("gateway", "worker")
 TORCH_EXTRAS = {"compute", "worker", "gpu"}
@@ -100,7 +101,11 @@ def _compose_config(compose_file: Path = COMPOSE_FILE, **environment: str) -> di
     result = subprocess.run(
         [*command, str(ROOT), "config", "--format", "json"],
         cwd=ROOT,
-        env={**os.environ, **environment},
+        # The shell's own choice of secret files would override the defaults under test.
+        env={
+            **{k: v for k, v in os.environ.items() if k not in SECRET_FILE_VARIABLES},
+            **environment,
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -283,9 +288,22 @@ def test_the_gateway_reads_its_keys_from_the_api_keys_secret(tmp_path: Path) -> 
     chosen = _compose_config(GLIMPSE_API_KEYS_FILE=str(tmp_path / "keys.json"))
 
     gateway = default["services"]["gateway"]
-    assert [secret["source"] for secret in gateway["secrets"]] == ["api_keys"]
+    assert [secret["source"] for secret in gateway["secrets"]] == ["api_keys", "payload_key"]
     assert gateway["environment"]["GLIMPSE_API_KEYS_FILE"] == "/run/secrets/api_keys"
     assert default["secrets"]["api_keys"]["file"] == str(ROOT / "api-keys.json")
     assert chosen["secrets"]["api_keys"]["file"] == str(tmp_path / "keys.json")
     # The keys file never reaches an image.
     assert _dockerignore_excludes("api-keys.json")
+
+
+def test_the_gateway_and_every_worker_read_one_payload_key_secret(tmp_path: Path) -> None:
+    default = _compose_config()
+    chosen = _compose_config(GLIMPSE_PAYLOAD_KEY_FILE=str(tmp_path / "payload.key"))
+
+    for name in ("gateway", "worker"):
+        service = default["services"][name]
+        assert "payload_key" in [secret["source"] for secret in service["secrets"]], name
+        assert service["environment"]["GLIMPSE_PAYLOAD_KEY_FILE"] == "/run/secrets/payload_key"
+    assert default["secrets"]["payload_key"]["file"] == str(ROOT / "payload.key")
+    assert chosen["secrets"]["payload_key"]["file"] == str(tmp_path / "payload.key")
+    assert _dockerignore_excludes("payload.key")

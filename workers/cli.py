@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from schemas import keys
 from schemas.environment import environment_help
+from schemas.sealing import PayloadKeyError, PayloadSealer
 from workers.config import WorkerSettings
 
 
@@ -42,12 +43,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.healthcheck:
         sys.exit(healthcheck(settings))
 
-    # Imported here so that `--healthcheck` answers without loading torch.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log = logging.getLogger("glimpse.worker")
+    try:
+        sealer = PayloadSealer.from_key_file(settings.payload_key_file)
+    except PayloadKeyError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+    # Imported here so that `--healthcheck`, and a worker without its key, need no torch.
     from workers.repository import ModelLoadError, choose_device, load_repository
     from workers.worker import Worker
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    log = logging.getLogger("glimpse.worker")
     device = choose_device(settings.device)
     started = time.perf_counter()
     try:
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         "loaded %d model(s) on %s in %.1f s", len(models), device, time.perf_counter() - started
     )
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=15)
-    worker = Worker(settings, models, redis, failures)
+    worker = Worker(settings, models, redis, sealer, failures)
     worker.install_signal_handlers()
     worker.run()
 

@@ -14,6 +14,7 @@ from pydicom.pixels import pixel_array
 
 from schemas.dicom import (
     DICOM_BITS_ALLOCATED,
+    DICOM_DECODING_ELEMENTS,
     DICOM_PHOTOMETRIC_INTERPRETATIONS,
     DICOM_PHOTOMETRIC_TERMS,
     DICOM_TRANSFER_SYNTAXES,
@@ -27,24 +28,6 @@ from workers.images import (
     ImageTooLargeError,
     UnsupportedImageError,
     display_of,
-)
-
-_IMAGE_ELEMENTS = (
-    "SamplesPerPixel",
-    "PhotometricInterpretation",
-    "PlanarConfiguration",
-    "NumberOfFrames",
-    "Rows",
-    "Columns",
-    "BitsAllocated",
-    "BitsStored",
-    "HighBit",
-    "PixelRepresentation",
-    "WindowCenter",
-    "WindowWidth",
-    "RescaleIntercept",
-    "RescaleSlope",
-    "PixelData",
 )
 
 
@@ -108,8 +91,8 @@ def _read_image_elements(data: bytes) -> Dataset:
     try:
         # pydicom's validation warnings quote element values into the log; none is validated.
         with pydicom.config.disable_value_validation():
-            dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=list(_IMAGE_ELEMENTS))
-            for keyword in _IMAGE_ELEMENTS:
+            dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_DECODING_ELEMENTS))
+            for keyword in DICOM_DECODING_ELEMENTS:
                 dataset.get(keyword)  # converts the raw value here, where errors are caught
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
         raise ImageDecodeError("the DICOM file is malformed") from exc

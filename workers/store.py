@@ -12,6 +12,7 @@ from schemas import keys
 from schemas.jobs import JobRecord, JobState
 from schemas.metrics import CounterSpec, HistogramSpec
 from schemas.models import FailedModel, ModelInfo
+from schemas.sealing import PayloadSealer, result_field
 
 # Runs atomically: a job is claimed only while queued or running (a redelivery after a crash).
 _CLAIM = """
@@ -39,10 +40,14 @@ return stored
 
 
 class JobStore:
-    """Redis operations of one worker, with the key names from `schemas.keys`."""
+    """Redis operations of one worker, with the key names from `schemas.keys`; images and
+    results are stored sealed by `sealer` (`schemas.sealing`)."""
 
-    def __init__(self, redis: Redis, worker_id: str, result_ttl_s: int) -> None:
+    def __init__(
+        self, redis: Redis, worker_id: str, result_ttl_s: int, sealer: PayloadSealer
+    ) -> None:
         self.redis = redis
+        self.sealer = sealer
         self.worker_id = worker_id
         # Results and cached results alike: nothing a job produced outlives this.
         self.result_ttl_s = result_ttl_s
@@ -174,10 +179,13 @@ class JobStore:
 
     def cache(self, key: str, result_json: str) -> None:
         """Keep a deterministic result for identical requests to reuse."""
-        self.redis.set(key, result_json, ex=self.result_ttl_s)
+        self.redis.set(key, self.sealer.seal(result_json.encode(), key), ex=self.result_ttl_s)
 
     def image(self, job_id: str) -> bytes | None:
-        return cast(bytes | None, self.redis.get(keys.job_image(job_id)))
+        """The job's image, opened; SealedPayloadError if it was sealed under another key."""
+        image_key = keys.job_image(job_id)
+        sealed = cast(bytes | None, self.redis.get(image_key))
+        return self.sealer.open(sealed, image_key) if sealed is not None else None
 
     def complete(
         self,
@@ -190,9 +198,13 @@ class JobStore:
         error_json: str | None = None,
     ) -> bool:
         """Store the result or the error, acknowledge, announce. False if already stored."""
+        payload: bytes | str
         if result_json is not None:
-            state, field, payload = JobState.SUCCEEDED, JobRecord.RESULT, result_json
+            state, field = JobState.SUCCEEDED, JobRecord.RESULT
+            record_key = keys.job_record(job_id)
+            payload = self.sealer.seal(result_json.encode(), result_field(record_key, field))
         else:
+            # A problem's text is the service's own, never the image's or the scores: in clear.
             assert error_json is not None
             state, field, payload = JobState.FAILED, JobRecord.ERROR, error_json
         return self.finish(model_id, entry_id, job_id, reply_to, state, field, payload)
@@ -209,7 +221,7 @@ class JobStore:
         reply_to: str | None,
         state: JobState,
         field: str,
-        payload: str,
+        payload: bytes | str,
     ) -> bool:
         stored = self._complete(
             keys=[keys.job_record(job_id), keys.job_stream(model_id), keys.job_image(job_id)],

@@ -18,6 +18,7 @@ from schemas.explain import ExplainResponse
 from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
 from schemas.models import FailedModel
 from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
+from schemas.sealing import PayloadSealer, SealedPayloadError
 from workers.config import WorkerSettings
 from workers.images import (
     DecodedImage,
@@ -60,12 +61,13 @@ class Worker:
         settings: WorkerSettings,
         models: dict[str, LoadedModel],
         redis: Redis,
+        sealer: PayloadSealer,
         failures: Sequence[ModelLoadError] = (),
     ) -> None:
         self.settings = settings
         self.models = models
         self.failures = list(failures)
-        self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s)
+        self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s, sealer)
         self.stopping = threading.Event()
         self.infos = [
             model.info([*available_methods(model.module), "activation_max"])
@@ -218,7 +220,12 @@ class Worker:
         return list(visualization_responses(model, messages))
 
     def _decode(self, message: ExplanationJob) -> DecodedImage:
-        data = self.store.image(message.job_id)
+        try:
+            data = self.store.image(message.job_id)
+        except SealedPayloadError as exc:
+            raise JobFailed(
+                problems.INTERNAL, "The job's image does not open with this worker's payload key."
+            ) from exc
         if data is None:
             raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
         try:

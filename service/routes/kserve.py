@@ -103,7 +103,7 @@ def _prepare_instance(
     try:
         image = decode_base64_image(instance.image)
         options = payload.options(info.id, instance)
-        return prepare_job(options, image, info, principal, settings, reply_to), image
+        return prepare_job(options, image, info, principal, settings, reply_to)
     except ApiError as exc:
         exc.detail = f"instances[{index}]: {exc.detail}"
         raise

@@ -21,7 +21,9 @@ from pydicom.uid import (
 # Patient and study values no response, error or log may ever carry.
 PLANTED_NAME = "PLANTED^Dcm7Q2x"
 PLANTED_ID = "PID-PLANTED-93k1"
-PLANTED_VALUES = ("PLANTED", "Dcm7Q2x", "93k1", "19230405")
+PLANTED_BIRTH_DATE = "19230405"
+PLANTED_INSTITUTION = "INST-PLANTED-Wq4z"
+PLANTED_VALUES = ("PLANTED", "Dcm7Q2x", "93k1", PLANTED_BIRTH_DATE, "Wq4z")
 
 
 def dicom_file(
@@ -115,7 +117,8 @@ def _dataset(transfer_syntax: UID, sop_class: UID) -> Dataset:
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
     dataset.PatientName = PLANTED_NAME
     dataset.PatientID = PLANTED_ID
-    dataset.PatientBirthDate = "19230405"
+    dataset.PatientBirthDate = PLANTED_BIRTH_DATE
+    dataset.InstitutionName = PLANTED_INSTITUTION
     dataset.StudyDate = "20240102"
     dataset.StudyInstanceUID = generate_uid()
     dataset.SeriesInstanceUID = generate_uid()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.sealing import KEY_FILE_VARIABLE
 from service.devstack import DevStack, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,10 @@ class Run:
     def __init__(self, **env: str) -> None:
         self.tag = f"GLIMPSE_RUN_TAG={uuid.uuid4().hex}"
         self.port = free_port()
-        child_env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+        # Neither Redis nor a payload key: `glimpse run` starts its own Redis and a throwaway key.
+        child_env = {
+            k: v for k, v in os.environ.items() if k not in ("REDIS_URL", KEY_FILE_VARIABLE)
+        }
         child_env.update(
             GLIMPSE_PORT=str(self.port),
             GLIMPSE_DEVICE="cpu",

@@ -1,5 +1,6 @@
 """The gateway's DICOM header check on real files written by pydicom: format, size, options."""
 
+import io
 import subprocess
 import sys
 
@@ -11,12 +12,24 @@ from dicom_files import (  # type: ignore[import-not-found]
     jpeg_dicom_file,
     short_rle_file,
 )
-from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+from pydicom import dcmread
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
-from schemas.dicom import DicomOptions, DicomWindow
-from service.dicom import DicomHeader, check_dicom_options, inspect_dicom
+from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
+from schemas.explain import ExplainOptions
+from schemas.models import InputSpec, ModelInfo
+from service.admission import prepare_job
+from service.auth import Principal
+from service.config import Settings
+from service.dicom import DicomHeader, check_dicom_options, inspect_dicom, minimal_dicom
 from service.errors import ApiError, BadImage, InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from service.images import inspect_image, sniff_format
+from workers.dicom import decode_dicom
 
 MAX_PIXELS = 64_000_000
 RNG = np.random.default_rng(5)
@@ -155,3 +168,54 @@ def test_the_gateway_loads_pydicom_only_for_a_dicom_upload() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        dicom_file(CT, RescaleSlope=0.5, RescaleIntercept=-1024, WindowCenter=40, WindowWidth=400),
+        dicom_file(CT, transfer_syntax=ExplicitVRBigEndian),
+        dicom_file(FRAMES, transfer_syntax=ImplicitVRLittleEndian),
+        dicom_file(RGB, photometric="RGB", transfer_syntax=RLELossless, planar=1),
+        dicom_file(FRAMES[0], photometric="MONOCHROME1"),
+    ],
+    ids=["ct-windowed", "big-endian", "implicit-multi-frame", "rgb-rle-planar", "monochrome1"],
+)
+def test_the_stored_file_keeps_only_what_decoding_needs_and_decodes_alike(data: bytes) -> None:
+    stored = minimal_dicom(data)
+
+    assert not any(value.encode() in stored for value in PLANTED_VALUES)
+    assert any(value.encode() in data for value in PLANTED_VALUES)  # they were there to drop
+    kept = dcmread(io.BytesIO(stored))
+    assert {element.keyword for element in kept} <= set(DICOM_DECODING_ELEMENTS)
+    assert [element.keyword for element in kept.file_meta] == ["TransferSyntaxUID"]
+    assert inspect_image(stored, MAX_PIXELS) == inspect_image(data, MAX_PIXELS)
+    frames = inspect_dicom(data, MAX_PIXELS).frames
+    for frame in range(frames):
+        original = decode_dicom(data, DicomOptions(frame=frame), MAX_PIXELS)
+        rewritten = decode_dicom(stored, DicomOptions(frame=frame), MAX_PIXELS)
+        assert np.array_equal(original.pixels, rewritten.pixels)
+        assert original.dicom == rewritten.dicom
+
+
+def test_a_job_stores_the_rewritten_dicom() -> None:
+    data = dicom_file(CT, InstitutionName="INST-PLANTED-Wq4z")
+    options = ExplainOptions(model="m", methods=["gradcam"])
+    info = ModelInfo(
+        id="m",
+        version="1",
+        format="onnx",
+        input=InputSpec(channels=1, height=8, width=8, mean=[0.5], std=[0.25]),
+        labels=["a", "b"],
+        cam_layers=["x"],
+        default_cam_layer="x",
+        methods=["gradcam"],
+        sha256="a" * 64,
+        live_workers=1,
+    )
+
+    _, stored = prepare_job(
+        options, data, info, Principal("k", frozenset({"explain"})), Settings(), reply_to=None
+    )
+
+    assert stored == minimal_dicom(data)

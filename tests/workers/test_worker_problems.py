@@ -16,6 +16,7 @@ from schemas.dicom import DicomOptions
 from schemas.explain import OutputOptions
 from schemas.jobs import ExplanationJob
 from schemas.problems import PROBLEM_KINDS, Problem
+from schemas.sealing import PayloadSealer
 from service import errors
 from workers.config import WorkerSettings
 from workers.methods import MethodParameterError
@@ -34,13 +35,15 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 @pytest.fixture()
 def worker(redis_url: str) -> Iterator[Worker]:
     settings = WorkerSettings(redis_url=redis_url, max_image_pixels=PIXEL_LIMIT)
-    yield Worker(settings, {}, redis.Redis.from_url(redis_url))
+    sealer = PayloadSealer.from_key_file(settings.payload_key_file)
+    yield Worker(settings, {}, redis.Redis.from_url(redis_url), sealer)
 
 
 def decode_failure(worker: Worker, data: bytes | None, dicom: DicomOptions | None) -> Problem:
     job_id = uuid.uuid4().hex
     if data is not None:
-        worker.store.redis.set(keys.job_image(job_id), data, ex=60)
+        image_key = keys.job_image(job_id)
+        worker.store.redis.set(image_key, worker.store.sealer.seal(data, image_key), ex=60)
     message = ExplanationJob(
         job_id=job_id,
         model="m",
