@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -186,7 +187,7 @@ class Worker:
         job_id, reply_to = header
         log.error("job %s failed: its entry %s on %s does not parse", job_id, entry_id, model_id)
         errors = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'job'}: {error['msg']}"
+            _error_text(error)
             for error in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]
         )
         problem = problems.INVALID_REQUEST.problem(f"The queued job does not parse: {errors}")
@@ -336,6 +337,16 @@ class Worker:
             self.store.record([], [(metrics.JOBS_FAILED, kind)])
         except RedisError:
             log.warning("could not record the failure's metrics", exc_info=True)
+
+
+def _error_text(error: ErrorDetails) -> str:
+    """Where a message failed to parse and why, without the value found there."""
+    where = ".".join(str(part) for part in error["loc"]) or "job"
+    message = error["msg"]
+    tag = error.get("ctx", {}).get("tag")
+    if isinstance(tag, str):  # the one message that quotes its input
+        message = message.replace(repr(tag), "…")
+    return f"{where}: {message}"
 
 
 def _readable_header(job: bytes) -> tuple[str, str | None] | None:

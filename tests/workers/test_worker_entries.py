@@ -133,7 +133,9 @@ def test_any_unparsable_message_with_a_job_id_fails_that_job(
 
     assert worker._next_batch() == []
 
-    assert failure_of(worker, job_id).status == 422
+    problem = failure_of(worker, job_id)
+    assert problem.status == 422
+    assert "nonsense" not in (problem.detail or "")
     nothing_left(worker, model_id)
 
 
