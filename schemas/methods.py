@@ -4,15 +4,26 @@ Each method's parameters are one pydantic model here; the gateway validates requ
 `GET /v1/methods` publishes its JSON Schema, and the worker resolves defaults with it.
 """
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 Baseline = Literal["black", "blur", "mean", "uniform"]
 
+MAX_SEED = 2**63 - 1
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+"""A random generator's seed: 0 to 2⁶³ − 1, a signed 64-bit integer as every consumer takes."""
+
 
 class MethodParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    """Parameters of one method, as a request gives them.
+
+    Unknown names, values of another JSON type (`true` for a number, `1.0` for an integer) and
+    non-finite numbers (`Infinity`, `NaN`, or `1e999`, which JSON readers turn into infinity)
+    are refused: each would otherwise reach the worker as something other than what was asked.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class LayerParams(MethodParams):
@@ -64,7 +75,7 @@ class SmoothGradParams(MethodParams):
     noise: float = Field(default=0.15, ge=0.0, le=1.0, description="σ as a fraction of the range")
     base: Literal["saliency", "integrated_gradients", "guided_backprop", "deeplift"] = "saliency"
     abs: bool = Field(default=True, description="average |attribution| (unsigned) or signed")
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
 
 
 class IntegratedGradientsParams(MethodParams):
@@ -85,14 +96,19 @@ class IntegratedGradientsParams(MethodParams):
         description="the most steps refinement may reach; at or below `steps`, no refinement",
     )
     baseline: Baseline = "black"
-    seed: int = Field(default=0, ge=0, description="for the uniform-noise baseline")
+    seed: Seed = Field(default=0, description="for the uniform-noise baseline")
 
 
 class DeepLiftParams(MethodParams):
     """DeepLIFT with the Rescale rule."""
 
     baseline: Baseline = "black"
-    seed: int = Field(default=0, ge=0, description="for the uniform-noise baseline")
+    seed: Seed = Field(default=0, description="for the uniform-noise baseline")
+
+
+# Well inside float32, in which relevance is computed; useful values are far smaller.
+MAX_LRP_EPSILON = 1e3
+MAX_LRP_ALPHA = 1e3
 
 
 class LrpParams(MethodParams):
@@ -105,14 +121,24 @@ class LrpParams(MethodParams):
     first_layer: Literal["zbox", "flat", "same"] = Field(
         default="zbox", description="rule at the input layer"
     )
-    epsilon: float = Field(default=1e-6, ge=0.0)
-    alpha: float = Field(default=2.0, ge=1.0, description="β = α − 1")
+    epsilon: float = Field(
+        default=1e-6,
+        ge=0.0,
+        le=MAX_LRP_EPSILON,
+        description="stabiliser added to every pre-activation's magnitude (ε rules)",
+    )
+    alpha: float = Field(default=2.0, ge=1.0, le=MAX_LRP_ALPHA, description="β = α − 1")
 
 
 class OcclusionParams(MethodParams):
     """Occlusion: the drop of the target's score when a patch is covered."""
 
-    window: int = Field(default=16, ge=1, le=512, description="patch side in model pixels")
+    window: int = Field(
+        default=16,
+        ge=1,
+        le=512,
+        description="patch side in model pixels; a window larger than the image covers all of it",
+    )
     stride: int = Field(default=8, ge=1, le=512)
     fill: Literal["black", "mean", "blur"] = "black"
     batch_size: int = Field(default=64, ge=1, le=1024)
@@ -131,7 +157,7 @@ class RiseParams(MethodParams):
     masks: int = Field(default=1000, ge=1, le=8000)
     cell: int = Field(default=7, ge=2, le=64, description="mask grid cells per side")
     p: float = Field(default=0.5, gt=0.0, lt=1.0, description="probability a cell is kept")
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
     batch_size: int = Field(default=64, ge=1, le=1024)
 
 

@@ -6,23 +6,27 @@ mean activation of one channel of a layer (Olah et al., "Feature Visualization",
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from schemas.explain import ModelRef
-from schemas.methods import MethodSpec
+from schemas.methods import MethodParams, MethodSpec, Seed
 
 DEFAULT_SCALES = [0.95, 0.975, 1.0, 1.025, 1.05]
+# No model has more classes or channels; the worker checks the model's own count.
+MAX_INDEX = 2**31 - 1
+# Far past any useful weight, and well inside float32, in which the loss is computed.
+MAX_REGULARISER_WEIGHT = 1e3
 
 # Settings that shape the whole optimisation; requests optimised in one batch must agree on them.
 _BATCH_FIELDS = ("steps", "lr", "size", "jitter", "scale", "rotate", "l2", "tv", "decorrelate")
 
 
-class VisualizationParams(BaseModel):
+class VisualizationParams(MethodParams):
     """What to maximise, and how: exactly one of `target` or `layer` + `channel`."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    target: int | None = Field(default=None, ge=0, description="class index whose logit to raise")
+    target: int | None = Field(
+        default=None, ge=0, le=MAX_INDEX, description="class index whose logit to raise"
+    )
     layer: str | None = Field(
         default=None,
         min_length=1,
@@ -30,7 +34,10 @@ class VisualizationParams(BaseModel):
         description="module name (as in named_modules) whose channel to raise",
     )
     channel: int | None = Field(
-        default=None, ge=0, description="channel of `layer` whose mean activation to raise"
+        default=None,
+        ge=0,
+        le=MAX_INDEX,
+        description="channel of `layer` whose mean activation to raise",
     )
     steps: int = Field(default=256, ge=1, le=4096, description="Adam steps")
     lr: float = Field(default=0.05, gt=0.0, le=1.0, description="Adam learning rate")
@@ -40,8 +47,8 @@ class VisualizationParams(BaseModel):
         le=1024,
         description="side of a square image; the model's input height×width if unset",
     )
-    seed: int = Field(
-        default=0, ge=0, description="on CPU, the same request batched alike gives the same image"
+    seed: Seed = Field(
+        default=0, description="on CPU, the same request batched alike gives the same image"
     )
     jitter: int = Field(default=8, ge=0, le=64, description="random shift per step, pixels")
     scale: list[Annotated[float, Field(ge=0.25, le=4.0)]] = Field(
@@ -54,9 +61,17 @@ class VisualizationParams(BaseModel):
         default=5.0, ge=0.0, le=180.0, description="random rotation per step, ±degrees"
     )
     l2: float = Field(
-        default=0.0, ge=0.0, description="weight of the mean squared offset from grey"
+        default=0.0,
+        ge=0.0,
+        le=MAX_REGULARISER_WEIGHT,
+        description="weight of the mean squared offset from grey",
     )
-    tv: float = Field(default=0.0, ge=0.0, description="weight of the mean total variation")
+    tv: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_REGULARISER_WEIGHT,
+        description="weight of the mean total variation",
+    )
     decorrelate: bool = Field(
         default=True,
         description="Fourier (1/f) parameterisation and, for RGB, decorrelated colour; "

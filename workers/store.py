@@ -213,6 +213,14 @@ class JobStore:
         """Acknowledge an entry whose job was cancelled or already finished."""
         self.finish(model_id, entry_id, job_id, None, JobState.CANCELLED, JobRecord.ERROR, "")
 
+    def drop(self, model_id: str, entry_id: str) -> None:
+        """Acknowledge and delete an entry that names no job."""
+        stream = keys.job_stream(model_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(stream, keys.CONSUMER_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
+            pipe.execute()
+
     def finish(
         self,
         model_id: str,

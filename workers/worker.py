@@ -9,7 +9,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -36,6 +37,9 @@ from workers.store import JobStore
 from workers.visualization_jobs import visualization_responses
 
 log = logging.getLogger("glimpse.worker")
+
+# How many of an unparsable entry's errors its job's problem names.
+MAX_LISTED_ERRORS = 20
 
 
 @dataclass(frozen=True)
@@ -163,14 +167,41 @@ class Worker:
                 time.sleep(0.001)
         entries = []
         for model_id, entry_id, fields in raw:
+            job = fields.get(b"job", b"")
             try:
-                message = JOB_MESSAGE.validate_json(fields[b"job"])
-            except (KeyError, ValueError):
-                log.error("dropping a malformed entry %s on %s", entry_id, model_id)
-                self.store.discard(model_id, entry_id, "malformed")
+                message = JOB_MESSAGE.validate_json(job)
+            except ValidationError as exc:
+                self._refuse_unreadable(model_id, entry_id, job, exc)
                 continue
             entries.append(Entry(model_id, entry_id, message))
         return entries
+
+    def _refuse_unreadable(
+        self, model_id: str, entry_id: str, job: bytes, exc: ValidationError
+    ) -> None:
+        """Fail the job of an entry that does not parse, naming what did not; an entry without
+        a readable job id is only acknowledged and deleted."""
+        header = _readable_header(job)
+        if header is None:
+            log.error("deleting entry %s on %s: it names no job", entry_id, model_id)
+            self.store.drop(model_id, entry_id)
+            return
+        job_id, reply_to = header
+        log.error("job %s failed: its entry %s on %s does not parse", job_id, entry_id, model_id)
+        errors = "; ".join(
+            _error_text(error)
+            for error in exc.errors(include_url=False, include_input=False)[:MAX_LISTED_ERRORS]
+        )
+        problem = problems.INVALID_REQUEST.problem(f"The queued job does not parse: {errors}")
+        problem.job_id = job_id
+        self._count_failure(problem)
+        self.store.complete(
+            model_id,
+            entry_id,
+            job_id,
+            reply_to,
+            error_json=problem.model_dump_json(exclude_none=True),
+        )
 
     def _process_safely(self, entries: list[Entry]) -> None:
         """A batch never ends the worker: unacknowledged entries are taken over later."""
@@ -297,12 +328,7 @@ class Worker:
 
     def _fail(self, entry: Entry, problem: Problem) -> None:
         problem.job_id = entry.message.job_id
-        self.store.count("jobs_failed")
-        kind = problem.type.removeprefix(PROBLEM_TYPE_PREFIX)
-        try:
-            self.store.record([], [(metrics.JOBS_FAILED, kind)])
-        except RedisError:
-            log.warning("could not record the failure's metrics", exc_info=True)
+        self._count_failure(problem)
         self.store.complete(
             entry.model_id,
             entry.entry_id,
@@ -310,6 +336,38 @@ class Worker:
             entry.message.reply_to,
             error_json=problem.model_dump_json(exclude_none=True),
         )
+
+    def _count_failure(self, problem: Problem) -> None:
+        self.store.count("jobs_failed")
+        kind = problem.type.removeprefix(PROBLEM_TYPE_PREFIX)
+        try:
+            self.store.record([], [(metrics.JOBS_FAILED, kind)])
+        except RedisError:
+            log.warning("could not record the failure's metrics", exc_info=True)
+
+
+def _error_text(error: ErrorDetails) -> str:
+    """Where a message failed to parse and why, without the value found there."""
+    where = ".".join(str(part) for part in error["loc"]) or "job"
+    message = error["msg"]
+    tag = error.get("ctx", {}).get("tag")
+    if isinstance(tag, str):  # the one message that quotes its input
+        message = message.replace(repr(tag), "…")
+    return f"{where}: {message}"
+
+
+def _readable_header(job: bytes) -> tuple[str, str | None] | None:
+    """The job id and reply channel of an entry's JSON, when it has a job id at all."""
+    try:
+        message = json.loads(job)
+    except ValueError:
+        return None
+    if not isinstance(message, dict):
+        return None
+    job_id, reply_to = message.get("job_id"), message.get("reply_to")
+    if not isinstance(job_id, str) or not job_id:
+        return None
+    return job_id, reply_to if isinstance(reply_to, str) else None
 
 
 def _problem_for(exc: Exception) -> Problem:

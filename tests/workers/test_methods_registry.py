@@ -62,10 +62,23 @@ def test_resolve_params_fills_defaults() -> None:
     }
 
 
-def test_none_counts_as_not_given() -> None:
+def test_an_unset_layer_is_the_models_cam_layer() -> None:
     assert resolve_params("gradcam", {"layer": None}, cam_layer="features.4") == {
         "layer": "features.4"
     }
+
+
+@pytest.mark.parametrize(
+    ("method", "parameter"),
+    [("lrp", "epsilon"), ("lrp", "alpha"), ("smoothgrad", "seed"), ("rise", "masks")],
+)
+def test_none_for_a_number_is_refused_not_replaced_by_the_default(
+    method: str, parameter: str
+) -> None:
+    # JSON writers spell a non-finite number null; the default is not what was asked for.
+    with pytest.raises(MethodParameterError, match=parameter) as caught:
+        resolve_params(method, {parameter: None}, cam_layer="1")
+    assert caught.value.parameter == parameter
 
 
 @pytest.mark.parametrize(

@@ -87,11 +87,11 @@ class AttributionMethod(ABC):
         """Every parameter as it will be applied: checked against the method's schema in
         `schemas.methods`, defaults filled in, and a missing `layer` set to `cam_layer`.
 
-        A value of None counts as not given.
+        A value the schema refuses raises MethodParameterError, None included (how JSON writers
+        spell a non-finite number): it is never replaced by the default.
         """
-        given = {name: value for name, value in params.items() if value is not None}
         try:
-            parsed = PARAMS_BY_METHOD[self.id].model_validate(given)
+            parsed = PARAMS_BY_METHOD[self.id].model_validate(params)
         except ValidationError as exc:
             error = exc.errors()[0]
             name = ".".join(str(part) for part in error["loc"]) or "params"
