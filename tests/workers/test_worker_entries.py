@@ -16,6 +16,7 @@ import torch
 from schemas import keys, problems
 from schemas.jobs import JobRecord, JobState, VisualizationJob
 from schemas.problems import Problem
+from schemas.sealing import PayloadSealer
 from schemas.visualizations import VisualizationParams
 from workers.config import WorkerSettings
 from workers.repository import LoadedModel, load_model
@@ -38,7 +39,8 @@ def worker(redis_url: str, demo_model: LoadedModel) -> Iterator[Worker]:
     model = dataclasses.replace(demo_model, manifest=manifest)
     settings = WorkerSettings(redis_url=redis_url, block_ms=10)
     connection = redis.Redis.from_url(redis_url)
-    serving = Worker(settings, {model_id: model}, connection)
+    sealer = PayloadSealer.from_key_file(settings.payload_key_file)
+    serving = Worker(settings, {model_id: model}, connection, sealer)
     serving._register()  # the stream's consumer group
     yield serving
     connection.delete(keys.job_stream(model_id))
