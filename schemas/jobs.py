@@ -87,3 +87,6 @@ class JobRecord:
     CREATED_AT = "created_at"
     RESULT = "result"
     ERROR = "error"
+    REPLY_TO = "reply_to"
+    """The channel to announce the outcome on, when a retried request (same `Idempotency-Key`)
+    now waits for the job in another gateway than the message's `reply_to`."""

@@ -56,3 +56,9 @@ def explanation_cache(model_sha256: str, request_digest: str) -> str:
 def visualization_cache(model_sha256: str, params_digest: str) -> str:
     """A finished visualization of exact model weights with exact parameters."""
     return f"{PREFIX}:visualization:{model_sha256}:{params_digest}"
+
+
+def idempotency(principal_digest: str, key_digest: str) -> str:
+    """Hash of what one caller's `Idempotency-Key` admitted: the request's digest and its jobs
+    (both parts are SHA-256 digests, so that neither a key's name nor the token is stored)."""
+    return f"{PREFIX}:idempotency:{principal_digest}:{key_digest}"

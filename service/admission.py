@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from schemas import keys
 from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
-from schemas.jobs import ExplanationJob
+from schemas.jobs import ExplanationJob, VisualizationJob
 from schemas.models import FailedModel, ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
@@ -23,13 +23,13 @@ from service.errors import (
     BadImage,
     InvalidRequest,
     NotFound,
-    QueueFull,
     Unavailable,
     UnsupportedMedia,
     invalid,
 )
+from service.idempotency import IdempotentRequest, idempotent_request
 from service.images import ImageHeader, decode_base64_image, inspect_image
-from service.queue import JobQueue
+from service.queue import JobQueue, NewJob
 
 JSON_FIELDS = ("target", "params", "output", "dicom")
 
@@ -157,17 +157,11 @@ async def find_model(queue: JobQueue, model_id: str, settings: Settings) -> Mode
     return entry
 
 
-def check_capacity(settings: Settings, info: ModelInfo, adding: int = 1) -> None:
-    """503 without a live worker for the model, 429 when its queue cannot take `adding` more jobs
-    (as `info`, fresh from `JobQueue.model`, counts them)."""
+def check_capacity(settings: Settings, info: ModelInfo) -> None:
+    """503 without a live worker for the model (as `info`, fresh from `JobQueue.model`, counts
+    them). Whether its queue has room is checked as the jobs are queued, in the same step."""
     if info.live_workers == 0:
         raise Unavailable(f"No live worker serves {info.id!r}.", retry_after=settings.retry_after_s)
-    if info.queued + adding > settings.queue_limit:
-        raise QueueFull(
-            f"{info.id!r} has {info.queued} of at most {settings.queue_limit} jobs waiting"
-            + (f"; this request brings {adding}." if adding > 1 else "."),
-            retry_after=settings.retry_after_s,
-        )
 
 
 async def admit(
@@ -177,12 +171,19 @@ async def admit(
     queue: JobQueue,
     settings: Settings,
     reply_to: str | None,
-) -> ExplanationJob:
-    """Validate against the model and the queue, then enqueue. Returns the queued message."""
+    idempotency_key: str | None = None,
+) -> str:
+    """Validate against the model and the queue, then enqueue. Returns the job's id: a new one,
+    or the job an earlier request with the same `idempotency_key` created."""
     info = await find_model(queue, options.model, settings)
     message, stored_image = prepare_job(options, image, info, principal, settings, reply_to)
-    await submit_jobs([(message, stored_image)], info, principal, queue, settings)
-    return message
+    idempotent = idempotent_request(
+        principal, idempotency_key, b"explanation", options.model_dump_json().encode(), image
+    )
+    (job_id,) = await submit_jobs(
+        [(message, stored_image)], info, principal, queue, settings, idempotent
+    )
+    return job_id
 
 
 def prepare_job(
@@ -227,21 +228,44 @@ async def submit_jobs(
     principal: Principal,
     queue: JobQueue,
     settings: Settings,
-) -> None:
-    """Answer from the result cache the jobs it holds, and queue the others in one transaction,
-    so that a worker can batch them; 503 or 429 (see `check_capacity`) for all of them."""
-    to_queue = []
+    idempotent: IdempotentRequest | None = None,
+) -> list[str]:
+    """Answer from the result cache the jobs it holds and queue the others, all in one atomic
+    step, so that a worker can batch them; 503 (see `check_capacity`) or 429 (the model's queue
+    cannot take them) for all of them. Returns the job ids, in order: these jobs', or those of
+    the earlier request that `idempotent` names."""
+    new_jobs = []
     for message, image in jobs:
-        if message.cache_key is not None:
-            cached = await queue.cached(message.cache_key)
-            if cached is not None:
-                answer = reissued(cached, message.job_id)
-                await queue.store_answered(message, answer, principal.name)
-                continue
-        to_queue.append((message, image))
-    if to_queue:
-        check_capacity(settings, info, adding=len(to_queue))
-        await queue.enqueue_many(to_queue, principal.name)
+        cached = await queue.cached(message.cache_key) if message.cache_key else None
+        answer = reissued(cached, message.job_id) if cached is not None else None
+        new_jobs.append(NewJob(message, image, answer))
+    if any(job.answer is None for job in new_jobs):
+        check_capacity(settings, info)
+    return await queue.enqueue(
+        new_jobs, principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
+    )
+
+
+async def submit_visualization(
+    message: VisualizationJob,
+    principal: Principal,
+    queue: JobQueue,
+    settings: Settings,
+    idempotency_key: str | None,
+) -> str:
+    """Queue an activation maximisation (429 when the model's queue is full); its job id, or that
+    of the earlier request with the same `idempotency_key`."""
+    idempotent = idempotent_request(
+        principal,
+        idempotency_key,
+        b"visualization",
+        message.model.encode(),
+        message.visualization.model_dump_json().encode(),
+    )
+    (job_id,) = await queue.enqueue(
+        [NewJob(message)], principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
+    )
+    return job_id
 
 
 def explanation_cache_key(

@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sealer=sealer,
             result_ttl_s=settings.result_ttl_s,
             worker_timeout_s=settings.worker_timeout_s,
+            retry_after_s=settings.retry_after_s,
         )
         app.state.listener = listener
         await listener.start()
@@ -109,7 +110,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Prefer"],
+            allow_headers=[
+                "Authorization",
+                "X-API-Key",
+                "Content-Type",
+                "Prefer",
+                "Idempotency-Key",
+            ],
             expose_headers=["Location", "Retry-After", "Preference-Applied"],
         )
     app.add_middleware(RequestMetrics, http_metrics=app.state.http_metrics)

@@ -61,7 +61,8 @@ _PROBLEM_TEXT = {
     409: "The job already runs or has ended",
     413: "Body or image too large",
     415: "Unsupported media type or image format",
-    422: "Invalid field, unknown method, bad target or a DICOM frame the file lacks",
+    422: "Invalid field, unknown method, bad target, a DICOM frame the file lacks, or an "
+    "Idempotency-Key reused for another request",
     429: "Rate limit or model queue full; see Retry-After",
     503: "Redis unreachable or no live worker; see Retry-After",
     504: "The wait ran out; the body carries the job_id",

@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from typing import cast
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.typing import EncodableT
 
 from schemas import keys
 from schemas.jobs import ExplanationJob, JobRecord, JobState, JobStatus, VisualizationJob
 from schemas.models import FailedModel, ModelInfo
 from schemas.sealing import PayloadSealer, SealedPayloadError, result_field
-from service.errors import RateLimited
+from service.errors import QueueFull, RateLimited
+from service.idempotency import IdempotencyKeyReused, IdempotentRequest
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,80 @@ if record[1] == ARGV[4] then
 end
 return record[1]
 """
+
+
+_FULL, _REPLAYED = "full", "replayed"
+
+# Admits a request's jobs, all or none. KEYS: the model's stream, the request's idempotency entry
+# (the stream again when it has none), each job's record, each job's image. ARGV: the queue limit,
+# the TTL of a queued job's record and image, that of an answered job's record, the request's
+# digest ('' without an idempotency key), the number of jobs, the result's field name, the job ids
+# (space-separated); then for each job: its record fields (JSON), its answer ('' when it is to be
+# computed), its stream message ('' for an answered job), '1' if it has an image, the image.
+# Returns {'replayed', digest, job ids} for a key used before, {'full', depth} when the stream
+# cannot take the jobs to be computed, else {'admitted'}.
+_ENQUEUE = """
+local n = tonumber(ARGV[5])
+if ARGV[4] ~= '' then
+  local entry = redis.call('HMGET', KEYS[2], 'digest', 'jobs')
+  if entry[1] then return {'replayed', entry[1], entry[2]} end
+end
+-- A call re-sent after a lost reply finds its own first record: it ran already.
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'admitted'} end
+local queued = 0
+for i = 1, n do
+  if ARGV[7 + (i - 1) * 5 + 3] ~= '' then queued = queued + 1 end
+end
+if queued > 0 then
+  local depth = redis.call('XLEN', KEYS[1])
+  if depth + queued > tonumber(ARGV[1]) then return {'full', depth} end
+end
+for i = 1, n do
+  local base = 7 + (i - 1) * 5
+  local record = KEYS[2 + i]
+  local fields = {}
+  for name, value in pairs(cjson.decode(ARGV[base + 1])) do
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+  redis.call('HSET', record, unpack(fields))
+  if ARGV[base + 3] == '' then
+    redis.call('HSET', record, ARGV[6], ARGV[base + 2])
+    redis.call('EXPIRE', record, ARGV[3])
+  else
+    redis.call('EXPIRE', record, ARGV[2])
+    if ARGV[base + 4] == '1' then
+      redis.call('SET', KEYS[2 + n + i], ARGV[base + 5], 'EX', ARGV[2])
+    end
+    redis.call('XADD', KEYS[1], '*', 'job', ARGV[base + 3])
+  end
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], 'digest', ARGV[4], 'jobs', ARGV[7])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return {'admitted'}
+"""
+
+# Points the outcome announcement of existing jobs at another gateway's channel.
+_REDIRECT = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('HSET', KEYS[i], ARGV[1], ARGV[2]) end
+end
+"""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A job to admit: queued for a worker, or `answer`ed already (from the result cache)."""
+
+    message: ExplanationJob | VisualizationJob
+    image: bytes | None = None
+    answer: str | None = None
+
+    @property
+    def state(self) -> JobState:
+        return JobState.QUEUED if self.answer is None else JobState.SUCCEEDED
 
 
 @dataclass(frozen=True)
@@ -86,13 +163,19 @@ class JobQueue:
         sealer: PayloadSealer,
         result_ttl_s: int,
         worker_timeout_s: float,
+        retry_after_s: int = 2,
     ) -> None:
         self.redis = redis
         self.sealer = sealer
         self.result_ttl_s = result_ttl_s
+        # A record must outlive a long queue wait plus the result's own lifetime.
+        self.record_ttl_s = result_ttl_s * 2
         self.worker_timeout_s = worker_timeout_s
+        self.retry_after_s = retry_after_s
         self._spend_rate = redis.register_script(_SPEND_RATE)
         self._cancel = redis.register_script(_CANCEL)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._redirect = redis.register_script(_REDIRECT)
 
     async def ping(self) -> bool:
         try:
@@ -190,41 +273,94 @@ class JobQueue:
             )
 
     async def enqueue(
-        self, message: ExplanationJob | VisualizationJob, image: bytes | None, owner: str
-    ) -> None:
-        """Store the job's record (and image), then queue it: all in one transaction."""
-        await self.enqueue_many([(message, image)], owner)
-
-    async def enqueue_many(
         self,
-        jobs: Sequence[tuple[ExplanationJob | VisualizationJob, bytes | None]],
+        jobs: Sequence[NewJob],
         owner: str,
-    ) -> None:
-        """`enqueue` for several jobs in one transaction: a worker reads them all at once."""
-        # The record must outlive a long queue wait plus the result's own lifetime.
-        ttl = self.result_ttl_s * 2
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for message, image in jobs:
-                record_key = keys.job_record(message.job_id)
-                pipe.hset(record_key, mapping=_record_fields(message, owner, JobState.QUEUED))
-                pipe.expire(record_key, ttl)
-                if image is not None:
-                    image_key = keys.job_image(message.job_id)
-                    pipe.set(image_key, self.sealer.seal(image, image_key), ex=ttl)
-                pipe.xadd(keys.job_stream(message.model), {"job": message.model_dump_json()})
-            await pipe.execute()
+        *,
+        queue_limit: int,
+        idempotent: IdempotentRequest | None = None,
+    ) -> list[str]:
+        """Store the jobs' records (and images) and queue those without an answer, all or none,
+        in one atomic step that also holds the model's queue to `queue_limit` and remembers the
+        request under its `Idempotency-Key`. All jobs are of one model.
 
-    async def store_answered(self, message: ExplanationJob, result_json: str, owner: str) -> None:
-        """Record a job that needs no worker (answered from the cache) as succeeded."""
-        record_key = keys.job_record(message.job_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            fields = _record_fields(message, owner, JobState.SUCCEEDED)
-            sealed = self.sealer.seal(
-                result_json.encode(), result_field(record_key, JobRecord.RESULT)
+        Returns the ids of the request's jobs: these, or, for a request whose key admitted it
+        before, that request's (then redirected to this request's `reply_to`).
+        QueueFull when the model's stream cannot take the new entries; IdempotencyKeyReused for
+        a key that admitted a different request. On a Redis error the enqueue may or may not
+        have run: it is taken as done when the first job's record exists, else re-raised.
+        """
+        assert jobs and len({job.message.model for job in jobs}) == 1
+        model = jobs[0].message.model
+        job_ids = [job.message.job_id for job in jobs]
+        ttl = self.record_ttl_s
+        args: list[EncodableT] = [
+            queue_limit,
+            ttl,
+            self.result_ttl_s,
+            idempotent.digest if idempotent else "",
+            len(jobs),
+            JobRecord.RESULT,
+            " ".join(job_ids),
+        ]
+        for job in jobs:
+            fields = _record_fields(job.message, owner, job.state)
+            record_key = keys.job_record(job.message.job_id)
+            image_key = keys.job_image(job.message.job_id)
+            # Sealed here, under the keys they are stored at: the script sees ciphertext only.
+            args += [
+                json.dumps(fields),
+                ""
+                if job.answer is None
+                else self.sealer.seal(
+                    job.answer.encode(), result_field(record_key, JobRecord.RESULT)
+                ),
+                "" if job.answer is not None else job.message.model_dump_json(),
+                "0" if job.image is None else "1",
+                b"" if job.image is None else self.sealer.seal(job.image, image_key),
+            ]
+        stream = keys.job_stream(model)
+        try:
+            outcome = await self._enqueue(
+                keys=[
+                    stream,
+                    idempotent.redis_key if idempotent else stream,
+                    *(keys.job_record(job_id) for job_id in job_ids),
+                    *(keys.job_image(job_id) for job_id in job_ids),
+                ],
+                args=args,
             )
-            pipe.hset(record_key, mapping={**fields, JobRecord.RESULT: sealed})
-            pipe.expire(record_key, self.result_ttl_s)
-            await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError):
+            if await self.exists(job_ids[0]):
+                return job_ids
+            raise
+        verdict = outcome[0].decode()
+        if verdict == _FULL:
+            depth = int(outcome[1])
+            adding = sum(job.answer is None for job in jobs)
+            raise QueueFull(
+                f"{model!r} has {depth} of at most {queue_limit} jobs waiting"
+                + (f"; this request brings {adding}." if adding > 1 else "."),
+                retry_after=self.retry_after_s,
+            )
+        if verdict == _REPLAYED:
+            if outcome[1].decode() != (idempotent.digest if idempotent else ""):
+                raise IdempotencyKeyReused()
+            first_ids = outcome[2].decode().split()
+            reply_to = jobs[0].message.reply_to
+            if reply_to is not None:
+                await self._redirect(
+                    keys=[keys.job_record(job_id) for job_id in first_ids],
+                    args=[JobRecord.REPLY_TO, reply_to],
+                )
+            return first_ids
+        return job_ids
+
+    async def exists(self, job_id: str) -> bool:
+        """Whether the job has a record: after an ambiguous error, whether its enqueue ran.
+
+        A Redis error here (Redis still unreachable) is the caller's: it cannot tell either."""
+        return bool(await self.redis.exists(keys.job_record(job_id)))
 
     async def record(self, job_id: str, owner: str) -> StoredJob | None:
         """The job's record as stored, its result opened; None for an unknown job or another
@@ -343,7 +479,7 @@ def _decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
 
 def _record_fields(
     message: ExplanationJob | VisualizationJob, owner: str, state: JobState
-) -> dict[FieldT, EncodableT]:
+) -> dict[str, str]:
     """A new job record: its state, the key that owns it, its model and when it was made."""
     return {
         JobRecord.STATUS: state.value,

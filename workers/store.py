@@ -23,8 +23,10 @@ return redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 """
 
 # Stores an outcome once, even when a job was computed twice; always acknowledges the entry.
+# Announces it on the channel the record names (a retried request's gateway), else on reply_to's.
 _COMPLETE = """
 local status = redis.call('HGET', KEYS[1], ARGV[1])
+local reply_to = redis.call('HGET', KEYS[1], ARGV[12]) or ARGV[10]
 local stored = 0
 if status == ARGV[2] or status == ARGV[3] then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[4], ARGV[5], ARGV[6])
@@ -34,7 +36,7 @@ end
 redis.call('XACK', KEYS[2], ARGV[8], ARGV[9])
 redis.call('XDEL', KEYS[2], ARGV[9])
 redis.call('DEL', KEYS[3])
-if ARGV[10] ~= '' then redis.call('PUBLISH', ARGV[10], ARGV[11]) end
+if reply_to ~= '' then redis.call('PUBLISH', reply_to, ARGV[11]) end
 return stored
 """
 
@@ -245,6 +247,7 @@ class JobStore:
                 entry_id,
                 reply_to or "",
                 job_id,
+                JobRecord.REPLY_TO,
             ],
         )
         return bool(stored)

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 from schemas.jobs import JobAccepted
 from service.admission import admit, read_explain_request
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
+from service.idempotency import IdempotencyKeyHeader
 from service.openapi import EXPLAIN_BODY, EXPLAIN_RESPONSES, SUBMIT
 from service.waiting import accepted_response, answer_when_done, wants_async
 
@@ -25,17 +26,20 @@ async def create_explanation(
     queue: QueueDep,
     listener: ListenerDep,
     settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
     timeout: Annotated[float | None, Query(gt=0, description="seconds to wait")] = None,
 ) -> Response:
     """Waits for the result (`?timeout=`, default 30 s); `Prefer: respond-async` answers 202."""
     options, image = await read_explain_request(request)
     if wants_async(request):
-        message = await admit(options, image, principal, queue, settings, reply_to=None)
-        return accepted_response(request, message.job_id)
+        job_id = await admit(options, image, principal, queue, settings, None, idempotency_key)
+        return accepted_response(request, job_id)
 
     wait_s = min(timeout or settings.sync_timeout_s, settings.max_sync_timeout_s)
-    message = await admit(options, image, principal, queue, settings, reply_to=listener.channel)
-    return await answer_when_done(queue, listener, message.job_id, principal.name, wait_s)
+    job_id = await admit(
+        options, image, principal, queue, settings, listener.channel, idempotency_key
+    )
+    return await answer_when_done(queue, listener, job_id, principal.name, wait_s)
 
 
 @router.post(
@@ -51,7 +55,8 @@ async def create_job(
     principal: SubmitterDep,
     queue: QueueDep,
     settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     options, image = await read_explain_request(request)
-    message = await admit(options, image, principal, queue, settings, reply_to=None)
-    return accepted_response(request, message.job_id)
+    job_id = await admit(options, image, principal, queue, settings, None, idempotency_key)
+    return accepted_response(request, job_id)

@@ -20,6 +20,7 @@ from service.auth import Principal
 from service.config import Settings
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.errors import ApiError, SyncTimeout, UnsupportedMedia, problem_response
+from service.idempotency import IdempotencyKeyHeader, idempotent_request
 from service.images import decode_base64_image
 from service.openapi import SUBMIT, problems
 from service.queue import StoredJob
@@ -54,6 +55,7 @@ async def kserve_explain(
     queue: QueueDep,
     listener: ListenerDep,
     settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
     timeout: Annotated[float | None, Query(gt=0, description="seconds to wait")] = None,
 ) -> Response:
     """`{"instances": [{"image": …, "target"?, "dicom"?}], "parameters": {…}}` → one entry per
@@ -66,8 +68,9 @@ async def kserve_explain(
         _prepare_instance(payload, index, info, principal, settings, listener.channel)
         for index in range(len(payload.instances))
     ]
-    await submit_jobs(jobs, info, principal, queue, settings)
-    job_ids = [message.job_id for message, _ in jobs]
+    body = payload.model_dump_json().encode()
+    idempotent = idempotent_request(principal, idempotency_key, b"kserve", model_id.encode(), body)
+    job_ids = await submit_jobs(jobs, info, principal, queue, settings, idempotent)
     records = await records_when_done(queue, listener, job_ids, principal.name, wait_s)
     return _answer(job_ids, records)
 

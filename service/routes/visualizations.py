@@ -10,9 +10,10 @@ from fastapi import APIRouter, Query, Request, Response
 from schemas import keys
 from schemas.jobs import JobAccepted, VisualizationJob
 from schemas.visualizations import VisualizationParams, VisualizationResponse
-from service.admission import check_capacity, find_model
+from service.admission import check_capacity, find_model, submit_visualization
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.errors import InvalidRequest
+from service.idempotency import IdempotencyKeyHeader
 from service.openapi import problems
 from service.waiting import accepted_response, answer_when_done, wants_async
 
@@ -36,6 +37,7 @@ async def create_visualization(
     queue: QueueDep,
     listener: ListenerDep,
     settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
     timeout: Annotated[float | None, Query(gt=0, description="seconds to wait")] = None,
 ) -> Response:
     """Deterministic for a seed; a repeated request is answered from the cache at once."""
@@ -61,8 +63,8 @@ async def create_visualization(
         reply_to=None if asynchronous else listener.channel,
         enqueued_at=time.time(),
     )
-    await queue.enqueue(message, None, principal.name)
+    job_id = await submit_visualization(message, principal, queue, settings, idempotency_key)
     if asynchronous:
-        return accepted_response(request, message.job_id)
+        return accepted_response(request, job_id)
     wait_s = min(timeout or settings.sync_timeout_s, settings.max_sync_timeout_s)
-    return await answer_when_done(queue, listener, message.job_id, principal.name, wait_s)
+    return await answer_when_done(queue, listener, job_id, principal.name, wait_s)

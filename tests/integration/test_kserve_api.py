@@ -206,6 +206,25 @@ def test_other_media_types_are_refused(client: httpx.Client) -> None:
     assert answer.headers["content-type"] == "application/problem+json"
 
 
+def test_a_retry_with_the_same_idempotency_key_gets_the_first_jobs(
+    client: httpx.Client, redis_url: str
+) -> None:
+    body = {"instances": [{"image": lesion_b64(seed)} for seed in (601, 602)]}
+    headers = {"Idempotency-Key": "kserve-batch-1"}
+    first = client.post(f"{EXPLAIN}?timeout=120", json=body, headers=headers, timeout=150)
+    queued_after_first = last_queued(redis_url)
+    again = client.post(f"{EXPLAIN}?timeout=120", json=body, headers=headers, timeout=150)
+    other = client.post(
+        EXPLAIN, json={"instances": body["instances"][:1]}, headers=headers, timeout=120
+    )
+
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.json()["job_ids"] == first.json()["job_ids"]
+    assert again.json()["explanations"] == first.json()["explanations"]
+    assert last_queued(redis_url) == queued_after_first, "nothing queued again"
+    assert other.status_code == 422, other.text
+
+
 def test_a_wait_that_runs_out_names_every_unfinished_job(client: httpx.Client) -> None:
     slow = {"methods": ["integrated_gradients"], "params": {"integrated_gradients": {"steps": 512}}}
     instances = [{"image": lesion_b64(seed)} for seed in (501, 502)]

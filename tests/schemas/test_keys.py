@@ -12,6 +12,7 @@ def test_every_key_is_namespaced_and_distinct() -> None:
         keys.MODEL_REGISTRY,
         keys.MODEL_FAILURES,
         keys.LIVE_WORKERS,
+        keys.idempotency("p", "k"),
     ]
     assert all(name.startswith(keys.PREFIX + ":") for name in names)
     assert len(set(names)) == len(names)

@@ -109,3 +109,16 @@ def test_the_declared_security_is_what_the_gateway_asks_for(gateway: TestClient)
         assert (answer.status_code == 401) == ("security" in operations["get"]), path
     for presented in ({"Authorization": "Bearer secret"}, {"X-API-Key": "secret"}):
         assert gateway.get("/v1/methods", headers=presented).status_code == 200
+
+
+def test_the_explain_routes_document_the_idempotency_key(gateway: TestClient) -> None:
+    schema = gateway.get("/openapi.json").json()
+    for path in (
+        "/v1/explanations",
+        "/v1/jobs",
+        "/v1/models/{model_id}:explain",
+        "/v1/models/{model_id}/visualizations",
+    ):
+        (header,) = (p for p in schema["paths"][path]["post"]["parameters"] if p["in"] == "header")
+        assert header["name"] == "Idempotency-Key" and not header.get("required"), path
+        assert "same `job_id`" in header["description"]

@@ -1,25 +1,36 @@
-"""What the gateway reads about models from what workers publish, on a real Redis."""
+"""The gateway's side of the queue on a real Redis: what it reads about models from what workers
+publish, and how it admits jobs."""
 
 import asyncio
 import os
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from schemas import keys
 from schemas.explain import OutputOptions
-from schemas.jobs import ExplanationJob
+from schemas.jobs import ExplanationJob, JobRecord
 from schemas.models import FailedModel, InputSpec, ModelInfo
 from schemas.sealing import PayloadSealer
-from service.queue import JobQueue
+from service.auth import Principal
+from service.errors import QueueFull
+from service.idempotency import IdempotencyKeyReused, idempotent_request
+from service.queue import JobQueue, NewJob
 from service.redis_server import PrivateRedis
 from workers.store import JobStore
 
-WORKER_TIMEOUT_S = 10.0
+T = TypeVar("T")
+
 SEALER = PayloadSealer(os.urandom(32))
+WORKER_TIMEOUT_S = 10.0
 INFO = ModelInfo(
     id="chest",
     version="3",
@@ -147,6 +158,236 @@ def test_a_failure_no_worker_still_reports_is_forgotten(server: PrivateRedis, re
     assert eye is None
 
 
+def explanation(job_id: str, model: str = "chest", reply_to: str | None = None) -> ExplanationJob:
+    return ExplanationJob(
+        job_id=job_id,
+        model=model,
+        methods=["gradcam"],
+        target="top1",
+        params={},
+        output=OutputOptions(),
+        reply_to=reply_to,
+        enqueued_at=time.time(),
+    )
+
+
+def job(job_id: str, reply_to: str | None = None) -> NewJob:
+    return NewJob(explanation(job_id, reply_to=reply_to), image=b"image of " + job_id.encode())
+
+
+def run_on_queue(
+    url: str,
+    work: Callable[[JobQueue], Awaitable[T]],
+    **client_options: Any,
+) -> T:
+    """`work` on a gateway's `JobQueue` whose client connects to `url`."""
+
+    async def on_queue() -> T:
+        client = AsyncRedis.from_url(url, **client_options)
+        try:
+            return await work(
+                JobQueue(client, sealer=SEALER, result_ttl_s=60, worker_timeout_s=WORKER_TIMEOUT_S)
+            )
+        finally:
+            await client.aclose()
+
+    return asyncio.run(on_queue())
+
+
+ALICE_KEY = Principal(name="alice", scopes=frozenset({"explain"}))
+BOB_KEY = Principal(name="bob", scopes=frozenset({"explain"}))
+
+
+def test_the_queue_limit_holds_under_concurrent_enqueues(
+    server: PrivateRedis, redis: Redis
+) -> None:
+    async def sixty_at_once(queue: JobQueue) -> list[object]:
+        attempts = [queue.enqueue([job(f"job-{n}")], "alice", queue_limit=16) for n in range(60)]
+        return await asyncio.gather(*attempts, return_exceptions=True)
+
+    outcomes = run_on_queue(server.url, sixty_at_once, max_connections=60)
+
+    admitted = [o for o in outcomes if isinstance(o, list)]
+    refused = [o for o in outcomes if isinstance(o, QueueFull)]
+    assert (len(admitted), len(refused)) == (16, 44)
+    assert redis.xlen(keys.job_stream("chest")) == 16
+    admitted_ids = {job_id for ids in admitted for job_id in ids}
+    assert sum(bool(redis.exists(keys.job_record(f"job-{n}"))) for n in range(60)) == 16
+    assert all(redis.exists(keys.job_image(job_id)) for job_id in admitted_ids)
+    assert refused[0].retry_after and "16 of at most 16" in refused[0].detail
+
+
+def test_several_jobs_are_queued_all_or_none(server: PrivateRedis, redis: Redis) -> None:
+    async def fill_then_add(queue: JobQueue) -> tuple[object, list[str]]:
+        await queue.enqueue([job(f"old-{n}") for n in range(14)], "alice", queue_limit=16)
+        try:
+            await queue.enqueue([job(f"new-{n}") for n in range(3)], "alice", queue_limit=16)
+        except QueueFull as exc:
+            too_many: object = exc
+        else:
+            too_many = None
+        return too_many, await queue.enqueue([job("a"), job("b")], "alice", queue_limit=16)
+
+    too_many, fitting = run_on_queue(server.url, fill_then_add)
+
+    assert isinstance(too_many, QueueFull) and "this request brings 3" in too_many.detail
+    assert not any(redis.exists(keys.job_record(f"new-{n}")) for n in range(3))
+    assert fitting == ["a", "b"]
+    assert redis.xlen(keys.job_stream("chest")) == 16
+
+
+def test_an_answered_job_takes_no_room_in_the_queue(server: PrivateRedis, redis: Redis) -> None:
+    async def full_then_answered(queue: JobQueue) -> list[str]:
+        await queue.enqueue([job("queued")], "alice", queue_limit=1)
+        answered = NewJob(explanation("answered"), answer='{"cached": true}')
+        return await queue.enqueue([answered], "alice", queue_limit=1)
+
+    assert run_on_queue(server.url, full_then_answered) == ["answered"]
+    record = redis.hgetall(keys.job_record("answered"))
+    assert record[b"status"] == b"succeeded" and record[b"result"] == b'{"cached": true}'
+    assert redis.xlen(keys.job_stream("chest")) == 1
+
+
+def test_a_repeated_idempotency_key_returns_the_first_jobs(
+    server: PrivateRedis, redis: Redis
+) -> None:
+    first = idempotent_request(ALICE_KEY, "retry-me", b"the request")
+    other_body = idempotent_request(ALICE_KEY, "retry-me", b"another request")
+    bobs = idempotent_request(BOB_KEY, "retry-me", b"the request")
+
+    async def submit_thrice(queue: JobQueue) -> tuple[list[str], list[str], list[str], object]:
+        original = await queue.enqueue([job("first")], "alice", queue_limit=16, idempotent=first)
+        retried = await queue.enqueue(
+            [job("second", reply_to="glimpse:done:b")], "alice", queue_limit=16, idempotent=first
+        )
+        by_bob = await queue.enqueue([job("bob's")], "bob", queue_limit=16, idempotent=bobs)
+        try:
+            await queue.enqueue([job("third")], "alice", queue_limit=16, idempotent=other_body)
+        except IdempotencyKeyReused as exc:
+            return original, retried, by_bob, exc
+        return original, retried, by_bob, None
+
+    original, retried, by_bob, reused = run_on_queue(server.url, submit_thrice)
+
+    assert original == retried == ["first"]
+    assert by_bob == ["bob's"], "a key is scoped to the API key that sent it"
+    assert isinstance(reused, IdempotencyKeyReused)
+    assert not redis.exists(keys.job_record("second")) and not redis.exists(
+        keys.job_record("third")
+    )
+    assert redis.xlen(keys.job_stream("chest")) == 2
+    # The retry waits in another gateway: the worker announces the outcome there.
+    assert redis.hget(keys.job_record("first"), JobRecord.REPLY_TO) == b"glimpse:done:b"
+    stored = [k for k in redis.scan_iter(keys.idempotency("*", "*"))]
+    assert len(stored) == 2 and not any(b"retry-me" in k or b"alice" in k for k in stored)
+
+
+def test_a_full_queue_still_replays_an_admitted_request(server: PrivateRedis, redis: Redis) -> None:
+    request = idempotent_request(ALICE_KEY, "k", b"the request")
+
+    async def admit_then_retry(queue: JobQueue) -> list[str]:
+        await queue.enqueue([job("first")], "alice", queue_limit=1, idempotent=request)
+        return await queue.enqueue([job("again")], "alice", queue_limit=1, idempotent=request)
+
+    assert run_on_queue(server.url, admit_then_retry) == ["first"]
+
+
+class FaultyLink:
+    """A TCP proxy in front of Redis that breaks the connection of every script call (EVALSHA,
+    EVAL): after forwarding it and reading Redis's reply (`lose="reply"`: the script ran, the
+    client cannot know), or before forwarding it (`lose="request"`: the script never ran).
+    Every other command passes."""
+
+    SCRIPT_CALLS = (b"$7\r\nEVALSHA\r\n", b"$4\r\nEVAL\r\n")
+
+    def __init__(self, upstream_port: int, lose: str) -> None:
+        self.upstream_port = upstream_port
+        self.lose = lose
+        self.broken = 0
+
+    async def serve(self) -> asyncio.Server:
+        return await asyncio.start_server(self._connection, "127.0.0.1", 0)
+
+    async def _connection(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        try:
+            while chunk := await client_reader.read(1 << 20):
+                script_call = any(call in chunk.upper() for call in self.SCRIPT_CALLS)
+                if script_call and self.lose == "request":
+                    self.broken += 1
+                    return
+                writer.write(chunk)
+                await writer.drain()
+                reply = await reader.read(1 << 20)
+                if script_call:
+                    self.broken += 1
+                    return
+                client_writer.write(reply)
+                await client_writer.drain()
+        finally:
+            writer.close()
+            client_writer.close()
+
+
+def enqueue_through(server: PrivateRedis, link: FaultyLink, job_id: str) -> object:
+    """The outcome of enqueueing `job_id` through `link`: its ids, or the error it raised."""
+
+    async def through_link() -> object:
+        proxy = await link.serve()
+        port = proxy.sockets[0].getsockname()[1]
+
+        async def enqueue(queue: JobQueue) -> list[str]:
+            return await queue.enqueue([job(job_id)], "alice", queue_limit=16)
+
+        client = AsyncRedis(port=port, retry=Retry(NoBackoff(), 2), socket_timeout=2)
+        try:
+            return await enqueue(
+                JobQueue(client, sealer=SEALER, result_ttl_s=60, worker_timeout_s=WORKER_TIMEOUT_S)
+            )
+        except RedisConnectionError as exc:
+            return exc
+        finally:
+            await client.aclose()
+            proxy.close()
+
+    return asyncio.run(through_link())
+
+
+def test_a_lost_reply_to_the_enqueue_is_an_admission(server: PrivateRedis, redis: Redis) -> None:
+    link = FaultyLink(server.port, lose="reply")
+
+    outcome = enqueue_through(server, link, "ran")
+
+    assert link.broken == 3, "the client tried, and retried, in vain"
+    assert outcome == ["ran"], "the record exists: the job was admitted"
+    assert redis.xlen(keys.job_stream("chest")) == 1, "the re-sent script queued it once"
+
+
+def test_a_lost_request_to_enqueue_stays_an_error(server: PrivateRedis, redis: Redis) -> None:
+    link = FaultyLink(server.port, lose="request")
+
+    outcome = enqueue_through(server, link, "never-ran")
+
+    assert link.broken == 3
+    assert isinstance(outcome, RedisConnectionError)
+    assert not redis.exists(keys.job_record("never-ran"))
+    assert redis.xlen(keys.job_stream("chest")) == 0
+
+
+def test_an_unreachable_redis_stays_an_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+
+    async def enqueue(queue: JobQueue) -> list[str]:
+        return await queue.enqueue([job("nowhere")], "alice", queue_limit=16)
+
+    with pytest.raises(RedisConnectionError):
+        run_on_queue(f"redis://127.0.0.1:{closed_port}", enqueue, socket_connect_timeout=1)
+
+
 def test_what_the_gateway_stores_the_worker_opens_and_nothing_is_in_clear(
     server: PrivateRedis, redis: Redis
 ) -> None:
@@ -167,7 +408,7 @@ def test_what_the_gateway_stores_the_worker_opens_and_nothing_is_in_clear(
         client = AsyncRedis.from_url(server.url)
         queue = JobQueue(client, sealer=SEALER, result_ttl_s=60, worker_timeout_s=1)
         try:
-            await queue.enqueue(message, image, "owner")
+            await queue.enqueue([NewJob(message, image)], "owner", queue_limit=10)
             assert store.image("j1") == image
             assert image not in (redis.get(keys.job_image("j1")) or b"")
             store.cache(cache_key, result)
