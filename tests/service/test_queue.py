@@ -19,7 +19,7 @@ from schemas import keys
 from schemas.explain import OutputOptions
 from schemas.jobs import ExplanationJob, JobRecord
 from schemas.models import FailedModel, InputSpec, ModelInfo
-from schemas.sealing import PayloadSealer
+from schemas.sealing import PayloadSealer, result_field
 from service.auth import Principal
 from service.errors import QueueFull
 from service.idempotency import IdempotencyKeyReused, idempotent_request
@@ -243,8 +243,10 @@ def test_an_answered_job_takes_no_room_in_the_queue(server: PrivateRedis, redis:
         return await queue.enqueue([answered], "alice", queue_limit=1)
 
     assert run_on_queue(server.url, full_then_answered) == ["answered"]
-    record = redis.hgetall(keys.job_record("answered"))
-    assert record[b"status"] == b"succeeded" and record[b"result"] == b'{"cached": true}'
+    record_key = keys.job_record("answered")
+    record = redis.hgetall(record_key)
+    stored = SEALER.open(record[b"result"], result_field(record_key, JobRecord.RESULT))
+    assert record[b"status"] == b"succeeded" and stored == b'{"cached": true}'
     assert redis.xlen(keys.job_stream("chest")) == 1
 
 
