@@ -12,6 +12,7 @@ from PIL import Image
 from workers.demo.data import make_sample, to_png_bytes
 
 MODEL = "demo-lesions"
+EPS32 = float(np.finfo(np.float32).eps)  # method_checks.EPS32, not importable from here
 
 
 def lesion_png(seed: int = 7) -> bytes:
@@ -58,7 +59,11 @@ def test_explains_png_and_jpeg_at_the_input_size(
     assert [e["method"] for e in result["explanations"]] == ["gradcam", "saliency"]
     labels = {"normal", "nodule", "mass"}
     assert result["predictions"][0]["label"] in labels
-    assert abs(sum(p["score"] for p in result["predictions"]) - 1) < 1e-4
+    # All 3 classes' float32 softmax: exp within eps32, a sum of n terms and a division, so
+    # each probability is within (n + 2) · eps32 of its share and their sum within that of 1.
+    scores = [p["score"] for p in result["predictions"]]
+    assert len(scores) == len(labels)
+    assert abs(sum(scores) - 1) <= (len(scores) + 2) * EPS32
     for explanation in result["explanations"]:
         overlay = decode_png(explanation["overlay_png"])
         assert overlay.size == (width, height)
@@ -232,11 +237,16 @@ def test_onnx_model_gives_the_same_maps_as_its_pytorch_twin(client: httpx.Client
     served_predictions = served.json()["predictions"]
     for ours, theirs in zip(served_predictions, twin_predictions, strict=True):
         assert ours["class_index"] == theirs["class_index"]
+        # |Δp| ≤ p (1 − p) · 2 max|Δz| ≤ max|Δz| / 2, and ONNX Runtime's logits differ from
+        # torch's by about eps32 · √(layers · fan-in) = 6.4e-6 of logits of a few units here.
         assert ours["score"] == pytest.approx(theirs["score"], abs=1e-5)
     for ours, theirs in zip(
         served.json()["explanations"], twin.json()["explanations"], strict=True
     ):
-        difference = np.abs(
-            np.array(ours["scores"]["values"]) - np.array(theirs["scores"]["values"])
-        )
-        assert difference.max() < 1e-4
+        reference = np.array(theirs["scores"]["values"])
+        # The twin's maps run its onnx2torch module, torch's own kernels on the same float32
+        # weights: the forward matches to the bit (every ReLU and max-pool decides alike) and
+        # the backward differs by at most a few roundings per layer of values no larger than
+        # the map's; 4 per layer over the 5 layers with weights.
+        bound = 4 * 5 * EPS32 * np.abs(reference).max()
+        assert np.abs(np.array(ours["scores"]["values"]) - reference).max() <= bound

@@ -8,6 +8,7 @@ import onnxruntime
 import pytest
 import safetensors.torch
 import torch
+from method_checks import EPS32
 from torch import nn
 
 from schemas.models import ModelManifest
@@ -79,4 +80,8 @@ def test_onnx_matches_safetensors(model: nn.Module, manifest: ModelManifest) -> 
         str(MODEL_DIR / "model.onnx"), providers=["CPUExecutionProvider"]
     )
     (logits,) = session.run(["logits"], {"input": x.numpy()})
-    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    # ONNX Runtime sums each dot product in another order than torch; either order's float32
+    # error grows like eps32 · √n over n products, so over the 5 layers with weights (fan-in up
+    # to 64 · 3 · 3) the logits differ by about 2 · eps32 · √(5 · 576) ≈ 1.3e-5 of their size.
+    bound = 2 * EPS32 * np.sqrt(5 * 64 * 3 * 3) * np.abs(expected).max()
+    np.testing.assert_allclose(logits, expected, atol=bound, rtol=0)

@@ -11,6 +11,7 @@ from dicom_files import (  # type: ignore[import-not-found]
     jpeg_dicom_file,
     short_rle_file,
 )
+from method_checks import EPS32
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -44,7 +45,9 @@ def windowed(values: np.ndarray, center: float, width: float) -> np.ndarray:
 def assert_grey(decoded: DecodedImage, expected: np.ndarray) -> None:
     assert decoded.pixels.dtype == np.float32
     assert decoded.pixels.shape == (*expected.shape, 1)
-    np.testing.assert_allclose(decoded.pixels[:, :, 0], expected, atol=1e-6)
+    # Windowed in float64 (errors ~1e-16) and rounded once to float32: within eps32 / 2 of a value
+    # no larger than 1, so eps32 bounds it.
+    np.testing.assert_allclose(decoded.pixels[:, :, 0], expected, rtol=0, atol=EPS32)
     levels = np.rint(expected * 255).astype(np.uint8)
     np.testing.assert_array_equal(decoded.display, np.repeat(levels[:, :, None], 3, axis=2))
 
@@ -102,7 +105,9 @@ def test_without_a_window_the_full_range_of_the_rescaled_values_is_used() -> Non
     applied = decoded.dicom.window if decoded.dicom else None
     assert applied is not None
     again = decode_image(data, dicom=DicomOptions(window=applied))
-    np.testing.assert_allclose(again.pixels, decoded.pixels, atol=1e-6)
+    # The reported window holds the same values up to float64 rounding: at most one float32 step
+    # apart after the cast, eps32 / 2 for values up to 1.
+    np.testing.assert_allclose(again.pixels, decoded.pixels, rtol=0, atol=EPS32 / 2)
     unusable = dicom_file(
         stored, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=40, WindowWidth=0
     )
@@ -113,7 +118,8 @@ def test_without_a_window_the_full_range_of_the_rescaled_values_is_used() -> Non
 def test_rgb_8_bit_keeps_its_colours(planar: int) -> None:
     decoded = decode_image(dicom_file(RGB, photometric="RGB", planar=planar))
 
-    np.testing.assert_allclose(decoded.pixels, RGB / 255.0, atol=1e-7)
+    # level / 255 in float64, rounded once to float32: within eps32 / 2 of its value.
+    np.testing.assert_allclose(decoded.pixels, RGB / 255.0, rtol=EPS32 / 2, atol=0)
     np.testing.assert_array_equal(decoded.display, RGB)
     assert decoded.dicom == DicomOptions(frame=0, window=None)
 
@@ -256,7 +262,9 @@ def test_the_window_follows_dicoms_linear_function() -> None:
     mapped = apply_window(values, DicomWindow(center=40, width=400))
 
     # PS3.3 C.11.2.1.2.1: x ≤ c − 0.5 − (w − 1)/2 → 0; x > c − 0.5 + (w − 1)/2 → 1.
-    np.testing.assert_allclose(mapped, [0, 0, 1 / 399, 0.5, 398 / 399, 1, 1])
+    # Float64: x − 39.5 is exact, the division by 399 and the + 0.5 round within eps64 / 2 of
+    # values up to 1 each (2.2e-16 in all; 1e-15 keeps every 1/399 step apart).
+    np.testing.assert_allclose(mapped, [0, 0, 1 / 399, 0.5, 398 / 399, 1, 1], rtol=0, atol=1e-15)
     threshold = apply_window(values, DicomWindow(center=40, width=1))
     np.testing.assert_array_equal(threshold, [0, 0, 0, 0, 1, 1, 1])
 
@@ -266,4 +274,11 @@ def test_the_ct_fixture_maps_back_onto_its_grey_levels() -> None:
 
     decoded = decode_image(ct_file(image))
 
-    np.testing.assert_allclose(decoded.pixels[:, :, 0], np.round(image * 255) / 255, atol=1e-6)
+    # (4 L - 510) / 1020 + 0.5 in float64 is within 2^-53 of L / 255, whose binary digits repeat
+    # L's 8 bits and so never sit that close to a float32 rounding midpoint (L = 0 and 255 are
+    # exact): the cast rounds to float32(L) / 255, the PNG's pixel, for every level.
+    expected = np.round(image * 255).astype(np.float32) / np.float32(255)
+    np.testing.assert_array_equal(decoded.pixels[:, :, 0], expected)
+    levels = np.arange(256).reshape(16, 16)
+    every = decode_image(ct_file(levels / 255)).pixels[:, :, 0]
+    np.testing.assert_array_equal(every, levels.astype(np.float32) / np.float32(255))

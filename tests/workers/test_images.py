@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from method_checks import EPS32
 from PIL import Image
 
 from workers.images import (
@@ -63,7 +64,8 @@ def test_grey_8_bit_png() -> None:
 
     assert decoded.pixels.shape == (5, 7, 1)
     assert decoded.pixels.dtype == np.float32
-    np.testing.assert_allclose(decoded.pixels[:, :, 0], GREY8 / 255, atol=1e-7)
+    # level / 255 in float32 is one correctly rounded division: within eps32 / 2 of its value.
+    np.testing.assert_allclose(decoded.pixels[:, :, 0], GREY8 / 255, rtol=EPS32 / 2, atol=0)
     assert decoded.display.shape == (5, 7, 3)
     assert decoded.display.dtype == np.uint8
     for channel in range(3):
@@ -78,7 +80,8 @@ def test_grey_16_bit_png_keeps_its_precision() -> None:
     decoded = decode_image(encode(image))
 
     assert decoded.pixels.shape == (5, 7, 1)
-    np.testing.assert_allclose(decoded.pixels[:, :, 0], samples / 65535, atol=1e-7)
+    # One correctly rounded float32 division per sample, so all 16 bits survive.
+    np.testing.assert_allclose(decoded.pixels[:, :, 0], samples / 65535, rtol=EPS32 / 2, atol=0)
     np.testing.assert_array_equal(decoded.display[:, :, 0], np.rint(samples / 65535 * 255))
 
 
@@ -89,7 +92,9 @@ def test_grey_with_alpha_is_composited_on_black() -> None:
     decoded = decode_image(encode(image))
 
     assert decoded.pixels.shape == (5, 7, 1)
-    np.testing.assert_allclose(decoded.pixels[:, :, 0], GREY8 / 255 * alpha / 255, atol=1e-6)
+    # Two divisions and a product, each rounded to float32: 3 · eps32 / 2 relative, and more.
+    expected = GREY8 / 255 * alpha / 255
+    np.testing.assert_allclose(decoded.pixels[:, :, 0], expected, rtol=2 * EPS32, atol=0)
 
 
 def test_grey_16_bit_with_alpha_stays_grey() -> None:
@@ -100,14 +105,16 @@ def test_grey_16_bit_with_alpha_stays_grey() -> None:
     # Pillow reads this layout at 8 bits per sample.
     expected = (samples[:, :, 0] >> 8) / 255 * (samples[:, :, 1] >> 8) / 255
     assert decoded.pixels.shape == (4, 3, 1)
-    np.testing.assert_allclose(decoded.pixels[:, :, 0], expected, atol=1e-6)
+    # Two divisions and a product, each rounded to float32: 3 · eps32 / 2 relative, and more.
+    np.testing.assert_allclose(decoded.pixels[:, :, 0], expected, rtol=2 * EPS32, atol=0)
 
 
 def test_rgb_png() -> None:
     decoded = decode_image(encode(Image.fromarray(RGB8, "RGB")))
 
     assert decoded.pixels.shape == (5, 7, 3)
-    np.testing.assert_allclose(decoded.pixels, RGB8 / 255, atol=1e-7)
+    # One correctly rounded float32 division per sample: within eps32 / 2 of its value.
+    np.testing.assert_allclose(decoded.pixels, RGB8 / 255, rtol=EPS32 / 2, atol=0)
     np.testing.assert_array_equal(decoded.display, RGB8)
 
 
@@ -117,7 +124,10 @@ def test_rgb_16_bit_png() -> None:
     decoded = decode_image(handmade_png(samples, colour_type=2))
 
     assert decoded.pixels.shape == (4, 3, 3)
-    np.testing.assert_allclose(decoded.pixels, samples / 65535, atol=1 / 255)
+    # Pillow reads this layout at 8 bits per sample, keeping the high byte h of v = 256 h + l:
+    # h / 255 is then (h - l) / 65535 from v / 65535, at most 255 / 65535 = 1/257, rounded once.
+    np.testing.assert_allclose(decoded.pixels, (samples >> 8) / 255, rtol=EPS32 / 2, atol=0)
+    np.testing.assert_allclose(decoded.pixels, samples / 65535, atol=1 / 257 + EPS32)
 
 
 def test_rgba_png_is_composited_on_black() -> None:
@@ -127,7 +137,9 @@ def test_rgba_png_is_composited_on_black() -> None:
     decoded = decode_image(encode(image))
 
     assert decoded.pixels.shape == (5, 7, 3)
-    np.testing.assert_allclose(decoded.pixels, RGB8 / 255 * alpha[:, :, None] / 255, atol=1e-6)
+    # Two divisions and a product, each rounded to float32: 3 · eps32 / 2 relative, and more.
+    expected = RGB8 / 255 * alpha[:, :, None] / 255
+    np.testing.assert_allclose(decoded.pixels, expected, rtol=2 * EPS32, atol=0)
     assert not decoded.display[:, 0].any()
     np.testing.assert_array_equal(decoded.display[:, 1], RGB8[:, 1])
 
@@ -160,7 +172,9 @@ def test_grey_jpeg() -> None:
     decoded = decode_image(encode(Image.fromarray(flat, "L"), "JPEG", quality=95))
 
     assert decoded.pixels.shape == (16, 16, 1)
-    np.testing.assert_allclose(decoded.pixels, 77 / 255, atol=2 / 255)
+    # A flat block keeps only its DC coefficient, quantised in steps of 2 at quality 95: at most
+    # 1/8 level after the IDCT's 1/8 scale, so the decoder's rounding lands within one level.
+    np.testing.assert_allclose(decoded.pixels, 77 / 255, atol=1 / 255 + EPS32)
 
 
 def test_rgb_jpeg() -> None:
@@ -171,7 +185,9 @@ def test_rgb_jpeg() -> None:
 
     assert decoded.pixels.shape == (16, 24, 3)
     assert decoded.display.shape == (16, 24, 3)
-    np.testing.assert_allclose(decoded.display, flat, atol=4)
+    # Y, Cb and Cr each err by at most 1/2 (RGB to YCbCr rounding) + 1/8 (DC step 2, as for grey)
+    # + 1/2 (IDCT rounding); B = Y + 1.772 Cb turns that into 2.772 · 1.125 + 1/2 ≈ 3.6 levels.
+    np.testing.assert_allclose(decoded.display, flat, atol=3)
 
 
 def test_jpeg_exif_orientation_is_applied() -> None:
