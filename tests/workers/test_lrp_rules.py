@@ -2,7 +2,8 @@
 
 The reference writes each layer as a dense matrix M (n_out × n_in, found by feeding it the basis
 vectors) and applies the rules of Montavon et al. (2019) to the contributions z_kj = M_kj x_j in
-numpy, in float64.
+numpy, in float64. Both sides are compared within the float64 rounding of the sums each does,
+counted per unit from the magnitudes summed (`propagated`); a wrong rule is off by whole terms.
 """
 
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from workers.methods.lrp_rules import (
 )
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+EPS64 = float(np.finfo(np.float64).eps)
 INPUT_SHAPES = {"linear": (1, 12), "conv": (1, 4, 7, 7)}
 
 
@@ -75,21 +77,51 @@ def stab(z: np.ndarray, epsilon: float) -> np.ndarray:
     return np.where(z >= 0, z + epsilon, z - epsilon)
 
 
-def ref_epsilon(m: np.ndarray, b: np.ndarray, x: np.ndarray, r: np.ndarray, eps: float):
-    contributions = m * x[None, :]
-    z = contributions.sum(1) + b
-    return contributions.T @ (r / stab(z, eps))
+Part = tuple[float, np.ndarray, np.ndarray | float]
+"""(coefficient c, contributions a_kj, the bias b_k in z_k): a rule's R_j = Σ c Σ_k a_kj R_k / z_k
+with z_k = Σ_j a_kj + b_k stabilised by ε."""
 
 
-def ref_alpha_beta(alpha: float, beta: float) -> Callable[..., np.ndarray]:
-    def rule(m: np.ndarray, b: np.ndarray, x: np.ndarray, r: np.ndarray, eps: float):
+def propagated(
+    parts: list[Part], r: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, a bound on the float64 rounding of R per input, the relevance ε absorbs per part).
+
+    Each z_k sums ≤ n_in + 1 products and a bias, ≲ (n_in + 2) eps64 of S_k = Σ_j |a_kj| + |b_k|,
+    and ε and the division add two roundings: R_k / z_k is off by eps64 · ((n_in + 3) S_k / |z_k|
+    + 1) relative. Each R_j sums ≤ n_out products of it and, per unit form, one product with x_j:
+    (n_out + 2) eps64 more. Both sides round this way, hence the factor 2. Every z_k is asserted
+    to be farther from 0 than its rounding, so that both sides stabilise it the same way.
+    """
+    relevance = np.zeros(parts[0][1].shape[1])
+    bound = np.zeros_like(relevance)
+    absorbed = np.zeros(len(parts))
+    for index, (coefficient, a, b) in enumerate(parts):
+        n_in, n_out = int((a != 0).sum(1).max()), int((a != 0).sum(0).max())
+        z = a.sum(1) + b
+        summed = np.abs(a).sum(1) + np.abs(b)
+        rounding = (n_in + 2) * EPS64 * summed
+        assert bool(np.all((summed == 0) | (np.abs(z) > 2 * rounding))), (
+            "a z_k rounds to either side"
+        )
+        stabilised = stab(z, eps)
+        shares = np.abs(r / stabilised)
+        relevance = relevance + coefficient * a.T @ (r / stabilised)
+        conditioning = (n_in + 3) * summed / np.abs(stabilised) + n_out + 3
+        bound = bound + 2 * EPS64 * abs(coefficient) * np.abs(a).T @ (shares * conditioning)
+        absorbed[index] = abs(coefficient) * float((shares * eps).sum())
+    return relevance, bound, absorbed
+
+
+def ref_epsilon(m: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[Part]:
+    return [(1.0, m * x[None, :], b)]
+
+
+def ref_alpha_beta(alpha: float, beta: float) -> Callable[..., list[Part]]:
+    def rule(m: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[Part]:
         contributions = m * x[None, :]
         positive, negative = np.maximum(contributions, 0), np.minimum(contributions, 0)
-        z_pos = positive.sum(1) + np.maximum(b, 0)
-        z_neg = negative.sum(1) + np.minimum(b, 0)
-        return alpha * positive.T @ (r / stab(z_pos, eps)) - beta * negative.T @ (
-            r / stab(z_neg, eps)
-        )
+        return [(alpha, positive, np.maximum(b, 0)), (-beta, negative, np.minimum(b, 0))]
 
     return rule
 
@@ -119,23 +151,25 @@ def relevance_through(
     return output.detach(), grad if relevance_form else grad * x
 
 
-def check_rule(rule: Rule, reference: Callable[..., np.ndarray], kind: str, x: torch.Tensor, **kw):
+def check_rule(rule: Rule, reference: Callable[..., list[Part]], kind: str, x: torch.Tensor, **kw):
     layer = make_layer(kind)
     with torch.no_grad():
         y = layer(x)
     gradient = torch.randn(y.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     output, relevance = relevance_through(rule, layer, x, gradient, **kw)
 
-    expected = reference(
-        dense_matrix(layer, layer.weight),
-        dense_bias(layer),
-        x.flatten().numpy(),
-        (y * gradient).flatten().numpy(),
-        rule.epsilon,
-    )
-    torch.testing.assert_close(output, y, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(relevance.flatten().numpy(), expected, rtol=1e-9, atol=1e-12)
+    m, b, flat_x = dense_matrix(layer, layer.weight), dense_bias(layer), x.flatten().numpy()
+    parts = reference(m, b, flat_x)
+    expected, bound, _ = propagated(parts, (y * gradient).flatten().numpy(), rule.epsilon)
+    # The rule's forward pass is the layer's: the same sums of ≤ n_in + 1 terms, each side
+    # rounding them by ≲ (n_in + 2) eps64 of the magnitudes summed.
+    n_in = int((m != 0).sum(1).max())
+    magnitude = torch.from_numpy(np.abs(m) @ np.abs(flat_x) + np.abs(b)).reshape(y.shape)
+    assert bool(((output - y).abs() <= 2 * (n_in + 2) * EPS64 * magnitude).all())
+    deviation = np.abs(relevance.flatten().numpy() - expected)
+    assert bool(np.all(deviation <= bound)), float((deviation / bound).max())
     assert np.abs(expected).max() > 1e-3, "an empty reference would prove nothing"
+    assert float((bound / np.abs(expected).max()).max()) < 1e-9, "the bound would hide a wrong rule"
 
 
 def signed_input(kind: str) -> torch.Tensor:
@@ -192,12 +226,12 @@ def test_z_box_with_the_bounds_of_normalised_pixels(kind: str) -> None:
     pixels = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     x = low + pixels * (high - low)
 
-    def reference(m: np.ndarray, b: np.ndarray, x: np.ndarray, r: np.ndarray, eps: float):
+    def reference(m: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[Part]:
         lo, hi = low.flatten().numpy(), high.flatten().numpy()
         contributions = (
             m * x[None, :] - np.maximum(m, 0) * lo[None, :] - np.minimum(m, 0) * hi[None, :]
         )
-        return contributions.T @ (r / stab(contributions.sum(1), eps))
+        return [(1.0, contributions, 0.0)]
 
     check_rule(ZBox(low, high, 1e-9), reference, kind, x, relevance_form=True)
 
@@ -216,16 +250,17 @@ def test_z_box_bounds_broadcast_per_channel() -> None:
         ZBox(low.expand_as(x), high.expand_as(x), 1e-9), layer, x, gradient, relevance_form=True
     )
 
-    torch.testing.assert_close(per_channel, full)
+    # Both bounds reach the convolutions as the same stride-0 view of the input's shape: the
+    # same numbers through the same arithmetic, equal to the bit on any processor.
+    torch.testing.assert_close(per_channel, full, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_flat(kind: str) -> None:
     layer = make_layer(kind)
 
-    def reference(m: np.ndarray, b: np.ndarray, x: np.ndarray, r: np.ndarray, eps: float):
-        connections = dense_matrix(layer, torch.ones_like(layer.weight))
-        return connections.T @ (r / stab(connections.sum(1), eps))
+    def reference(m: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[Part]:
+        return [(1.0, dense_matrix(layer, torch.ones_like(layer.weight)), 0.0)]
 
     check_rule(Flat(1e-9), reference, kind, signed_input(kind), relevance_form=True)
 
@@ -242,11 +277,22 @@ def test_rules_with_zero_bias_conserve_relevance() -> None:
     layer.bias.zero_()
     x = signed_input("conv")
     gradient = torch.randn_like(layer(x))
-    arriving = float((layer(x) * gradient).sum())
+    arriving = layer(x) * gradient
+    m, b, flat_x = dense_matrix(layer, layer.weight), dense_bias(layer), x.flatten().numpy()
 
-    for rule in (Epsilon(1e-12), AlphaBeta(2.0, 1.0, 1e-12), AlphaBeta(1.0, 0.0, 1e-12)):
+    for rule, parts in (
+        (Epsilon(1e-12), ref_epsilon(m, b, flat_x)),
+        (AlphaBeta(2.0, 1.0, 1e-12), ref_alpha_beta(2.0, 1.0)(m, b, flat_x)),
+        (AlphaBeta(1.0, 0.0, 1e-12), ref_alpha_beta(1.0, 0.0)(m, b, flat_x)),
+    ):
         _, relevance = relevance_through(rule, layer, x, gradient, relevance_form=False)
-        assert float(relevance.sum()) == pytest.approx(arriving, rel=1e-9)
+        # Σ_j R_j = Σ c Σ_k R_k z_k / (z_k ± ε): off by what ε absorbs, the rounding of each R_j
+        # (`propagated`) and of the two totals, ≲ count · eps64 of the magnitudes summed.
+        _, bound, absorbed = propagated(parts, arriving.flatten().numpy(), rule.epsilon)
+        totals = EPS64 * sum(v.numel() * float(v.abs().sum()) for v in (relevance, arriving))
+        error = abs(float(relevance.sum()) - float(arriving.sum()))
+        assert error <= float(absorbed.sum() + bound.sum()) + totals, error
+        assert float(relevance.abs().sum()) > 1e-3
 
 
 def test_composites_assign_rules_by_layer_and_position() -> None:
@@ -278,10 +324,12 @@ def test_a_sum_splits_relevance_in_proportion_to_its_inputs() -> None:
     output = stabilised_sum(a, b, 0.5)
     grad_a, grad_b = torch.autograd.grad(output, (a, b), relevance / total)
 
-    torch.testing.assert_close(output.detach(), total)
+    # Sums of small integers are exact in binary floating point; each share is a few products
+    # and quotients of them, ≤ 4 roundings apart on either side.
+    torch.testing.assert_close(output.detach(), total, rtol=0, atol=0)
     shares = relevance / torch.where(total >= 0, total + 0.5, total - 0.5)
-    torch.testing.assert_close(a.detach() * grad_a, a.detach() * shares)
-    torch.testing.assert_close(b.detach() * grad_b, b.detach() * shares)
+    torch.testing.assert_close(a.detach() * grad_a, a.detach() * shares, rtol=8 * EPS64, atol=0)
+    torch.testing.assert_close(b.detach() * grad_b, b.detach() * shares, rtol=8 * EPS64, atol=0)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -291,13 +339,13 @@ def test_folding_batch_norm_into_a_convolution(bias: bool) -> None:
     norm = nn.BatchNorm2d(8)
     randomise(norm)
     uniform(norm.bias, -1, 1)
-    pair = nn.Sequential(conv, norm).eval().requires_grad_(False)
+    pair = nn.Sequential(conv, norm).double().eval().requires_grad_(False)
     before = {name: tensor.clone() for name, tensor in pair.state_dict().items()}
-    x = torch.randn(2, 3, 9, 9)
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
 
     folded = fold_batch_norm(conv, norm)
 
-    torch.testing.assert_close(folded(x), pair(x), rtol=0, atol=1e-5)
+    assert_folds(folded, pair, x, fan_in=3 * 3 * 3)
     assert folded.bias is not None and not folded.weight.requires_grad
     for name, tensor in pair.state_dict().items():
         assert torch.equal(tensor, before[name])
@@ -311,6 +359,32 @@ def test_folding_batch_norm_into_a_grouped_convolution_and_a_linear_layer() -> N
         (nn.Linear(5, 3), nn.BatchNorm1d(3), torch.randn(4, 5)),
     ):
         randomise(norm)
-        pair = nn.Sequential(layer, norm).eval().requires_grad_(False)
+        pair = nn.Sequential(layer, norm).double().eval().requires_grad_(False)
         folded = fold_batch_norm(layer, norm)  # type: ignore[arg-type]
-        torch.testing.assert_close(folded(x), pair(x), rtol=0, atol=1e-5)
+        assert_folds(folded, pair, x.double(), fan_in=layer.weight[0].numel())
+
+
+def assert_folds(folded: nn.Module, pair: nn.Sequential, x: torch.Tensor, *, fan_in: int) -> None:
+    """`folded` computes `pair` within the float64 rounding of the two ways round.
+
+    Either side sums ≤ fan_in + 1 products and a few BatchNorm terms, each scaled by at most
+    |γ| / σ: ≲ (fan_in + 8) eps64 of the magnitudes summed. A wrong scale or shift (even ε left
+    out of σ) is off by 1e-6 of them or more.
+    """
+    layer, norm = pair
+    scale = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).abs()
+    bias = 0 if layer.bias is None else layer.bias.abs()
+    shape = (-1, *[1] * (x.ndim - 2))
+    with torch.no_grad():
+        if isinstance(layer, nn.Conv2d):
+            summed = F.conv2d(
+                x.abs(), layer.weight.abs(), None, layer.stride, layer.padding, 1, layer.groups
+            )
+        else:
+            summed = F.linear(x.abs(), layer.weight.abs())
+        magnitude = (summed + (bias + norm.running_mean.abs()).reshape(shape)) * scale.reshape(
+            shape
+        ) + norm.bias.abs().reshape(shape)
+        deviation = (folded(x) - pair(x)).abs()
+    assert folded.weight.dtype == torch.float64
+    assert bool((deviation <= (fan_in + 8) * EPS64 * magnitude).all())

@@ -23,7 +23,7 @@ import pytest
 import safetensors.torch
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from method_checks import assert_untouched, max_relative_deviation
+from method_checks import EPS32, assert_untouched, max_relative_deviation
 from monai.networks.nets import DenseNet121
 from torch import nn
 
@@ -222,7 +222,8 @@ def test_loads_in_both_formats_with_every_method_available(
     inputs = INPUTS
     expected = network(inputs)
 
-    torch.testing.assert_close(twins["torch"].forward_logits(inputs), expected)
+    # The same network with the same weights: the same arithmetic, equal to the bit.
+    torch.testing.assert_close(twins["torch"].forward_logits(inputs), expected, rtol=0, atol=0)
     torch.testing.assert_close(twins["onnx"].forward_logits(inputs), expected, atol=1e-4, rtol=0)
     assert twins["torch"].manifest.architecture is not None
     assert twins["torch"].manifest.architecture.factory == FACTORY
@@ -291,7 +292,16 @@ def test_lrp_relevance_sums_to_the_target_logit_without_biases(
     logits = target_logits(loaded.module, inputs, targets)
     assert bool((logits.abs() > 1e-3).all())
     errors = (relevance.double().sum(dim=(1, 2)) - logits).abs() / logits.abs()
-    assert float(errors.max()) < 0.01, errors
+    # In float32, as served. Each rule layer hands on its relevance with float32 sums, so the
+    # total drifts by ≲ eps32 per layer of the magnitudes summed, Σ|R|; ε = 1e-9 absorbs ~ε/|z|
+    # of a unit's relevance, far below. A wrong rule, sum or fold loses a percent or more.
+    layers = sum(
+        isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) for m in loaded.module.modules()
+    )
+    magnitude = relevance.double().abs().sum(dim=(1, 2)) / logits.abs()
+    assert bool((errors <= layers * EPS32 * magnitude).all()), (errors, layers, magnitude)
+    # With ε, relevance cancels: Σ|R| reaches ~100 |logit|, a bound of ~0.3 % at most.
+    assert float((layers * EPS32 * magnitude).max()) < 0.01, "the bound would hide a wrong rule"
 
 
 @pytest.mark.parametrize("path", PATHS)
