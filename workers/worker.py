@@ -72,6 +72,9 @@ class Worker:
             for model in models.values()
         ]
         self._last_claim = 0.0
+        # The entries of the batch in hand, whose leases the lease thread keeps.
+        self._in_hand: list[tuple[str, str]] = []
+        self._in_hand_lock = threading.Lock()
 
     @property
     def model_ids(self) -> list[str]:
@@ -82,6 +85,8 @@ class Worker:
         self._register()
         heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         heartbeat.start()
+        leases = threading.Thread(target=self._keep_leases, name="leases", daemon=True)
+        leases.start()
         log.info("worker %s serving %s", self.settings.worker_id, ", ".join(self.model_ids))
         try:
             while not self.stopping.is_set():
@@ -96,6 +101,7 @@ class Worker:
         finally:
             self.stopping.set()
             heartbeat.join(timeout=5)
+            leases.join(timeout=5)
             try:
                 self.store.sign_off(self.model_ids)
             except RedisError:
@@ -119,6 +125,20 @@ class Worker:
             except RedisError:
                 log.warning("heartbeat failed; Redis unavailable")
             self.stopping.wait(self.settings.heartbeat_s)
+
+    def _keep_leases(self) -> None:
+        """Every third of the visibility timeout, reset the idle time of the entries in hand:
+        only the entries of a worker that stopped extending them, a dead one, are taken over."""
+        period = self.settings.visibility_timeout_s / 3
+        while not self.stopping.wait(period):
+            with self._in_hand_lock:
+                in_hand = list(self._in_hand)
+            if not in_hand:
+                continue
+            try:
+                self.store.extend_leases(in_hand)
+            except RedisError:
+                log.warning("could not extend the leases of the batch in hand; Redis unavailable")
 
     def _register(self) -> None:
         """Publish the models served and, stamped now, the folders that failed to load."""
@@ -172,12 +192,17 @@ class Worker:
 
     def _process_safely(self, entries: list[Entry]) -> None:
         """A batch never ends the worker: unacknowledged entries are taken over later."""
+        with self._in_hand_lock:
+            self._in_hand = [(entry.model_id, entry.entry_id) for entry in entries]
         try:
             self.process(entries)
         except RedisError as exc:
             log.warning("Redis failed mid-batch (%s); its jobs will be retried", type(exc).__name__)
         except Exception:
             log.exception("a batch failed unexpectedly; its jobs will be retried")
+        finally:
+            with self._in_hand_lock:
+                self._in_hand = []
 
     def process(self, entries: list[Entry]) -> None:
         """Claim the entries, prepare and group them, then compute each group."""

@@ -61,6 +61,31 @@ def test_kill_9_mid_batch_loses_nothing_and_stores_each_result_once(
         assert store.xpending(keys.job_stream("slow"), keys.CONSUMER_GROUP)["pending"] == 0
 
 
+def test_a_job_longer_than_the_visibility_timeout_is_computed_once(
+    repository: Path, tmp_path: Path
+) -> None:
+    # 16 forward passes of 0.4 s: about 6.4 s, over three visibility timeouts of 2 s. The lease
+    # is extended every 0.67 s, a third of the timeout: a 3x margin on a loaded machine.
+    with (
+        PrivateRedis() as server,
+        faulty_stack(
+            repository, tmp_path, workers=2, redis=server, GLIMPSE_VISIBILITY_TIMEOUT_S="2"
+        ) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        long_params = {"rise": {"masks": 15, "batch_size": 1}}
+        job_id = submit(client, "slow", image_b64(0), methods=["rise"], params=long_params)
+
+        status = wait_for(client, [job_id], timeout_s=60)[job_id]
+
+        assert status["status"] == "succeeded"
+        store = redis.Redis.from_url(server.url)
+        assert store.hget(keys.job_record(job_id), "deliveries") == b"1"
+        counters = stats(server.url)
+        assert counters["results_stored"] == 1
+        assert counters.get("duplicates_dropped", 0) == 0
+
+
 def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
     repository: Path, tmp_path: Path
 ) -> None:
