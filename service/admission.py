@@ -14,6 +14,7 @@ from schemas import keys
 from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob
+from schemas.methods import PARAMS_BY_METHOD, job_passes
 from schemas.models import FailedModel, ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
@@ -144,6 +145,31 @@ def check_output(
         )
 
 
+def check_cost(
+    params: dict[str, dict[str, object]],
+    info: ModelInfo,
+    options: ExplainOptions,
+    settings: Settings,
+) -> None:
+    """422 for a job whose passes over the model's input exceed `max_job_passes`."""
+    targets = len(options.class_indices() or []) or options.top_k()
+    cost = job_passes(
+        {
+            method: PARAMS_BY_METHOD[method].model_validate(given)
+            for method, given in params.items()
+        },
+        info.input.height,
+        info.input.width,
+        targets,
+    )
+    if cost > settings.max_job_passes:
+        raise InvalidRequest(
+            f"The job would cost {cost:,.0f} passes (over a 256×256 input) on {info.id!r}; "
+            f"at most {settings.max_job_passes:,.0f} are accepted. Ask for fewer methods, "
+            "targets, samples, steps or masks, or a larger occlusion stride."
+        )
+
+
 async def find_model(queue: JobQueue, model_id: str, settings: Settings) -> ModelInfo:
     """The served model a request names: 404 when no worker knows it, 503 when it failed to load."""
     entry = await queue.model(model_id)
@@ -201,6 +227,7 @@ def prepare_job(
     check_dicom_options(options.dicom, header.dicom)
     check_output(options, info, header, settings)
     params = options.applied_params()
+    check_cost(params, info, options, settings)
     return ExplanationJob(
         job_id=uuid.uuid4().hex,
         model=info.id,
