@@ -19,6 +19,7 @@ from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
 from schemas.models import FailedModel
 from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
 from workers.config import WorkerSettings
+from workers.deadline import DeadlineExceeded, deadline
 from workers.images import (
     DecodedImage,
     DicomOptionError,
@@ -267,8 +268,23 @@ class Worker:
         """Compute a group and store each result; on failure retry it in halves, so that one
         bad job, or a batch too big for the device's memory, fails no other job."""
         model = self.models[group[0][0].model_id]
+        budget_s = self.settings.max_job_seconds * len(group)
         try:
-            results = compute(model, [job for _, job in group])
+            with deadline(budget_s):
+                results = compute(model, [job for _, job in group])
+        except DeadlineExceeded:
+            # Not split: its halves would each take about as long per job again.
+            log.warning("a group of %d jobs ran past its %.0f s budget", len(group), budget_s)
+            for entry, _ in group:
+                self._fail(
+                    entry,
+                    problems.JOB_TOO_LONG.problem(
+                        f"The job ran past the worker's budget of "
+                        f"{self.settings.max_job_seconds:g} s per job and was stopped; "
+                        "ask for fewer methods, targets, samples, steps or masks."
+                    ),
+                )
+            return
         except Exception as exc:
             if len(group) > 1:
                 self.store.count("batches_split")

@@ -86,6 +86,39 @@ def test_a_job_longer_than_the_visibility_timeout_is_computed_once(
         assert counters.get("duplicates_dropped", 0) == 0
 
 
+def test_a_job_past_its_time_budget_fails_and_a_gradcam_beside_it_answers_in_time(
+    repository: Path, tmp_path: Path
+) -> None:
+    # Uncut, the long job takes 41 passes of 0.4 s (16 s) before the Grad-CAM behind it can run.
+    # With a budget of 2 s it stops within one pass of it; the Grad-CAM (two passes, 0.8 s) then
+    # answers. Allowed 10 s from submission: 2.5x the expected 4 s on a loaded machine, and
+    # still 6 s short of the uncut job alone.
+    with (
+        faulty_stack(repository, tmp_path, GLIMPSE_MAX_JOB_SECONDS="2") as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        long_params = {"rise": {"masks": 40, "batch_size": 1}}
+        long_job = submit(client, "slow", image_b64(0), methods=["rise"], params=long_params)
+        assert wait_until(
+            lambda: client.get(f"/v1/jobs/{long_job}").json()["status"] == "running", timeout_s=20
+        )
+        started = time.monotonic()
+        gradcam = client.post(
+            "/v1/explanations",
+            json={"model": "slow", "image": image_b64(1), "methods": ["gradcam"]},
+            params={"timeout": 30},
+        )
+        answered_s = time.monotonic() - started
+
+        assert gradcam.status_code == 200, gradcam.text
+        assert answered_s < 10
+        status = wait_for(client, [long_job])[long_job]
+        assert status["status"] == "failed"
+        error = status["error"]
+        assert error["type"].endswith("job-too-long") and error["status"] == 422
+        assert "2 s" in error["detail"]
+
+
 def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
     repository: Path, tmp_path: Path
 ) -> None:
