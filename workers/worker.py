@@ -247,8 +247,15 @@ class Worker:
         data = self.store.image(message.job_id)
         if data is None:
             raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
+        model = self.models.get(message.model)
+        # Decoded no larger than the model needs, as far as whole-factor reduction allows.
+        reduce_to = (
+            None if model is None else (model.manifest.input.height, model.manifest.input.width)
+        )
         try:
-            return decode_image(data, self.settings.max_image_pixels, message.dicom)
+            return decode_image(
+                data, self.settings.max_image_pixels, message.dicom, reduce_to=reduce_to
+            )
         except DicomOptionError as exc:
             raise JobFailed(problems.INVALID_REQUEST, str(exc)) from exc
         except ImageTooLargeError as exc:
