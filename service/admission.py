@@ -18,6 +18,7 @@ from schemas.methods import PARAMS_BY_METHOD, job_passes
 from schemas.models import FailedModel, ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
+from service.concurrency import ConcurrencyLimit
 from service.config import Settings
 from service.dicom import check_dicom_options
 from service.errors import (
@@ -264,6 +265,13 @@ async def submit_jobs(
         to_queue.append((message, image))
     if to_queue:
         check_capacity(settings, info, adding=len(to_queue))
+        limit = ConcurrencyLimit(
+            queue.redis,
+            settings.max_jobs_per_key,
+            settings.result_ttl_s * 2,
+            settings.retry_after_s,
+        )
+        await limit.reserve(principal.name, [message.job_id for message, _ in to_queue])
         await queue.enqueue_many(to_queue, principal.name)
 
 

@@ -43,6 +43,11 @@ class Settings(SharedSettings):
     )
     worker_timeout_s: float = Field(default=10.0, gt=0, description="heartbeat age of a live one")
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After of a 503")
+    max_jobs_per_key: int = Field(
+        default=0,
+        ge=0,
+        description="explain jobs of one key queued or running at once; 0: no limit",
+    )
     rate_limit_per_minute: int = Field(
         default=0, ge=0, description="explain requests per key and minute; 0: unlimited"
     )

@@ -94,9 +94,17 @@ def test_a_job_past_its_time_budget_fails_and_a_gradcam_beside_it_answers_in_tim
     # answers. Allowed 10 s from submission: 2.5x the expected 4 s on a loaded machine, and
     # still 6 s short of the uncut job alone.
     with (
-        faulty_stack(repository, tmp_path, GLIMPSE_MAX_JOB_SECONDS="2") as stack,
+        faulty_stack(
+            repository, tmp_path, GLIMPSE_MAX_JOB_SECONDS="2", GLIMPSE_MAX_JOB_PASSES="100"
+        ) as stack,
         httpx.Client(base_url=stack.url, timeout=30) as client,
     ):
+        # 8,000 masks over a 32 × 32 input cost 125 passes over 256 × 256: refused at once.
+        costly = {"model": "slow", "image": image_b64(2), "methods": ["rise"]}
+        refused = client.post("/v1/jobs", json={**costly, "params": {"rise": {"masks": 8000}}})
+        assert refused.status_code == 422
+        detail = refused.json()["detail"]
+        assert "125 passes" in detail and "at most 100" in detail
         long_params = {"rise": {"masks": 40, "batch_size": 1}}
         long_job = submit(client, "slow", image_b64(0), methods=["rise"], params=long_params)
         assert wait_until(
@@ -117,6 +125,27 @@ def test_a_job_past_its_time_budget_fails_and_a_gradcam_beside_it_answers_in_tim
         error = status["error"]
         assert error["type"].endswith("job-too-long") and error["status"] == 422
         assert "2 s" in error["detail"]
+
+
+def test_one_key_may_hold_only_its_share_of_jobs_in_flight(
+    repository: Path, tmp_path: Path
+) -> None:
+    with (
+        faulty_stack(repository, tmp_path, GLIMPSE_MAX_JOBS_PER_KEY="2") as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        slow = {"rise": {"masks": 6, "batch_size": 1}}
+        held = [submit(client, "slow", image_b64(i), methods=["rise"], params=slow) for i in (0, 1)]
+
+        refused = client.post("/v1/jobs", json={"model": "slow", "image": image_b64(2)})
+
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"].isdigit()
+        assert "2 jobs queued or running, of at most 2" in refused.json()["detail"]
+        finished = wait_for(client, held, timeout_s=60)
+        assert {s["status"] for s in finished.values()} == {"succeeded"}
+        later = submit(client, "slow", image_b64(2))
+        assert wait_for(client, [later])[later]["status"] == "succeeded"
 
 
 def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
