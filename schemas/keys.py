@@ -47,6 +47,12 @@ def rate_window(principal: str) -> str:
     return f"{PREFIX}:rate:{principal}"
 
 
+def active_jobs(principal: str) -> str:
+    """Sorted set of one caller's jobs that may still be queued or running, by admission time,
+    for its concurrency limit."""
+    return f"{PREFIX}:active:{principal}"
+
+
 def explanation_cache(model_sha256: str, request_digest: str) -> str:
     """An explanation kept for identical requests: same key, image bytes, model weights, methods,
     parameters, target, output and DICOM options (`request_digest` covers all but the weights)."""

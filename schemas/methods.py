@@ -4,6 +4,8 @@ Each method's parameters are one pydantic model here; the gateway validates requ
 `GET /v1/methods` publishes its JSON Schema, and the worker resolves defaults with it.
 """
 
+import math
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -15,6 +17,14 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 """A random generator's seed: 0 to 2⁶³ − 1, a signed 64-bit integer as every consumer takes."""
 
 
+REFERENCE_PASS_PIXELS = 256 * 256
+"""A job's cost counts a pass over a model input of this many pixels as one pass."""
+
+SCORECAM_CHANNELS = 512
+"""The channels Score-CAM's cost assumes of its layer, which the gateway does not know: a ResNet's
+last block; smaller layers cost less."""
+
+
 class MethodParams(BaseModel):
     """Parameters of one method, as a request gives them.
 
@@ -24,6 +34,11 @@ class MethodParams(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def passes(self, height: int, width: int, targets: int) -> int:
+        """Forward plus backward passes (each counts one) over one image of `height` × `width`
+        model pixels explained for `targets` classes, at most: the catalogue's `passes`."""
+        return 2 * targets
 
 
 class LayerParams(MethodParams):
@@ -47,6 +62,9 @@ class SaliencyParams(MethodParams):
 class CamParams(MethodParams):
     """CAM: the linear head's weights over the last feature maps (GAP + linear models only)."""
 
+    def passes(self, height: int, width: int, targets: int) -> int:
+        return 1
+
 
 class GradCamPlusPlusParams(LayerParams):
     """Grad-CAM++: pixel-wise weighted positive gradients."""
@@ -56,6 +74,9 @@ class ScoreCamParams(LayerParams):
     """Score-CAM: each activation map, as a mask on the input, weighted by the target's score."""
 
     batch_size: int = Field(default=32, ge=1, le=256, description="masked inputs per pass")
+
+    def passes(self, height: int, width: int, targets: int) -> int:
+        return 2 + SCORECAM_CHANNELS
 
 
 class GuidedBackpropParams(MethodParams):
@@ -67,6 +88,9 @@ class GuidedBackpropParams(MethodParams):
 class GuidedGradCamParams(LayerParams):
     """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM."""
 
+    def passes(self, height: int, width: int, targets: int) -> int:
+        return 4 * targets
+
 
 class SmoothGradParams(MethodParams):
     """SmoothGrad: a gradient method averaged over noisy copies of the input."""
@@ -76,6 +100,13 @@ class SmoothGradParams(MethodParams):
     base: Literal["saliency", "integrated_gradients", "guided_backprop", "deeplift"] = "saliency"
     abs: bool = Field(default=True, description="average |attribution| (unsigned) or signed")
     seed: Seed = 0
+
+    def passes(self, height: int, width: int, targets: int) -> int:
+        # The base runs with its defaults (integrated_gradients unrefined).
+        base = PARAMS_BY_METHOD[self.base]()
+        if isinstance(base, IntegratedGradientsParams):
+            base = base.model_copy(update={"max_steps": base.steps})
+        return self.samples * base.passes(height, width, targets)
 
 
 class IntegratedGradientsParams(MethodParams):
@@ -98,12 +129,23 @@ class IntegratedGradientsParams(MethodParams):
     baseline: Baseline = "black"
     seed: Seed = Field(default=0, description="for the uniform-noise baseline")
 
+    def passes(self, height: int, width: int, targets: int) -> int:
+        # Every refinement doubles the steps and integrates again, at worst up to `max_steps`.
+        nodes, steps = self.steps, self.steps
+        while 2 * steps <= self.max_steps:
+            steps *= 2
+            nodes += steps
+        return 2 + 2 * nodes * targets
+
 
 class DeepLiftParams(MethodParams):
     """DeepLIFT with the Rescale rule."""
 
     baseline: Baseline = "black"
     seed: Seed = Field(default=0, description="for the uniform-noise baseline")
+
+    def passes(self, height: int, width: int, targets: int) -> int:
+        return 4 * targets
 
 
 # Well inside float32, in which relevance is computed; useful values are far smaller.
@@ -129,6 +171,10 @@ class LrpParams(MethodParams):
     )
     alpha: float = Field(default=2.0, ge=1.0, le=MAX_LRP_ALPHA, description="β = α − 1")
 
+    def passes(self, height: int, width: int, targets: int) -> int:
+        shares = 2 if self.composite == "alpha_beta" else 1
+        return (2 + shares) * targets
+
 
 class OcclusionParams(MethodParams):
     """Occlusion: the drop of the target's score when a patch is covered."""
@@ -150,6 +196,13 @@ class OcclusionParams(MethodParams):
             raise ValueError("stride must not exceed window: some pixels would stay uncovered")
         return stride
 
+    def passes(self, height: int, width: int, targets: int) -> int:
+        def windows(side: int) -> int:
+            window = min(self.window, side)
+            return math.ceil((side - window) / self.stride) + 1
+
+        return 1 + windows(height) * windows(width)
+
 
 class RiseParams(MethodParams):
     """RISE: the target's score averaged over random smooth masks."""
@@ -159,6 +212,9 @@ class RiseParams(MethodParams):
     p: float = Field(default=0.5, gt=0.0, lt=1.0, description="probability a cell is kept")
     seed: Seed = 0
     batch_size: int = Field(default=64, ge=1, le=1024)
+
+    def passes(self, height: int, width: int, targets: int) -> int:
+        return self.masks
 
 
 class MethodSpec(BaseModel):
@@ -336,3 +392,10 @@ def method_catalogue() -> list[MethodSpec]:
         )
         for method_id, entry in _CATALOGUE.items()
     ]
+
+
+def job_passes(params: Mapping[str, MethodParams], height: int, width: int, targets: int) -> float:
+    """A job's cost: each method's passes over its `height` × `width` model input for `targets`
+    classes, summed, in passes over `REFERENCE_PASS_PIXELS` pixels."""
+    scale = height * width / REFERENCE_PASS_PIXELS
+    return scale * sum(method.passes(height, width, targets) for method in params.values())

@@ -81,6 +81,8 @@ IMAGE_EXPIRED = _kind("image-expired", 410, "Image expired")
 TOO_LARGE = _kind("too-large", 413, "Body or image too large")
 UNSUPPORTED_MEDIA = _kind("unsupported-media-type", 415, "Unsupported media type or image format")
 INVALID_REQUEST = _kind("invalid-request", 422, "Invalid request")
+# 422, not 504: the same job runs as long again, so retrying it cannot help; a smaller one can.
+JOB_TOO_LONG = _kind("job-too-long", 422, "The job exceeds the time budget")
 RATE_LIMITED = _kind("rate-limited", 429, "Too many requests for this key")
 QUEUE_FULL = _kind("queue-full", 429, "Too many queued jobs for this model")
 INTERNAL = _kind("internal", 500, "Internal error")

@@ -14,9 +14,11 @@ from schemas import keys
 from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob, VisualizationJob
+from schemas.methods import PARAMS_BY_METHOD, job_passes
 from schemas.models import FailedModel, ModelInfo
 from schemas.problems import Problem
 from service.auth import Principal
+from service.concurrency import ConcurrencyLimit
 from service.config import Settings
 from service.dicom import check_dicom_options, minimal_dicom
 from service.errors import (
@@ -144,6 +146,31 @@ def check_output(
         )
 
 
+def check_cost(
+    params: dict[str, dict[str, object]],
+    info: ModelInfo,
+    options: ExplainOptions,
+    settings: Settings,
+) -> None:
+    """422 for a job whose passes over the model's input exceed `max_job_passes`."""
+    targets = len(options.class_indices() or []) or options.top_k()
+    cost = job_passes(
+        {
+            method: PARAMS_BY_METHOD[method].model_validate(given)
+            for method, given in params.items()
+        },
+        info.input.height,
+        info.input.width,
+        targets,
+    )
+    if cost > settings.max_job_passes:
+        raise InvalidRequest(
+            f"The job would cost {cost:,.0f} passes (over a 256×256 input) on {info.id!r}; "
+            f"at most {settings.max_job_passes:,.0f} are accepted. Ask for fewer methods, "
+            "targets, samples, steps or masks, or a larger occlusion stride."
+        )
+
+
 async def find_model(queue: JobQueue, model_id: str, settings: Settings) -> ModelInfo:
     """The served model a request names: 404 when no worker knows it, 503 when it failed to load."""
     entry = await queue.model(model_id)
@@ -205,6 +232,7 @@ def prepare_job(
     if header.dicom is not None:
         image = minimal_dicom(image)
     params = options.applied_params()
+    check_cost(params, info, options, settings)
     message = ExplanationJob(
         job_id=uuid.uuid4().hex,
         model=info.id,
@@ -239,8 +267,16 @@ async def submit_jobs(
         cached = await queue.cached(message.cache_key) if message.cache_key else None
         answer = reissued(cached, message.job_id) if cached is not None else None
         new_jobs.append(NewJob(message, image, answer))
-    if any(job.answer is None for job in new_jobs):
+    to_compute = [job.message.job_id for job in new_jobs if job.answer is None]
+    if to_compute:
         check_capacity(settings, info)
+        limit = ConcurrencyLimit(
+            queue.redis,
+            settings.max_jobs_per_key,
+            settings.result_ttl_s * 2,
+            settings.retry_after_s,
+        )
+        await limit.reserve(principal.name, to_compute)
     return await queue.enqueue(
         new_jobs, principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
     )

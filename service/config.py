@@ -31,8 +31,23 @@ class Settings(SharedSettings):
         default=4_194_304, gt=0, description="values of one returned score array"
     )
     queue_limit: int = Field(default=1000, gt=0, description="queued jobs per model before 429")
+    # Admits all 13 methods at their defaults with top3 on the 128 × 128 demo model (1,613) and
+    # each method alone at its defaults on a 224 × 224 one (at most 1,150); refuses RISE with
+    # 8,000 masks (2,000), Integrated Gradients refined to 4,096 steps (3,176) or occlusion
+    # with a window of 1 (4,096) on the demo model.
+    max_job_passes: float = Field(
+        default=1800,
+        gt=0,
+        description="a job's largest cost, in passes over a 256 × 256 model input "
+        "(`schemas.methods.job_passes`); costlier requests get 422",
+    )
     worker_timeout_s: float = Field(default=10.0, gt=0, description="heartbeat age of a live one")
     retry_after_s: int = Field(default=2, ge=1, description="Retry-After of a 503")
+    max_jobs_per_key: int = Field(
+        default=0,
+        ge=0,
+        description="explain jobs of one key queued or running at once; 0: no limit",
+    )
     rate_limit_per_minute: int = Field(
         default=0, ge=0, description="explain requests per key and minute; 0: unlimited"
     )

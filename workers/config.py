@@ -38,3 +38,9 @@ class WorkerSettings(SharedSettings):
         default=60.0, gt=0, description="idle time after which a dead worker's jobs are taken over"
     )
     max_deliveries: int = Field(default=3, ge=1, description="deliveries before a job fails")
+    max_job_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="compute time of one job before it fails with job-too-long; a batch of "
+        "n jobs computed together gets n times as long",
+    )

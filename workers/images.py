@@ -39,6 +39,9 @@ _READ_AS = {
     "CMYK": "RGB",
     "YCbCr": "RGB",
 }
+# Modes `Image.reduce` box-averages (not 16-bit grey); palette, CMYK and YCbCr images are read
+# through one of them.
+_REDUCIBLE_MODES = ("L", "LA", "RGB", "RGBA")
 # What Pillow raises on malformed PNG and JPEG data (its UnidentifiedImageError is an OSError).
 _PILLOW_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 # ITU-R BT.601 luma weights for R, G, B.
@@ -65,8 +68,10 @@ class DicomOptionError(ValueError):
 class DecodedImage:
     """An image at its original resolution, transparency composited on black.
 
-    `pixels` is float32 H×W×C in [0, 1] with C = 1 for grey images and 3 for colour ones;
-    `display` is the uint8 H×W×3 RGB picture overlays are drawn on; `dicom` is, for a DICOM
+    `pixels` is float32 H×W×C in [0, 1] with C = 1 for grey images and 3 for colour ones, at the
+    original resolution or, when the decoder was given the model's size, reduced by a whole
+    factor towards it; `display` is the uint8 H×W×3 RGB picture overlays are drawn on, always at
+    the original resolution; `dicom` is, for a DICOM
     image, the frame and window that made it.
     """
 
@@ -76,7 +81,11 @@ class DecodedImage:
 
 
 def decode_image(
-    data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, dicom: DicomOptions | None = None
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    dicom: DicomOptions | None = None,
+    *,
+    reduce_to: tuple[int, int] | None = None,
 ) -> DecodedImage:
     """Decode PNG or JPEG bytes (8 or 16 bit; grey, grey + alpha, RGB, RGBA or palette), or
     DICOM bytes as `workers.dicom.decode_dicom` does with the options `dicom`.
@@ -85,6 +94,12 @@ def decode_image(
     `UnsupportedImageError` for other formats, `ImageTooLargeError` past `max_pixels` (checked
     from the header, before any pixel data is decoded) and `ImageDecodeError` for broken files.
     16-bit colour PNGs are read at 8 bits per channel, as Pillow reads them.
+
+    With `reduce_to` (the model's height and width), a PNG or JPEG (8-bit, without a colour key)
+    at least eight times that size has its float `pixels` box-averaged by the largest whole
+    factor that keeps them at least four times that size, so a large image costs its display's
+    3 bytes per pixel, not 4 to 12 per pixel of float copies; `to_model_input` then resizes them
+    as it would the full image, to within a fraction of a grey level.
     """
     if not data:
         raise ImageDecodeError("the image is empty")
@@ -110,8 +125,14 @@ def decode_image(
     with _pillow_errors(image_format):
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
-    pixels = _read_pixels(image, grey_source)
-    return DecodedImage(pixels=pixels, display=display_of(pixels))
+    display = _display_of_image(image)
+    factor = _reduction(image.size, reduce_to)
+    # A tRNS colour key applies to exact colours, which averaging would blur: not reduced.
+    keyed = _READ_AS.get(image.mode) == image.mode and "transparency" in image.info
+    source: Image.Image = image
+    if factor > 1 and _READ_AS.get(image.mode) in _REDUCIBLE_MODES and not keyed:
+        source = image.convert(_READ_AS[image.mode]).reduce(factor)
+    return DecodedImage(pixels=_read_pixels(source, grey_source), display=display)
 
 
 def display_of(pixels: np.ndarray) -> np.ndarray:
@@ -163,6 +184,41 @@ def _check_size(size: tuple[int, int], max_pixels: int) -> None:
         raise ImageTooLargeError(
             f"the image is {width}×{height} pixels; at most {max_pixels} pixels are accepted"
         )
+
+
+def _reduction(size: tuple[int, int], reduce_to: tuple[int, int] | None) -> int:
+    """The largest whole factor that keeps an image of `size` (W, H) at least four times
+    `reduce_to` (H, W): the antialiased resize does the last steps, as it would from the full
+    image."""
+    if reduce_to is None:
+        return 1
+    width, height = size
+    return max(1, min(height // (4 * reduce_to[0]), width // (4 * reduce_to[1])))
+
+
+def _display_of_image(image: Image.Image) -> np.ndarray:
+    """What `display_of(_read_pixels(image, ...))` makes, computed in integers: no float copy
+    of a large image is ever made."""
+    read_as = _READ_AS.get(image.mode)
+    if read_as is None:
+        raise ImageDecodeError(f"pixel mode {image.mode} is not supported")
+    transparent_key = image.info.get("transparency") if read_as == image.mode else None
+    raw = np.asarray(image if read_as == image.mode else image.convert(read_as))
+    if raw.ndim == 2:
+        raw = raw[:, :, None]
+    if read_as in _SIXTEEN_BIT_GREY_MODES:
+        levels = ((raw.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif read_as in ("LA", "RGBA"):
+        # c · a / 255 is never halfway between integers (255 is odd), so this rounds as rint.
+        alpha = raw[:, :, -1:].astype(np.uint16)
+        levels = ((raw[:, :, :-1] * alpha + 127) // 255).astype(np.uint8)
+    else:
+        levels = raw.copy() if isinstance(transparent_key, int | tuple) else raw
+        if isinstance(transparent_key, int | tuple):
+            levels[np.all(raw == np.asarray(transparent_key), axis=2)] = 0
+    if levels.shape[2] == 1:
+        levels = np.repeat(levels, 3, axis=2)
+    return np.ascontiguousarray(levels[:, :, :3])
 
 
 def _read_pixels(image: Image.Image, grey_source: bool) -> np.ndarray:

@@ -22,6 +22,7 @@ from schemas.explain import (
 )
 from schemas.jobs import ExplanationJob
 from workers import render
+from workers.deadline import check_deadline
 from workers.images import DecodedImage, to_model_input
 from workers.methods import Normalisation, explain, resolve_params
 from workers.repository import LoadedModel
@@ -93,6 +94,7 @@ def explain_jobs(
     for method in jobs[0].message.methods:
         maps[method], map_ms[method], checks[method] = [], [], []
         for start in range(0, len(rows), max_rows):
+            check_deadline()
             chunk = rows[start : start + max_rows]
             chunk_started = time.perf_counter()
             attribution = explain(

@@ -118,6 +118,9 @@ def apply_colormap(values01: np.ndarray, name: str) -> np.ndarray:
     return table[np.rint(levels * 255).astype(np.uint8)]
 
 
+_BLEND_ROWS = 256
+
+
 def render_overlay(display: np.ndarray, values01: np.ndarray, colormap: str, alpha: float) -> bytes:
     """PNG of the colour-mapped map blended over the picture: (1 - alpha) image + alpha colour.
 
@@ -127,9 +130,16 @@ def render_overlay(display: np.ndarray, values01: np.ndarray, colormap: str, alp
         raise ValueError(f"map {values01.shape} and image {display.shape[:2]} differ in size")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], not {alpha}")
-    colours = apply_colormap(values01, colormap).astype(np.float32)
-    blend = (1.0 - alpha) * display.astype(np.float32) + alpha * colours
-    return _png(np.rint(blend).astype(np.uint8))
+    colours = apply_colormap(values01, colormap)
+    blended = np.empty_like(display)
+    # In bands of rows: float copies of a whole large picture would cost 12 bytes per pixel each.
+    for top in range(0, display.shape[0], _BLEND_ROWS):
+        rows = slice(top, top + _BLEND_ROWS)
+        band = (1.0 - alpha) * display[rows].astype(np.float32) + alpha * colours[rows].astype(
+            np.float32
+        )
+        blended[rows] = np.rint(band).astype(np.uint8)
+    return _png(blended)
 
 
 def render_heatmap(values01: np.ndarray, colormap: str) -> bytes:

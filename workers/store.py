@@ -41,6 +41,21 @@ return stored
 """
 
 
+# Runs atomically: resets the idle time of the given entries this consumer still holds, so that
+# an entry another worker has taken over (after this one stalled) is never taken back.
+_EXTEND = """
+local extended = 0
+for i = 3, #ARGV do
+  local held = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #held > 0 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    extended = extended + 1
+  end
+end
+return extended
+"""
+
+
 class JobStore:
     """Redis operations of one worker, with the key names from `schemas.keys`; images and
     results are stored sealed by `sealer` (`schemas.sealing`)."""
@@ -55,6 +70,7 @@ class JobStore:
         self.result_ttl_s = result_ttl_s
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
+        self._extend = redis.register_script(_EXTEND)
 
     def register_models(
         self, infos: Sequence[ModelInfo], failures: Sequence[FailedModel] = ()
@@ -169,6 +185,22 @@ class JobStore:
                 if fields is not None
             )
         return claimed
+
+    def extend_leases(self, entries: Sequence[tuple[str, str]]) -> int:
+        """Reset the idle time of entries (model id, entry id) this worker is computing, so
+        that `claim_stale` elsewhere leaves them alone; how many it still held."""
+        by_model: defaultdict[str, list[str]] = defaultdict(list)
+        for model_id, entry_id in entries:
+            by_model[model_id].append(entry_id)
+        return sum(
+            int(
+                self._extend(
+                    keys=[keys.job_stream(model_id)],
+                    args=[keys.CONSUMER_GROUP, self.worker_id, *entry_ids],
+                )
+            )
+            for model_id, entry_ids in by_model.items()
+        )
 
     def claim(self, job_id: str) -> int:
         """Mark the job running; its delivery count, or -1 when it is no longer to be run."""

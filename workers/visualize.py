@@ -27,6 +27,7 @@ from torch import nn
 
 from schemas.models import InputSpec
 from schemas.visualizations import VisualizationParams
+from workers.deadline import check_deadline
 from workers.methods.base import MethodParameterError, TargetError, find_layer
 
 # Square root of ImageNet's RGB covariance (U·sqrt(S) of its SVD), as published with Lucid
@@ -106,6 +107,7 @@ def visualize(
     with _Objectives(model, requests) as objectives, torch.enable_grad():
         optimiser = torch.optim.Adam([image.parameters], lr=settings.lr)
         for step in range(settings.steps):
+            check_deadline()
             pixels = image.pixels()
             views = _random_views(pixels, settings, generators)
             try:

@@ -21,6 +21,7 @@ from schemas.models import FailedModel
 from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
 from schemas.sealing import PayloadSealer, SealedPayloadError
 from workers.config import WorkerSettings
+from workers.deadline import DeadlineExceeded, deadline
 from workers.images import (
     DecodedImage,
     DicomOptionError,
@@ -78,6 +79,9 @@ class Worker:
             for model in models.values()
         ]
         self._last_claim = 0.0
+        # The entries of the batch in hand, whose leases the lease thread keeps.
+        self._in_hand: list[tuple[str, str]] = []
+        self._in_hand_lock = threading.Lock()
 
     @property
     def model_ids(self) -> list[str]:
@@ -88,6 +92,8 @@ class Worker:
         self._register()
         heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
         heartbeat.start()
+        leases = threading.Thread(target=self._keep_leases, name="leases", daemon=True)
+        leases.start()
         log.info("worker %s serving %s", self.settings.worker_id, ", ".join(self.model_ids))
         try:
             while not self.stopping.is_set():
@@ -102,6 +108,7 @@ class Worker:
         finally:
             self.stopping.set()
             heartbeat.join(timeout=5)
+            leases.join(timeout=5)
             try:
                 self.store.sign_off(self.model_ids)
             except RedisError:
@@ -125,6 +132,20 @@ class Worker:
             except RedisError:
                 log.warning("heartbeat failed; Redis unavailable")
             self.stopping.wait(self.settings.heartbeat_s)
+
+    def _keep_leases(self) -> None:
+        """Every third of the visibility timeout, reset the idle time of the entries in hand:
+        only the entries of a worker that stopped extending them, a dead one, are taken over."""
+        period = self.settings.visibility_timeout_s / 3
+        while not self.stopping.wait(period):
+            with self._in_hand_lock:
+                in_hand = list(self._in_hand)
+            if not in_hand:
+                continue
+            try:
+                self.store.extend_leases(in_hand)
+            except RedisError:
+                log.warning("could not extend the leases of the batch in hand; Redis unavailable")
 
     def _register(self) -> None:
         """Publish the models served and, stamped now, the folders that failed to load."""
@@ -205,12 +226,17 @@ class Worker:
 
     def _process_safely(self, entries: list[Entry]) -> None:
         """A batch never ends the worker: unacknowledged entries are taken over later."""
+        with self._in_hand_lock:
+            self._in_hand = [(entry.model_id, entry.entry_id) for entry in entries]
         try:
             self.process(entries)
         except RedisError as exc:
             log.warning("Redis failed mid-batch (%s); its jobs will be retried", type(exc).__name__)
         except Exception:
             log.exception("a batch failed unexpectedly; its jobs will be retried")
+        finally:
+            with self._in_hand_lock:
+                self._in_hand = []
 
     def process(self, entries: list[Entry]) -> None:
         """Claim the entries, prepare and group them, then compute each group."""
@@ -259,8 +285,15 @@ class Worker:
             ) from exc
         if data is None:
             raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
+        model = self.models.get(message.model)
+        # Decoded no larger than the model needs, as far as whole-factor reduction allows.
+        reduce_to = (
+            None if model is None else (model.manifest.input.height, model.manifest.input.width)
+        )
         try:
-            return decode_image(data, self.settings.max_image_pixels, message.dicom)
+            return decode_image(
+                data, self.settings.max_image_pixels, message.dicom, reduce_to=reduce_to
+            )
         except DicomOptionError as exc:
             raise JobFailed(problems.INVALID_REQUEST, str(exc)) from exc
         except ImageTooLargeError as exc:
@@ -280,8 +313,23 @@ class Worker:
         """Compute a group and store each result; on failure retry it in halves, so that one
         bad job, or a batch too big for the device's memory, fails no other job."""
         model = self.models[group[0][0].model_id]
+        budget_s = self.settings.max_job_seconds * len(group)
         try:
-            results = compute(model, [job for _, job in group])
+            with deadline(budget_s):
+                results = compute(model, [job for _, job in group])
+        except DeadlineExceeded:
+            # Not split: its halves would each take about as long per job again.
+            log.warning("a group of %d jobs ran past its %.0f s budget", len(group), budget_s)
+            for entry, _ in group:
+                self._fail(
+                    entry,
+                    problems.JOB_TOO_LONG.problem(
+                        f"The job ran past the worker's budget of "
+                        f"{self.settings.max_job_seconds:g} s per job and was stopped; "
+                        "ask for fewer methods, targets, samples, steps or masks."
+                    ),
+                )
+            return
         except Exception as exc:
             if len(group) > 1:
                 self.store.count("batches_split")

@@ -61,6 +61,93 @@ def test_kill_9_mid_batch_loses_nothing_and_stores_each_result_once(
         assert store.xpending(keys.job_stream("slow"), keys.CONSUMER_GROUP)["pending"] == 0
 
 
+def test_a_job_longer_than_the_visibility_timeout_is_computed_once(
+    repository: Path, tmp_path: Path
+) -> None:
+    # 16 forward passes of 0.4 s: about 6.4 s, over three visibility timeouts of 2 s. The lease
+    # is extended every 0.67 s, a third of the timeout: a 3x margin on a loaded machine.
+    with (
+        PrivateRedis() as server,
+        faulty_stack(
+            repository, tmp_path, workers=2, redis=server, GLIMPSE_VISIBILITY_TIMEOUT_S="2"
+        ) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        long_params = {"rise": {"masks": 15, "batch_size": 1}}
+        job_id = submit(client, "slow", image_b64(0), methods=["rise"], params=long_params)
+
+        status = wait_for(client, [job_id], timeout_s=60)[job_id]
+
+        assert status["status"] == "succeeded"
+        store = redis.Redis.from_url(server.url)
+        assert store.hget(keys.job_record(job_id), "deliveries") == b"1"
+        counters = stats(server.url)
+        assert counters["results_stored"] == 1
+        assert counters.get("duplicates_dropped", 0) == 0
+
+
+def test_a_job_past_its_time_budget_fails_and_a_gradcam_beside_it_answers_in_time(
+    repository: Path, tmp_path: Path
+) -> None:
+    # Uncut, the long job takes 41 passes of 0.4 s (16 s) before the Grad-CAM behind it can run.
+    # With a budget of 2 s it stops within one pass of it; the Grad-CAM (two passes, 0.8 s) then
+    # answers. Allowed 10 s from submission: 2.5x the expected 4 s on a loaded machine, and
+    # still 6 s short of the uncut job alone.
+    with (
+        faulty_stack(
+            repository, tmp_path, GLIMPSE_MAX_JOB_SECONDS="2", GLIMPSE_MAX_JOB_PASSES="100"
+        ) as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        # 8,000 masks over a 32 × 32 input cost 125 passes over 256 × 256: refused at once.
+        costly = {"model": "slow", "image": image_b64(2), "methods": ["rise"]}
+        refused = client.post("/v1/jobs", json={**costly, "params": {"rise": {"masks": 8000}}})
+        assert refused.status_code == 422
+        detail = refused.json()["detail"]
+        assert "125 passes" in detail and "at most 100" in detail
+        long_params = {"rise": {"masks": 40, "batch_size": 1}}
+        long_job = submit(client, "slow", image_b64(0), methods=["rise"], params=long_params)
+        assert wait_until(
+            lambda: client.get(f"/v1/jobs/{long_job}").json()["status"] == "running", timeout_s=20
+        )
+        started = time.monotonic()
+        gradcam = client.post(
+            "/v1/explanations",
+            json={"model": "slow", "image": image_b64(1), "methods": ["gradcam"]},
+            params={"timeout": 30},
+        )
+        answered_s = time.monotonic() - started
+
+        assert gradcam.status_code == 200, gradcam.text
+        assert answered_s < 10
+        status = wait_for(client, [long_job])[long_job]
+        assert status["status"] == "failed"
+        error = status["error"]
+        assert error["type"].endswith("job-too-long") and error["status"] == 422
+        assert "2 s" in error["detail"]
+
+
+def test_one_key_may_hold_only_its_share_of_jobs_in_flight(
+    repository: Path, tmp_path: Path
+) -> None:
+    with (
+        faulty_stack(repository, tmp_path, GLIMPSE_MAX_JOBS_PER_KEY="2") as stack,
+        httpx.Client(base_url=stack.url, timeout=30) as client,
+    ):
+        slow = {"rise": {"masks": 6, "batch_size": 1}}
+        held = [submit(client, "slow", image_b64(i), methods=["rise"], params=slow) for i in (0, 1)]
+
+        refused = client.post("/v1/jobs", json={"model": "slow", "image": image_b64(2)})
+
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"].isdigit()
+        assert "2 jobs queued or running, of at most 2" in refused.json()["detail"]
+        finished = wait_for(client, held, timeout_s=60)
+        assert {s["status"] for s in finished.values()} == {"succeeded"}
+        later = submit(client, "slow", image_b64(2))
+        assert wait_for(client, [later])[later]["status"] == "succeeded"
+
+
 def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
     repository: Path, tmp_path: Path
 ) -> None:

@@ -1,10 +1,15 @@
 """What the gateway derives from an explain request before it queues it."""
 
+import pytest
+
 from schemas.dicom import DicomOptions, DicomWindow
 from schemas.explain import ExplainOptions
+from schemas.methods import PARAMS_BY_METHOD
 from schemas.models import InputSpec, ModelInfo
-from service.admission import explanation_cache_key
+from service.admission import check_cost, explanation_cache_key
 from service.auth import Principal
+from service.config import Settings
+from service.errors import InvalidRequest
 
 INFO = ModelInfo(
     id="m",
@@ -36,3 +41,50 @@ def test_the_cache_key_covers_the_dicom_options() -> None:
     assert len(set(variants)) == len(variants)
     # Defaults written out or left implicit are the same request.
     assert key(None) == key(DicomOptions(frame=0, window=None))
+
+
+DEMO = INFO.model_copy(
+    update={
+        "input": InputSpec(channels=1, height=128, width=128, mean=[0.5], std=[0.25]),
+        "methods": list(PARAMS_BY_METHOD),
+    }
+)
+RESNET = INFO.model_copy(
+    update={"input": InputSpec(channels=3, height=224, width=224, mean=[0.5] * 3, std=[0.25] * 3)}
+)
+
+
+def cost_check(info: ModelInfo, **request: object) -> None:
+    options = ExplainOptions.model_validate({"model": info.id, **request})
+    check_cost(options.applied_params(), info, options, Settings())
+
+
+def test_every_method_at_its_defaults_is_within_the_default_cost() -> None:
+    cost_check(DEMO, methods=list(PARAMS_BY_METHOD), target="top3")
+    for method in PARAMS_BY_METHOD:
+        cost_check(RESNET, methods=[method], target="top1")
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "cost"),
+    [
+        ("rise", {"masks": 8000}, "2,000"),
+        ("integrated_gradients", {"max_steps": 4096}, "3,176"),
+        ("occlusion", {"window": 1, "stride": 1}, "4,096"),
+        ("smoothgrad", {"samples": 256, "base": "integrated_gradients"}, "6,528"),
+    ],
+)
+def test_a_job_above_the_cost_limit_is_refused_naming_its_cost_and_the_limit(
+    method: str, params: dict[str, object], cost: str
+) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        cost_check(DEMO, methods=[method], params={method: params})
+
+    assert f"cost {cost} passes" in refused.value.detail
+    assert "at most 1,800" in refused.value.detail
+
+
+def test_gradient_methods_cost_per_target_and_perturbation_methods_per_image() -> None:
+    saliency, rise = PARAMS_BY_METHOD["saliency"](), PARAMS_BY_METHOD["rise"]()
+    assert saliency.passes(128, 128, 3) == 3 * saliency.passes(128, 128, 1)
+    assert rise.passes(128, 128, 3) == rise.passes(128, 128, 1)

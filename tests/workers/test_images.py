@@ -17,6 +17,7 @@ from workers.images import (
     ImageTooLargeError,
     UnsupportedImageError,
     decode_image,
+    display_of,
     to_model_input,
 )
 
@@ -300,3 +301,54 @@ def test_mean_and_std_must_match_the_channels() -> None:
     grey = decoded(np.zeros((2, 2, 1)))
     with pytest.raises(ValueError, match="mean and std"):
         to_model_input([grey], 3, 2, 2, mean=[0.0], std=[1.0])
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.fromarray(RNG.integers(0, 256, (300, 360), dtype=np.uint8), "L"),
+        Image.fromarray(RNG.integers(0, 256, (300, 360, 4), dtype=np.uint8), "RGBA"),
+        Image.fromarray(RNG.integers(0, 256, (300, 360, 2), dtype=np.uint8), "LA"),
+        Image.fromarray(RNG.integers(0, 256, (300, 360), dtype=np.uint8), "L").convert("P"),
+    ],
+)
+def test_reduction_keeps_the_display_and_feeds_the_model_the_same_picture(
+    image: Image.Image,
+) -> None:
+    png = encode(image)
+    full = decode_image(png)
+
+    reduced = decode_image(png, reduce_to=(16, 16))
+
+    # The largest whole factor that keeps 300 × 360 at least 4 × 16 on each side is 4.
+    assert reduced.pixels.shape[:2] == (75, 90)
+    np.testing.assert_array_equal(reduced.display, full.display)
+    np.testing.assert_array_equal(full.display, display_of(full.pixels))
+    channels = full.pixels.shape[2]
+    as_model = [
+        to_model_input([decoded], channels, 16, 16, [0.0] * channels, [1.0] * channels)
+        for decoded in (full, reduced)
+    ]
+    # Box averaging by 4, then an antialiased resize, against the antialiased resize alone, on
+    # noise (the hardest case): within half a grey level (1/255) on average.
+    assert float((as_model[0] - as_model[1]).abs().mean()) < 0.5 / 255
+
+
+def test_a_small_file_claiming_many_pixels_costs_its_display_not_float_copies() -> None:
+    side = 4000
+    png = encode(Image.new("L", (side, side)))
+    assert len(png) < 30_000
+
+    tracemalloc.start()
+    try:
+        decoded = decode_image(png, reduce_to=(128, 128))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # Reduced by 7, the largest factor keeping 4 × 128: ceil(4000 / 7) = 572 pixels a side.
+    assert decoded.pixels.shape == (572, 572, 1)
+    assert decoded.display.shape == (side, side, 3)
+    # The display's 3 bytes per pixel and two 1-byte copies of its grey source (about 5 bytes);
+    # unreduced, the float pixels and their copies came to about 13.
+    assert peak < 6 * side * side

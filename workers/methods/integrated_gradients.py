@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.deadline import check_deadline
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
@@ -133,6 +134,7 @@ def integrated_gradients(
     integral = torch.zeros_like(difference)
     points_per_pass = copies_per_pass(inputs)
     for start in range(0, len(nodes), points_per_pass):
+        check_deadline()
         alpha = alphas[start : start + points_per_pass]
         path = (baselines + alpha * difference).flatten(0, 1)
         gradients = input_gradient(model, path, targets.repeat(alpha.shape[0]))

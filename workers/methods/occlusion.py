@@ -6,6 +6,7 @@ from typing import cast
 
 import torch
 
+from workers.deadline import check_deadline
 from workers.methods.base import (
     Forward,
     ForwardOnlyMethod,
@@ -51,6 +52,7 @@ class Occlusion(ForwardOnlyMethod):
         drops = image.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
         coverage = image.new_zeros(height * width, dtype=torch.float32)
         for chunk in corners.split(batch_size):
+            check_deadline()
             covered = _covered(chunk, window, height, width)
             occluded = torch.where(covered[:, None], filled, image)
             drop = score - target_columns(forward(occluded).float(), targets)

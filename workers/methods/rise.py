@@ -7,6 +7,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from workers.deadline import check_deadline
 from workers.methods.base import Forward, ForwardOnlyMethod, Normalisation, target_columns
 from workers.methods.baselines import make_baseline
 
@@ -40,6 +41,7 @@ class Rise(ForwardOnlyMethod):
         saliency = image.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
         batch_size = cast(int, params["batch_size"])
         for grid, shift in zip(grids.split(batch_size), shifts.split(batch_size), strict=True):
+            check_deadline()
             masks = smooth_masks(grid.to(image.device), shift.to(image.device), (height, width))
             masked = torch.addcmul(black, image - black, masks[:, None].to(image.dtype))
             probabilities = forward(masked).float().softmax(dim=1)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.deadline import check_deadline
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
@@ -55,6 +56,7 @@ class ScoreCam(AttributionMethod):
             scores = baseline.expand(*activation.shape[:2], -1).clone()
             varying = activation.amax(dim=(2, 3)) > activation.amin(dim=(2, 3))
             for pairs in varying.nonzero().split(batch_size):
+                check_deadline()
                 image, channel = pairs[:, 0], pairs[:, 1]
                 masks = _unit_range(
                     F.interpolate(

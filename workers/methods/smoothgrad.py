@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from schemas.methods import PARAMS_BY_METHOD
+from workers.deadline import check_deadline
 from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, copies_per_pass
 
 # A `max_steps` at or below `steps` turns refinement off.
@@ -53,6 +54,7 @@ class SmoothGrad(AttributionMethod):
         signed = False
         samples_per_pass = copies_per_pass(inputs)
         for start in range(0, samples, samples_per_pass):
+            check_deadline()
             count = min(samples_per_pass, samples - start)
             # Drawn one sample at a time so the draws do not depend on the pass size.
             noise = torch.stack(
