@@ -36,7 +36,7 @@ class Settings(SharedSettings):
     # 8,000 masks (2,000), Integrated Gradients refined to 4,096 steps (3,176) or occlusion
     # with a window of 1 (4,096) on the demo model.
     max_job_passes: float = Field(
-        default=1800,
+        default=1800.0,
         gt=0,
         description="a job's largest cost, in passes over a 256 × 256 model input "
         "(`schemas.methods.job_passes`); costlier requests get 422",
