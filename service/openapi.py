@@ -16,6 +16,7 @@ from schemas.explain import ExplainRequest, ExplainResponse
 from schemas.jobs import JobAccepted
 from schemas.kserve import KServeExplainRequest
 from schemas.problems import PROBLEM_MEDIA_TYPE, Problem
+from schemas.visualizations import VisualizationParams
 
 _REF = "#/components/schemas/{model}"
 
@@ -47,6 +48,15 @@ EXPLAIN_BODY: dict[str, object] = {
                     },
                 }
             },
+        },
+    }
+}
+
+VISUALIZATION_BODY: dict[str, object] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": _REF.format(model="VisualizationParams")}}
         },
     }
 }
@@ -91,7 +101,7 @@ EXPLAIN_RESPONSES: dict[int | str, dict[str, object]] = {
 def component_schemas() -> dict[str, object]:
     """Schemas referenced above, in the components section's form."""
     schemas: dict[str, object] = {}
-    for model in (ExplainRequest, KServeExplainRequest, Problem):
+    for model in (ExplainRequest, KServeExplainRequest, VisualizationParams, Problem):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema
