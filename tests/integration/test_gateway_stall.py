@@ -3,6 +3,7 @@ keeps answering while it is (one gateway process, as the tests run it)."""
 
 import base64
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ EXTRA_FIELDS = 300_000
 # machine's own load is measured, not counted against the gateway.
 HEALTHZ_MAX_S = 0.050
 PING_EVERY_S = 0.005
+HEADER_TIMEOUT_S = 1.0
 
 
 def hostile_body(**fields: object) -> bytes:
@@ -128,7 +130,8 @@ def test_field_errors_are_listed_up_to_twenty(client: httpx.Client) -> None:
 
 @pytest.fixture(scope="module")
 def keyed_gateway(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[str]:
-    """A gateway alone (no worker), with keys on and a 32 MiB body limit."""
+    """A gateway alone (no worker), with keys on, a 32 MiB body limit and a short deadline for
+    request headers."""
     root = tmp_path_factory.mktemp("keyed")
     keys = root / "keys.json"
     entry = {"name": "alice", "sha256": hash_key("alice-secret"), "scopes": ["explain"]}
@@ -138,7 +141,11 @@ def keyed_gateway(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
         workers=0,
         redis_url=redis_url,
         log_dir=root / "logs",
-        env={"GLIMPSE_AUTH": "on", "GLIMPSE_API_KEYS_FILE": str(keys)},
+        env={
+            "GLIMPSE_AUTH": "on",
+            "GLIMPSE_API_KEYS_FILE": str(keys),
+            "GLIMPSE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        },
     )
     try:
         gateway.start()
@@ -185,3 +192,47 @@ def test_a_large_body_without_a_key_is_refused_before_it_is_read(
     latencies = healthz_latencies(keyed_gateway, send)
     assert set(statuses) <= {401, 0} and 401 in statuses, statuses
     assert max(latencies) < max(idle) + HEALTHZ_MAX_S, (sorted(idle)[-3:], sorted(latencies)[-5:])
+
+
+def closed_after(connection: socket.socket, dribble: bytes, limit_s: float) -> float | None:
+    """Seconds until the gateway closed `connection` while it was sent `dribble` a byte every
+    0.1 s; None if it was still open after `limit_s`."""
+    started = time.monotonic()
+    connection.settimeout(0.1)
+    sent = 0
+    while time.monotonic() - started < limit_s:
+        try:
+            if sent < len(dribble):
+                connection.sendall(dribble[sent : sent + 1])
+                sent += 1
+            if connection.recv(1024) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - started
+    return None
+
+
+def test_a_connection_that_dribbles_its_headers_is_closed(keyed_gateway: str) -> None:
+    host, port = keyed_gateway.removeprefix("http://").split(":")
+    request = b"POST /v1/jobs HTTP/1.1\r\nHost: glimpse\r\nX-API-Key: " + b"x" * 400
+    halves = [socket.create_connection((host, int(port))) for _ in range(20)]
+    silent = socket.create_connection((host, int(port)))
+    dribbler = socket.create_connection((host, int(port)))
+    try:
+        for half in halves:
+            half.sendall(request[:60])
+        closed = closed_after(dribbler, request, limit_s=HEADER_TIMEOUT_S + 3)
+        assert closed is not None and closed < HEADER_TIMEOUT_S + 1, closed
+        # Those that stopped halfway, and one that sent nothing at all, were closed as well.
+        for connection in [*halves, silent]:
+            assert closed_after(connection, b"", limit_s=1.0) is not None
+    finally:
+        for connection in [*halves, silent, dribbler]:
+            connection.close()
+    # A request whose headers come in time is served as ever, keep-alive included.
+    with httpx.Client(base_url=keyed_gateway, timeout=5) as client:
+        assert client.get("/healthz").status_code == 200
+        time.sleep(HEADER_TIMEOUT_S + 0.5)
+        assert client.get("/healthz").status_code == 200
