@@ -17,6 +17,7 @@ from schemas.jobs import JobAccepted
 from schemas.kserve import KServeExplainRequest
 from schemas.problems import PROBLEM_MEDIA_TYPE, Problem
 from schemas.visualizations import VisualizationParams
+from service.admission import JSON_FIELDS
 
 _REF = "#/components/schemas/{model}"
 
@@ -35,18 +36,16 @@ EXPLAIN_BODY: dict[str, object] = {
                             "format": "binary",
                             "description": "PNG, JPEG or DICOM file",
                         },
-                        "model": {"type": "string"},
+                        "model": {"type": "string", "minLength": 1, "maxLength": 64},
                         "methods": {"type": "string", "description": "comma-separated"},
-                        "target": {"type": "string"},
-                        "params": {"type": "string", "description": "JSON object"},
-                        "output": {"type": "string", "description": "JSON object"},
-                        "dicom": {
-                            "type": "string",
-                            "description": 'JSON object, e.g. {"frame": 0, "window": '
-                            '{"center": 40, "width": 400}}',
+                        # JSON parts, as a browser's FormData sends them (`encoding` below).
+                        **{
+                            name: {"$ref": _REF.format(model=f"ExplainRequest/properties/{name}")}
+                            for name in JSON_FIELDS
                         },
                     },
-                }
+                },
+                "encoding": {name: {"contentType": "application/json"} for name in JSON_FIELDS},
             },
         },
     }
