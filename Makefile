@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser run test lint bench clean
+.PHONY: install browser run test fuzz lint bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ run: install
 
 test: install browser
 	$(BIN)/python -m pytest -q
+
+# Schemathesis at depth: 400 generated cases per operation (over 5,000 in all), against a real
+# stack; not part of `make test`, which runs the same module with 25.
+fuzz: install
+	GLIMPSE_FUZZ_EXAMPLES=400 $(BIN)/python -m pytest -q -rP tests/integration/test_fuzz_api.py
 
 # The demo-page test drives Debian's Chromium; installed here when missing (as root, or by sudo).
 browser:

@@ -3,15 +3,28 @@
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from schemas.dicom import DicomOptions
 from schemas.methods import PARAMS_BY_METHOD
 
 MAX_TOP_K = 5
+BASE64_PATTERN = r"^(data:[^,]*,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+"""Standard base64 with its padding, optionally behind a data URL's header."""
 _TOP_K = re.compile(r"^top([1-5])$")
 
 Target = str | int | list[int]
+# As requests give it: `true` is not the class index 1, nor `1.0`.
+StrictTarget = StrictStr | StrictInt | list[StrictInt]
 
 
 def check_target(target: Target) -> Target:
@@ -28,23 +41,27 @@ def check_target(target: Target) -> Target:
     return target
 
 
-ValidTarget = Annotated[Target, AfterValidator(check_target)]
+ValidTarget = Annotated[StrictTarget, AfterValidator(check_target)]
 
 
 class OutputOptions(BaseModel):
-    """How the maps come back: overlays for people, score arrays for programs."""
+    """How the maps come back: overlays for people, score arrays for programs. Booleans and
+    numbers are strict: `false` is not an alpha of 0, nor `1` a true."""
 
     model_config = ConfigDict(extra="forbid")
 
-    overlay: bool = True
-    heatmap: bool = False
+    overlay: bool = Field(default=True, strict=True)
+    heatmap: bool = Field(default=False, strict=True)
     scores: Literal["json", "base64", "none"] = "json"
     colormap: Literal["jet", "viridis", "inferno", "gray", "coolwarm"] = "jet"
-    alpha: float = Field(default=0.45, ge=0.0, le=1.0)
+    alpha: float = Field(default=0.45, ge=0.0, le=1.0, strict=True)
     size: Literal["original", "model"] = "original"
-    grid: int | None = Field(default=None, ge=1, le=256, description="pool scores to N×N")
+    grid: int | None = Field(
+        default=None, ge=1, le=256, strict=True, description="pool scores to N×N"
+    )
     normalize: bool = Field(
         default=True,
+        strict=True,
         description="scale scores to [0, 1] (unsigned maps) or [-1, 1] (signed); false returns "
         'the method\'s raw attribution, at `size: "model"` only, pooled to `grid` by cell sums',
     )
@@ -128,7 +145,10 @@ class ExplainRequest(ExplainOptions):
     """`POST /v1/explanations` and `POST /v1/jobs` as JSON."""
 
     image: str = Field(
-        min_length=1, description="base64 of PNG, JPEG or DICOM bytes (or a data URL)"
+        min_length=1,
+        description="base64 of PNG, JPEG or DICOM bytes (or a data URL)",
+        # Documented, not enforced here: bad base64 is a 400, as an undecodable image is.
+        json_schema_extra={"format": "byte", "pattern": BASE64_PATTERN},
     )
 
     def options(self) -> ExplainOptions:

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:glimpse:problem:"
+MAX_LISTED_ERRORS = 20
+"""Field errors one problem lists at most; `detail` says how many there were."""
 
 
 class FieldError(BaseModel):
@@ -72,10 +74,12 @@ def _kind(slug: str, status: int, title: str) -> ProblemKind:
     return kind
 
 
+BAD_REQUEST = _kind("bad-request", 400, "Malformed request")
 BAD_IMAGE = _kind("bad-image", 400, "Image cannot be decoded")
 UNAUTHENTICATED = _kind("unauthenticated", 401, "Missing or wrong credentials")
 FORBIDDEN = _kind("forbidden", 403, "The key lacks the scope")
 NOT_FOUND = _kind("not-found", 404, "Not found")
+METHOD_NOT_ALLOWED = _kind("method-not-allowed", 405, "Method not allowed")
 CONFLICT = _kind("conflict", 409, "The job is not in a state that allows this")
 IMAGE_EXPIRED = _kind("image-expired", 410, "Image expired")
 TOO_LARGE = _kind("too-large", 413, "Body or image too large")

@@ -6,7 +6,8 @@ mean activation of one channel of a layer (Olah et al., "Feature Visualization",
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import JsonDict
 
 from schemas.explain import ModelRef
 from schemas.methods import MethodParams, MethodSpec, Seed
@@ -21,8 +22,24 @@ MAX_REGULARISER_WEIGHT = 1e3
 _BATCH_FIELDS = ("steps", "lr", "size", "jitter", "scale", "rotate", "l2", "tv", "decorrelate")
 
 
+def _given(name: str) -> JsonDict:
+    """JSON Schema: `name` is present and not null."""
+    return {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+
+
+# `_one_objective` as JSON Schema, so that the documented body is exactly what is accepted.
+_ONE_OBJECTIVE: JsonDict = {
+    "anyOf": [
+        {"allOf": [_given("target"), {"not": _given("layer")}, {"not": _given("channel")}]},
+        {"allOf": [_given("layer"), _given("channel"), {"not": _given("target")}]},
+    ]
+}
+
+
 class VisualizationParams(MethodParams):
     """What to maximise, and how: exactly one of `target` or `layer` + `channel`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_ONE_OBJECTIVE)
 
     target: int | None = Field(
         default=None, ge=0, le=MAX_INDEX, description="class index whose logit to raise"

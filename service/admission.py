@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+import anyio.to_thread
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -16,18 +17,18 @@ from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob, VisualizationJob
 from schemas.methods import PARAMS_BY_METHOD, job_passes
 from schemas.models import FailedModel, ModelInfo
-from schemas.problems import Problem
 from service.auth import Principal
+from service.body import check_json_size, parse_json
 from service.concurrency import ConcurrencyLimit
 from service.config import Settings
 from service.dicom import check_dicom_options, minimal_dicom
 from service.errors import (
     BadImage,
+    InvalidFields,
     InvalidRequest,
     NotFound,
     Unavailable,
     UnsupportedMedia,
-    invalid,
 )
 from service.idempotency import IdempotentRequest, idempotent_request
 from service.images import ImageHeader, decode_base64_image, inspect_image
@@ -36,29 +37,13 @@ from service.queue import JobQueue, NewJob
 JSON_FIELDS = ("target", "params", "output", "dicom")
 
 
-class InvalidFields(InvalidRequest):
-    """A request whose fields fail validation; carries pydantic's field errors."""
-
-    def __init__(
-        self, error: ValidationError, detail: str = "The request has invalid fields."
-    ) -> None:
-        super().__init__(detail)
-        self.errors = error.errors(include_url=False, include_context=False)
-
-    def problem(self) -> Problem:
-        return invalid(self.errors, self.detail)
-
-
 async def read_explain_request(request: Request) -> tuple[ExplainOptions, bytes]:
     """The options and the raw image bytes of a JSON or multipart explain request."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
-        body = await request.body()
-        try:
-            parsed = ExplainRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise InvalidFields(exc) from exc
-        return parsed.options(), decode_base64_image(parsed.image)
+        parsed = await parse_json(request, ExplainRequest)
+        image = await anyio.to_thread.run_sync(decode_base64_image, parsed.image)
+        return parsed.options(), image
     if content_type == "multipart/form-data":
         return await _read_multipart(request)
     raise UnsupportedMedia("Send application/json or multipart/form-data.")
@@ -90,6 +75,7 @@ async def _read_multipart(request: Request) -> tuple[ExplainOptions, bytes]:
 
 def _form_json(name: str, value: str) -> object:
     """Form fields are text: `target` may be a bare word, the rest is JSON."""
+    check_json_size(value.encode(), f"Form field `{name}`")
     try:
         return json.loads(value)
     except json.JSONDecodeError:

@@ -4,11 +4,14 @@
 """
 
 import argparse
+import copy
 import logging
 import os
 import sys
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from schemas.environment import environment_help
 from service.config import Settings, get_settings
@@ -25,17 +28,30 @@ class _WithoutHealthProbes(logging.Filter):
         return not (isinstance(args, tuple) and len(args) == 5 and args[2] in HEALTH_PROBES)
 
 
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, with health probes kept out of the access log; as a configuration
+    rather than a filter added here, so that every gateway process applies it."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["without_health_probes"] = {
+        "()": "service.cli._WithoutHealthProbes"
+    }
+    config["handlers"]["access"]["filters"] = ["without_health_probes"]
+    return config
+
+
 def serve(host: str | None, port: int | None, access_log: bool = False) -> None:
-    """Run the gateway; `access_log` adds a line per request (never a body, header or key)."""
+    """Run the gateway in `GLIMPSE_GATEWAY_PROCESSES` processes; `access_log` adds a line per
+    request (never a body, header or key)."""
     settings = get_settings()
-    if access_log:
-        logging.getLogger("uvicorn.access").addFilter(_WithoutHealthProbes())
     uvicorn.run(
         "service.app:create_app",
         factory=True,
         host=host or settings.host,
         port=port or settings.port,
+        workers=settings.gateway_processes,
+        http="service.http_protocol:HeaderTimeoutProtocol",
         log_level="info",
+        log_config=_log_config(),
         access_log=access_log,
     )
 

@@ -51,6 +51,12 @@ class Settings(SharedSettings):
     rate_limit_per_minute: int = Field(
         default=0, ge=0, description="explain requests per key and minute; 0: unlimited"
     )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="seconds a connection has to send a request's headers"
+    )
+    gateway_processes: int = Field(
+        default=1, ge=1, description="gateway processes (uvicorn workers) sharing the port"
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="viewer origins allowed by CORS; none by default"
     )

@@ -1,6 +1,7 @@
 """One exception type per kind of failure, each mapped to one problem+json answer."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,7 +12,26 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import problems
-from schemas.problems import PROBLEM_MEDIA_TYPE, FieldError, Problem, ProblemKind
+from schemas.problems import (
+    MAX_LISTED_ERRORS,
+    PROBLEM_MEDIA_TYPE,
+    FieldError,
+    Problem,
+    ProblemKind,
+)
+
+# The kinds of the errors Starlette and FastAPI raise themselves (an unknown path, a wrong method,
+# a malformed multipart body); any other status keeps its HTTP phrase as title.
+_FRAMEWORK_KINDS = {
+    kind.status: kind
+    for kind in (
+        problems.BAD_REQUEST,
+        problems.NOT_FOUND,
+        problems.METHOD_NOT_ALLOWED,
+        problems.TOO_LARGE,
+        problems.UNSUPPORTED_MEDIA,
+    )
+}
 
 
 class ApiError(Exception):
@@ -34,6 +54,10 @@ class ApiError(Exception):
     def problem(self) -> Problem:
         return self.kind.problem(self.detail, job_id=self.job_id)
 
+    def headers(self) -> dict[str, str]:
+        """Headers the answer carries besides the problem."""
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+
 
 class BadImage(ApiError):
     kind = problems.BAD_IMAGE
@@ -41,6 +65,10 @@ class BadImage(ApiError):
 
 class Unauthenticated(ApiError):
     kind = problems.UNAUTHENTICATED
+
+    def headers(self) -> dict[str, str]:
+        # RFC 9110 §11.6.1: a 401 names the scheme; `X-API-Key` works as well (see the README).
+        return {**super().headers(), "WWW-Authenticate": 'Bearer realm="glimpse"'}
 
 
 class Forbidden(ApiError):
@@ -65,6 +93,21 @@ class UnsupportedMedia(ApiError):
 
 class InvalidRequest(ApiError):
     kind = problems.INVALID_REQUEST
+
+
+class InvalidFields(InvalidRequest):
+    """A request whose fields fail validation; carries the first of pydantic's field errors."""
+
+    def __init__(
+        self, error: ValidationError, detail: str = "The request has invalid fields."
+    ) -> None:
+        super().__init__(detail)
+        self.error_count = error.error_count()
+        # Bounded before they are listed: a body of a million unknown fields has a million errors.
+        self.errors = error.errors(include_url=False, include_context=False)[:MAX_LISTED_ERRORS]
+
+    def problem(self) -> Problem:
+        return invalid(self.errors, self.detail, self.error_count)
 
 
 class RateLimited(ApiError):
@@ -98,8 +141,13 @@ def field_errors(errors: Sequence[object]) -> list[FieldError]:
     return result
 
 
-def problem_response(problem: Problem, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+def problem_response(
+    problem: Problem, retry_after: int | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    headers = {
+        **(headers or {}),
+        **({"Retry-After": str(retry_after)} if retry_after is not None else {}),
+    }
     return JSONResponse(
         problem.model_dump(exclude_none=True),
         status_code=problem.status,
@@ -108,8 +156,16 @@ def problem_response(problem: Problem, retry_after: int | None = None) -> JSONRe
     )
 
 
-def invalid(errors: Sequence[object], detail: str = "The request has invalid fields.") -> Problem:
-    return problems.INVALID_REQUEST.problem(detail, errors=field_errors(errors))
+def invalid(
+    errors: Sequence[object],
+    detail: str = "The request has invalid fields.",
+    count: int | None = None,
+) -> Problem:
+    """A 422 listing the first `MAX_LISTED_ERRORS` of `errors` (of `count` in all)."""
+    count = len(errors) if count is None else count
+    if count > MAX_LISTED_ERRORS:
+        detail = f"{detail} {count} errors; the first {MAX_LISTED_ERRORS} are listed."
+    return problems.INVALID_REQUEST.problem(detail, errors=field_errors(errors[:MAX_LISTED_ERRORS]))
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
@@ -117,7 +173,7 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return problem_response(exc.problem(), exc.retry_after)
+        return problem_response(exc.problem(), headers=exc.headers())
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError | ValidationError)
@@ -125,8 +181,13 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def on_http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        problem = Problem(title=str(exc.detail), status=exc.status_code)
-        return problem_response(problem)
+        phrase = HTTPStatus(exc.status_code).phrase
+        kind = _FRAMEWORK_KINDS.get(exc.status_code) or ProblemKind(
+            f"http-{exc.status_code}", exc.status_code, phrase
+        )
+        detail = str(exc.detail) if exc.detail not in (phrase, kind.title) else None
+        # Starlette's 405 carries `Allow`.
+        return problem_response(kind.problem(detail), headers=exc.headers)
 
     async def on_redis_down(_: Request, __: Exception) -> JSONResponse:
         problem = Unavailable("The job store (Redis) is unreachable.").problem()

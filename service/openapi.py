@@ -16,6 +16,8 @@ from schemas.explain import ExplainRequest, ExplainResponse
 from schemas.jobs import JobAccepted
 from schemas.kserve import KServeExplainRequest
 from schemas.problems import PROBLEM_MEDIA_TYPE, Problem
+from schemas.visualizations import VisualizationParams
+from service.admission import JSON_FIELDS
 
 _REF = "#/components/schemas/{model}"
 
@@ -34,19 +36,26 @@ EXPLAIN_BODY: dict[str, object] = {
                             "format": "binary",
                             "description": "PNG, JPEG or DICOM file",
                         },
-                        "model": {"type": "string"},
+                        "model": {"type": "string", "minLength": 1, "maxLength": 64},
                         "methods": {"type": "string", "description": "comma-separated"},
-                        "target": {"type": "string"},
-                        "params": {"type": "string", "description": "JSON object"},
-                        "output": {"type": "string", "description": "JSON object"},
-                        "dicom": {
-                            "type": "string",
-                            "description": 'JSON object, e.g. {"frame": 0, "window": '
-                            '{"center": 40, "width": 400}}',
+                        # JSON parts, as a browser's FormData sends them (`encoding` below).
+                        **{
+                            name: {"$ref": _REF.format(model=f"ExplainRequest/properties/{name}")}
+                            for name in JSON_FIELDS
                         },
                     },
-                }
+                },
+                "encoding": {name: {"contentType": "application/json"} for name in JSON_FIELDS},
             },
+        },
+    }
+}
+
+VISUALIZATION_BODY: dict[str, object] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": _REF.format(model="VisualizationParams")}}
         },
     }
 }
@@ -92,7 +101,7 @@ EXPLAIN_RESPONSES: dict[int | str, dict[str, object]] = {
 def component_schemas() -> dict[str, object]:
     """Schemas referenced above, in the components section's form."""
     schemas: dict[str, object] = {}
-    for model in (ExplainRequest, KServeExplainRequest, Problem):
+    for model in (ExplainRequest, KServeExplainRequest, VisualizationParams, Problem):
         schema = model.model_json_schema(ref_template=_REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[model.__name__] = schema

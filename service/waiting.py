@@ -3,8 +3,9 @@
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from typing import Annotated
 
-from fastapi import Request, Response
+from fastapi import Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from schemas.jobs import JobAccepted, JobState
@@ -15,6 +16,18 @@ from service.queue import CompletionListener, JobQueue, StoredJob
 JOBS_PREFIX = "/v1/jobs"
 JOB_PATH = JOBS_PREFIX + "/{job_id}"
 """Where a job is polled (`GET`) and cancelled (`DELETE`)."""
+
+MIN_WAIT_S = 0.1
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        ge=MIN_WAIT_S,
+        allow_inf_nan=False,
+        description=f"seconds to wait, at least {MIN_WAIT_S}; the server caps it",
+    ),
+]
+"""`?timeout=`: shorter waits are refused (422) before anything is queued, as they could only
+answer 504 for a job that still runs."""
 
 
 def accepted_response(request: Request, job_id: str) -> JSONResponse:

@@ -211,6 +211,7 @@ def test_compose_file_has_the_production_shape() -> None:
 
     assert services["gateway"]["build"]["target"] == "gateway"
     assert services["gateway"]["environment"]["GLIMPSE_HOST"] == "0.0.0.0"
+    assert services["gateway"]["environment"]["GLIMPSE_GATEWAY_PROCESSES"] == "4"
     assert [p["target"] for p in services["gateway"]["ports"]] == [8000]
 
     worker = services["worker"]

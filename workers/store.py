@@ -55,6 +55,14 @@ end
 return extended
 """
 
+# Deletes a consumer only while it holds no pending entries, checked and done in one step.
+_FORGET_CONSUMER = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 
 class JobStore:
     """Redis operations of one worker, with the key names from `schemas.keys`; images and
@@ -71,6 +79,7 @@ class JobStore:
         self._claim = redis.register_script(_CLAIM)
         self._complete = redis.register_script(_COMPLETE)
         self._extend = redis.register_script(_EXTEND)
+        self._forget = redis.register_script(_FORGET_CONSUMER)
 
     def register_models(
         self, infos: Sequence[ModelInfo], failures: Sequence[FailedModel] = ()
@@ -143,6 +152,32 @@ class JobStore:
                 pipe.zrem(keys.model_workers(model_id), self.worker_id)
             pipe.delete(keys.worker_info(self.worker_id))
             pipe.execute()
+        for model_id in model_ids:
+            self._forget_consumer(model_id, self.worker_id)
+
+    def forget_idle_consumers(self, model_ids: list[str], min_idle_ms: int) -> int:
+        """Remove from each model's group the consumers (workers that died or left) that hold no
+        entries and have not read for `min_idle_ms`; how many were removed."""
+        removed = 0
+        for model_id in model_ids:
+            consumers = cast(
+                list[dict[str, Any]],
+                self.redis.xinfo_consumers(keys.job_stream(model_id), keys.CONSUMER_GROUP),
+            )
+            for consumer in consumers:
+                name = consumer["name"]
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                idle_ms = int(consumer.get("inactive", consumer["idle"]))
+                if name != self.worker_id and consumer["pending"] == 0 and idle_ms > min_idle_ms:
+                    removed += self._forget_consumer(model_id, name)
+        return removed
+
+    def _forget_consumer(self, model_id: str, consumer: str) -> int:
+        """Delete `consumer` from the model's group unless it holds entries (which a live worker
+        will take over); 1 if it was deleted."""
+        return int(
+            self._forget(keys=[keys.job_stream(model_id)], args=[keys.CONSUMER_GROUP, consumer])
+        )
 
     def read(
         self, model_ids: list[str], count: int, block_ms: int | None

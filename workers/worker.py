@@ -38,6 +38,9 @@ from workers.store import JobStore
 from workers.visualization_jobs import visualization_responses
 
 log = logging.getLogger("glimpse.worker")
+# A consumer that holds no entries and has not read for this many visibility timeouts belongs to
+# a worker that is gone: live workers remove it from the group.
+CONSUMER_IDLE_FACTOR = 10
 
 # How many of an unparsable entry's errors its job's problem names.
 MAX_LISTED_ERRORS = 20
@@ -174,6 +177,10 @@ class Worker:
                 self.model_ids,
                 int(self.settings.visibility_timeout_s * 1000),
                 self.settings.max_batch,
+            )
+            self.store.forget_idle_consumers(
+                self.model_ids,
+                int(self.settings.visibility_timeout_s * 1000 * CONSUMER_IDLE_FACTOR),
             )
         if not raw:
             raw = self.store.read(self.model_ids, self.settings.max_batch, self.settings.block_ms)

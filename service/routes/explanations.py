@@ -1,15 +1,13 @@
 """`POST /v1/explanations` and `POST /v1/jobs`."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from schemas.jobs import JobAccepted
 from service.admission import admit, read_explain_request
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.idempotency import IdempotencyKeyHeader
 from service.openapi import EXPLAIN_BODY, EXPLAIN_RESPONSES, SUBMIT
-from service.waiting import accepted_response, answer_when_done, wants_async
+from service.waiting import WaitQuery, accepted_response, answer_when_done, wants_async
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
 
@@ -27,7 +25,7 @@ async def create_explanation(
     listener: ListenerDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
-    timeout: Annotated[float | None, Query(gt=0, description="seconds to wait")] = None,
+    timeout: WaitQuery = None,
 ) -> Response:
     """Waits for the result (`?timeout=`, default 30 s); `Prefer: respond-async` answers 202."""
     options, image = await read_explain_request(request)

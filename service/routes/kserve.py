@@ -5,26 +5,25 @@ the others in one transaction, so that the workers batch them; the answer waits 
 """
 
 from collections.abc import Sequence
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
-from pydantic import ValidationError
+from fastapi import APIRouter, Request, Response
 
 from schemas.explain import ExplainResponse
 from schemas.jobs import ExplanationJob, JobState
 from schemas.kserve import KServeExplainRequest, KServeExplainResponse
 from schemas.models import ModelInfo
 from schemas.problems import Problem
-from service.admission import InvalidFields, find_model, prepare_job, submit_jobs
+from service.admission import find_model, prepare_job, submit_jobs
 from service.auth import Principal
+from service.body import parse_json
 from service.config import Settings
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
-from service.errors import ApiError, SyncTimeout, UnsupportedMedia, problem_response
+from service.errors import ApiError, InvalidFields, SyncTimeout, UnsupportedMedia, problem_response
 from service.idempotency import IdempotencyKeyHeader, idempotent_request
 from service.images import decode_base64_image
 from service.openapi import SUBMIT, problems
 from service.queue import StoredJob
-from service.waiting import JOB_PATH, records_when_done
+from service.waiting import JOB_PATH, WaitQuery, records_when_done
 
 router = APIRouter(prefix="/v1", tags=["kserve"])
 
@@ -56,7 +55,7 @@ async def kserve_explain(
     listener: ListenerDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
-    timeout: Annotated[float | None, Query(gt=0, description="seconds to wait")] = None,
+    timeout: WaitQuery = None,
 ) -> Response:
     """`{"instances": [{"image": …, "target"?, "dicom"?}], "parameters": {…}}` → one entry per
     instance in `predictions` and `explanations`. A bad instance is refused with the request,
@@ -80,10 +79,11 @@ async def _read_request(request: Request) -> KServeExplainRequest:
     if content_type not in _JSON_TYPES:
         raise UnsupportedMedia("Send the KServe request as application/json.")
     try:
-        return KServeExplainRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        raise InvalidFields(exc, f"{_field_path(first['loc'])}: {first['msg']}") from exc
+        return await parse_json(request, KServeExplainRequest)
+    except InvalidFields as exc:
+        first = exc.errors[0]
+        exc.detail = f"{_field_path(first['loc'])}: {first['msg']}"
+        raise
 
 
 def _field_path(loc: Sequence[int | str]) -> str:

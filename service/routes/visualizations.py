@@ -3,19 +3,19 @@
 import hashlib
 import time
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from schemas import keys
 from schemas.jobs import JobAccepted, VisualizationJob
 from schemas.visualizations import VisualizationParams, VisualizationResponse
 from service.admission import check_capacity, find_model, submit_visualization
+from service.body import parse_json
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, UnsupportedMedia
 from service.idempotency import IdempotencyKeyHeader
-from service.openapi import problems
-from service.waiting import accepted_response, answer_when_done, wants_async
+from service.openapi import VISUALIZATION_BODY, problems
+from service.waiting import WaitQuery, accepted_response, answer_when_done, wants_async
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -23,24 +23,27 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 @router.post(
     "/{model_id}/visualizations",
     summary="Synthesise the input that maximises a class or a channel",
+    openapi_extra=VISUALIZATION_BODY,
     response_model=VisualizationResponse,
     responses={
         202: {"model": JobAccepted, "description": "Queued (with `Prefer: respond-async`)"},
-        **problems(400, 401, 403, 404, 413, 422, 429, 503, 504),
+        **problems(400, 401, 403, 404, 413, 415, 422, 429, 503, 504),
     },
 )
 async def create_visualization(
     model_id: str,
-    params: VisualizationParams,
     request: Request,
     principal: SubmitterDep,
     queue: QueueDep,
     listener: ListenerDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
-    timeout: Annotated[float | None, Query(gt=0, description="seconds to wait")] = None,
+    timeout: WaitQuery = None,
 ) -> Response:
     """Deterministic for a seed; a repeated request is answered from the cache at once."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMedia("Send the visualization request as application/json.")
+    params = await parse_json(request, VisualizationParams)
     info = await find_model(queue, model_id, settings)
     if params.target is not None and params.target >= len(info.labels):
         raise InvalidRequest(

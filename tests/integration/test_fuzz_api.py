@@ -14,6 +14,7 @@ schemathesis sends each as is and varies it field by field, so every run takes t
 
 import base64
 import io
+import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
@@ -58,7 +59,8 @@ CHECKS = [
     response_schema_conformance,
 ]
 # Generated cases per operation; the examples and coverage phases add their deterministic ones.
-MAX_EXAMPLES = 25
+# `make fuzz` raises it (GLIMPSE_FUZZ_EXAMPLES) for a run of thousands of cases.
+MAX_EXAMPLES = int(os.environ.get("GLIMPSE_FUZZ_EXAMPLES", "25"))
 SEED = 20260501
 # The example job id; a case that carries it is sent with the id of a job this module queued.
 JOB_PLACEHOLDER = "an-example-job"

@@ -229,7 +229,7 @@ def test_a_wait_that_runs_out_names_every_unfinished_job(client: httpx.Client) -
     slow = {"methods": ["integrated_gradients"], "params": {"integrated_gradients": {"steps": 512}}}
     instances = [{"image": lesion_b64(seed)} for seed in (501, 502)]
     answer = client.post(
-        f"{EXPLAIN}?timeout=0.05", json={"instances": instances, "parameters": slow}
+        f"{EXPLAIN}?timeout=0.1", json={"instances": instances, "parameters": slow}
     )
     assert answer.status_code == 504, answer.text
     problem = answer.json()

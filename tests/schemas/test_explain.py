@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -79,3 +81,29 @@ def test_catalogue_describes_every_method() -> None:
 def test_job_states() -> None:
     assert not JobState.QUEUED.finished and not JobState.RUNNING.finished
     assert JobState.SUCCEEDED.finished and JobState.FAILED.finished and JobState.CANCELLED.finished
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"alpha": False},
+        {"alpha": "0.5"},
+        {"overlay": 1},
+        {"heatmap": "true"},
+        {"normalize": 0, "size": "model"},
+        {"grid": 8.0},
+        {"grid": True},
+    ],
+)
+def test_output_booleans_and_numbers_are_strict(output: dict[str, object]) -> None:
+    body = {"model": "m", "image": "AAAA", "output": output}
+    with pytest.raises(ValidationError):
+        ExplainRequest.model_validate_json(json.dumps(body))
+
+
+@pytest.mark.parametrize("target", [True, 1.0, [True], [1, 2.0]])
+def test_a_target_is_never_a_boolean_or_a_float(target: object) -> None:
+    with pytest.raises(ValidationError):
+        ExplainRequest.model_validate_json(
+            json.dumps({"model": "m", "image": "AAAA", "target": target})
+        )

@@ -113,3 +113,52 @@ def test_metrics_without_redis_still_report_the_gateway(keys_file: Path) -> None
     statuses = {sample.labels.get("status") for sample in families["glimpse_http_requests"].samples}
     assert "503" in statuses
     assert "glimpse_queue_depth" not in families
+
+
+def test_a_401_names_its_scheme(gateway: TestClient) -> None:
+    refused = gateway.get("/v1/methods")
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"] == 'Bearer realm="glimpse"'
+    wrong = gateway.post("/v1/jobs", json={}, headers={"X-API-Key": "wrong"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_framework_errors_are_problems_of_a_kind(gateway: TestClient) -> None:
+    unknown = gateway.get("/v2/nothing")
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+    assert unknown.json()["type"] == "urn:glimpse:problem:not-found"
+
+    wrong_method = gateway.put("/v1/jobs", headers={"X-API-Key": "viewer-secret"})
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert wrong_method.headers["content-type"] == "application/problem+json"
+    assert wrong_method.json() == {
+        "type": "urn:glimpse:problem:method-not-allowed",
+        "title": "Method not allowed",
+        "status": 405,
+    }
+
+
+def test_a_sync_wait_below_a_tenth_of_a_second_is_refused_before_queueing(
+    gateway: TestClient,
+) -> None:
+    # No model is served: a wait that passed would answer 404 after looking the model up.
+    body = {"model": "demo-lesions", "image": "AAAA"}
+    key = {"X-API-Key": "viewer-secret"}
+    for timeout in ("5e-324", "0.09", "0", "nan", "inf"):
+        answer = gateway.post(f"/v1/explanations?timeout={timeout}", json=body, headers=key)
+        assert answer.status_code == 422, (timeout, answer.text)
+        assert answer.json()["errors"][0]["loc"] == ["query", "timeout"]
+    assert gateway.post("/v1/explanations?timeout=0.1", json=body, headers=key).status_code == 404
+
+
+def test_a_body_is_refused_before_parsing_past_its_separator_budget(gateway: TestClient) -> None:
+    key = {"X-API-Key": "viewer-secret", "content-type": "application/json"}
+    body = b'{"model": "m", "image": "AAAA", ' + b",".join(b'"f%d": 0' % i for i in range(6000))
+    answer = gateway.post("/v1/jobs", content=body + b"}", headers=key)
+    assert answer.status_code == 422
+    assert answer.headers["connection"] == "close"
+    assert "JSON separators" in answer.json()["detail"]
+    # The unfinished JSON was never parsed: the count alone refused it.
+    assert gateway.post("/v1/jobs", content=body, headers=key).status_code == 422
