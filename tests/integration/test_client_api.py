@@ -122,8 +122,10 @@ def test_submit_wait_job_and_cancel_of_a_finished_job(glimpse: Client) -> None:
     assert result.explanations[0].map is not None
     assert result.explanations[0].map.shape == (HEIGHT, WIDTH)
     assert glimpse.job(accepted.job_id).status == "succeeded"
-    # Only a queued job can be cancelled; a finished one comes back as it is.
-    assert glimpse.cancel(accepted.job_id).status == "succeeded"
+    # Only a queued job can be cancelled; for a finished one the service answers 409.
+    with pytest.raises(glimpse_client.Conflict) as refused:
+        glimpse.cancel(accepted.job_id)
+    assert refused.value.status == 409 and "succeeded" in (refused.value.detail or "")
 
 
 def test_models_methods_and_a_visualization(glimpse: Client) -> None:

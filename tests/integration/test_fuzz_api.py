@@ -243,4 +243,9 @@ def test_gateway_answers_as_its_schema_says(
     response = case.call_and_validate(base_url=stack.url, checks=CHECKS, timeout=30)
     cancel_if_queued(stack, response)
     if is_added_example(case, queued_job):
-        assert 200 <= response.status_code < 300, response.text
+        if case.method.upper() == "DELETE":
+            # The example job is queued, or already computed by the idle worker: cancelled (200)
+            # or, once it has run, the documented refusal (409).
+            assert response.status_code in (200, 409), response.text
+        else:
+            assert 200 <= response.status_code < 300, response.text

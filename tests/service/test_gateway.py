@@ -143,8 +143,8 @@ def test_framework_errors_are_problems_of_a_kind(gateway: TestClient) -> None:
 def test_a_sync_wait_below_a_tenth_of_a_second_is_refused_before_queueing(
     gateway: TestClient,
 ) -> None:
-    # No model is served: a wait that passed would answer 404 after looking the model up.
-    body = {"model": "demo-lesions", "image": "AAAA"}
+    # No model of that name is served: a wait that passed would answer 404 after looking it up.
+    body = {"model": "no-such-model", "image": "AAAA"}
     key = {"X-API-Key": "viewer-secret"}
     for timeout in ("5e-324", "0.09", "0", "nan", "inf"):
         answer = gateway.post(f"/v1/explanations?timeout={timeout}", json=body, headers=key)

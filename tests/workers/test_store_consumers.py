@@ -1,5 +1,6 @@
 """Consumers of workers that are gone leave the consumer groups (`workers/store.py`)."""
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -7,9 +8,11 @@ import pytest
 from redis import Redis
 
 from schemas import keys
+from schemas.sealing import PayloadSealer
 from workers.store import JobStore
 
 MODEL = "consumers-model"
+SEALER = PayloadSealer(os.urandom(32))
 
 
 @pytest.fixture()
@@ -44,8 +47,8 @@ def deliver(redis: Redis, consumer: str, acknowledge: bool) -> None:
 def test_a_worker_that_signs_off_leaves_the_group_unless_it_holds_entries(redis: Redis) -> None:
     deliver(redis, "leaving", acknowledge=True)
     deliver(redis, "crashing", acknowledge=False)
-    JobStore(redis, "leaving", result_ttl_s=60).sign_off([MODEL])
-    JobStore(redis, "crashing", result_ttl_s=60).sign_off([MODEL])
+    JobStore(redis, "leaving", result_ttl_s=60, sealer=SEALER).sign_off([MODEL])
+    JobStore(redis, "crashing", result_ttl_s=60, sealer=SEALER).sign_off([MODEL])
     # The entry it still holds is taken over after the visibility timeout; then it may go.
     assert consumers(redis) == {"crashing": 1}
 
@@ -54,7 +57,7 @@ def test_live_workers_remove_idle_consumers_that_hold_nothing(redis: Redis) -> N
     deliver(redis, "dead-idle", acknowledge=True)
     deliver(redis, "dead-holding", acknowledge=False)
     deliver(redis, "live", acknowledge=True)
-    live = JobStore(redis, "live", result_ttl_s=60)
+    live = JobStore(redis, "live", result_ttl_s=60, sealer=SEALER)
     assert live.forget_idle_consumers([MODEL], min_idle_ms=60_000) == 0
     assert set(consumers(redis)) == {"dead-idle", "dead-holding", "live"}
 
