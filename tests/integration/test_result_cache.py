@@ -5,9 +5,9 @@ import signal
 import time
 
 import httpx
+from model_infos import small_model_info  # type: ignore[import-not-found]
 
 from schemas.explain import ExplainOptions
-from schemas.models import InputSpec, ModelInfo
 from service.admission import explanation_cache_key
 from service.auth import Principal
 from service.devstack import DevStack
@@ -67,18 +67,7 @@ def test_another_image_or_other_options_are_computed_afresh(client: httpx.Client
 
 
 def test_the_cache_key_covers_the_caller_the_image_the_weights_and_the_options() -> None:
-    info = ModelInfo(
-        id="m",
-        version="1",
-        format="onnx",
-        input=InputSpec(channels=1, height=8, width=8, mean=[0.5], std=[0.25]),
-        labels=["a", "b"],
-        cam_layers=["x"],
-        default_cam_layer="x",
-        methods=["gradcam"],
-        sha256="a" * 64,
-        live_workers=1,
-    )
+    info = small_model_info()
     options = ExplainOptions(model="m", methods=["gradcam"])
     alice = Principal(name="alice", scopes=frozenset({"explain"}))
 

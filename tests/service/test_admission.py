@@ -1,6 +1,7 @@
 """What the gateway derives from an explain request before it queues it."""
 
 import pytest
+from model_infos import small_model_info  # type: ignore[import-not-found]
 
 from schemas.dicom import DicomOptions, DicomWindow
 from schemas.explain import ExplainOptions
@@ -11,18 +12,7 @@ from service.auth import Principal
 from service.config import Settings
 from service.errors import InvalidRequest
 
-INFO = ModelInfo(
-    id="m",
-    version="1",
-    format="onnx",
-    input=InputSpec(channels=1, height=8, width=8, mean=[0.5], std=[0.25]),
-    labels=["a", "b"],
-    cam_layers=["x"],
-    default_cam_layer="x",
-    methods=["gradcam"],
-    sha256="a" * 64,
-    live_workers=1,
-)
+INFO = small_model_info()
 ALICE = Principal(name="alice", scopes=frozenset({"explain"}))
 
 

@@ -12,6 +12,7 @@ from dicom_files import (  # type: ignore[import-not-found]
     jpeg_dicom_file,
     short_rle_file,
 )
+from model_infos import small_model_info  # type: ignore[import-not-found]
 from pydicom import dcmread
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -22,7 +23,6 @@ from pydicom.uid import (
 
 from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
 from schemas.explain import ExplainOptions
-from schemas.models import InputSpec, ModelInfo
 from service.admission import prepare_job
 from service.auth import Principal
 from service.config import Settings
@@ -201,18 +201,7 @@ def test_the_stored_file_keeps_only_what_decoding_needs_and_decodes_alike(data: 
 def test_a_job_stores_the_rewritten_dicom() -> None:
     data = dicom_file(CT, InstitutionName="INST-PLANTED-Wq4z")
     options = ExplainOptions(model="m", methods=["gradcam"])
-    info = ModelInfo(
-        id="m",
-        version="1",
-        format="onnx",
-        input=InputSpec(channels=1, height=8, width=8, mean=[0.5], std=[0.25]),
-        labels=["a", "b"],
-        cam_layers=["x"],
-        default_cam_layer="x",
-        methods=["gradcam"],
-        sha256="a" * 64,
-        live_workers=1,
-    )
+    info = small_model_info()
 
     _, stored = prepare_job(
         options, data, info, Principal("k", frozenset({"explain"})), Settings(), reply_to=None

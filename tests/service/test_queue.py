@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
+from model_infos import small_model_info  # type: ignore[import-not-found]
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.retry import Retry
@@ -18,7 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from schemas import keys
 from schemas.explain import OutputOptions
 from schemas.jobs import ExplanationJob, JobRecord
-from schemas.models import FailedModel, InputSpec, ModelInfo
+from schemas.models import FailedModel, ModelInfo
 from schemas.sealing import PayloadSealer, result_field
 from service.auth import Principal
 from service.errors import QueueFull
@@ -31,17 +32,7 @@ T = TypeVar("T")
 
 SEALER = PayloadSealer(os.urandom(32))
 WORKER_TIMEOUT_S = 10.0
-INFO = ModelInfo(
-    id="chest",
-    version="3",
-    format="onnx",
-    input=InputSpec(channels=1, height=8, width=8, mean=[0.5], std=[0.25]),
-    labels=["a", "b"],
-    cam_layers=["x"],
-    default_cam_layer="x",
-    methods=["gradcam"],
-    sha256="a" * 64,
-)
+INFO = small_model_info("chest", "3", live_workers=0)
 
 
 @pytest.fixture(scope="module")
