@@ -2,7 +2,8 @@
 
 Both `glimpse serve --help` and `glimpse-worker --help` print this list, so it always matches
 what the settings read: the variable (`env_prefix` + the field name in capitals, or the field's
-aliases), its default and its description.
+aliases), its default and its description. `glimpse env-table` and `glimpse-worker --env-table`
+print the same as the Markdown tables of docs/deployment.md.
 """
 
 import json
@@ -63,3 +64,21 @@ def environment_help(settings: type[BaseModel]) -> str:
         for name, default, meaning in rows
     ]
     return "environment variables (name, default, meaning):\n" + "\n".join(lines)
+
+
+def markdown_table(settings: type[BaseModel], shared: type[BaseModel] | None = None) -> str:
+    """A Markdown table of the variables `settings` reads: variable, default, meaning; the
+    fields it takes from `shared` (read alike by the gateway and every worker) say "(both)"."""
+    env_prefix = str(settings.model_config.get("env_prefix", ""))
+    shared_fields = set(shared.model_fields) if shared is not None else set()
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in settings.model_fields.items():
+        variables = ", ".join(f"`{v}`" for v in variable_names(name, field, env_prefix))
+        default = default_text(field)
+        shown = default if default.startswith("(") else f"`{default}`"
+        # Escaped so that Markdown shows `|` and `<id>` rather than a cell break and a tag.
+        meaning = (field.description or "").replace("|", r"\|").replace("<", "&lt;")
+        if name in shared_fields:
+            meaning = f"(both) {meaning}"
+        lines.append(f"| {variables} | {shown} | {meaning} |")
+    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""`glimpse`: the gateway (`serve`), a worker (`worker`), or everything for development (`run`).
+"""`glimpse`: the gateway (`serve`), a worker (`worker`), or everything for development (`run`);
+`env-table` prints the gateway's settings for docs/deployment.md.
 
 `explain`, `models`, `methods`, `jobs` and `visualize` are the client's (`glimpse explain --help`).
 """
@@ -13,7 +14,8 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from schemas.environment import environment_help
+from schemas.environment import environment_help, markdown_table
+from schemas.settings import SharedSettings
 from service.config import Settings, get_settings
 
 HEALTH_PROBES = ("/healthz", "/readyz")
@@ -88,8 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     commands.add_parser("worker", help="run a worker (same as glimpse-worker)")
     commands.add_parser("run", help="Redis + gateway + one worker, for development")
+    commands.add_parser(
+        "env-table", help="print the gateway's environment variables as a Markdown table"
+    )
     args, rest = parser.parse_known_args(argv)
-    if args.command == "serve":
+    if args.command == "env-table":
+        print(markdown_table(Settings, SharedSettings))
+    elif args.command == "serve":
         serve(args.host, args.port, args.access_log)
     elif args.command == "worker":
         # A separate process image: the gateway package never imports the worker's torch.

@@ -11,8 +11,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from schemas import keys
-from schemas.environment import environment_help
+from schemas.environment import environment_help, markdown_table
 from schemas.sealing import PayloadKeyError, PayloadSealer
+from schemas.settings import SharedSettings
 from workers.config import WorkerSettings
 
 
@@ -38,7 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--healthcheck", action="store_true", help="exit 0 if this host's worker is alive"
     )
+    parser.add_argument(
+        "--env-table",
+        action="store_true",
+        help="print the environment variables above as a Markdown table",
+    )
     args = parser.parse_args(argv)
+    if args.env_table:
+        print(markdown_table(WorkerSettings, SharedSettings))
+        return
     settings = WorkerSettings()
     if args.healthcheck:
         sys.exit(healthcheck(settings))
