@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser run test fuzz lint bench clean
+.PHONY: install browser promtool run test fuzz lint bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 run: install
 	$(BIN)/glimpse run
 
-test: install browser
+test: install browser promtool
 	$(BIN)/python -m pytest -q
 
 # Schemathesis at depth: 400 generated cases per operation (over 5,000 in all), against a real
@@ -34,6 +34,15 @@ browser:
 	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || { \
 	    $$SUDO apt-get update -q >/dev/null && \
 	    $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+# The alerting rules' test runs promtool, which Debian's prometheus package carries.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus for promtool (the alerting rules' test)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q prometheus >/dev/null 2>&1 || { \
+	    $$SUDO apt-get update -q >/dev/null && \
+	    $$SUDO apt-get install -y -q prometheus >/dev/null; }; }
 
 lint: install
 	$(BIN)/ruff check .
