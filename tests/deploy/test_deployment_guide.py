@@ -6,8 +6,8 @@ import re
 from collections.abc import Callable
 
 import pytest
-from pydantic_settings import BaseSettings
 from deploy_manifests import ROOT  # type: ignore[import-not-found]
+from pydantic_settings import BaseSettings
 
 from schemas.environment import variable_names
 from service import cli as gateway_cli
