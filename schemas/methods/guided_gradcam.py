@@ -1,0 +1,24 @@
+"""Guided Grad-CAM's parameters and catalogue entry."""
+
+from typing import ClassVar
+
+from schemas.methods.contract import LayerParams, Need, register_method
+
+
+@register_method
+class GuidedGradCamParams(LayerParams):
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM."""
+
+    method = "guided_gradcam"
+    title = "Guided Grad-CAM"
+    summary = (
+        "Guided backpropagation (largest magnitude over channels) times Grad-CAM upsampled to "
+        "the input: fine detail inside the class-discriminative region."
+    )
+    reference = "Selvaraju et al., ICCV 2017"
+    cost = "2 forward + 2 backward (one to the layer, one guided to the input)"
+    signed = False
+    needs: ClassVar[frozenset[Need]] = frozenset({"gradients", "cam_layer", "relu"})
+
+    def passes(self, height: int, width: int, targets: int) -> int:
+        return 4 * targets
