@@ -46,7 +46,7 @@ RESNET = INFO.model_copy(
 
 def cost_check(info: ModelInfo, **request: object) -> None:
     options = ExplainOptions.model_validate({"model": info.id, **request})
-    check_cost(options.applied_params(), info, options, Settings())
+    check_cost(options, info, Settings())
 
 
 def test_every_method_at_its_defaults_is_within_the_default_cost() -> None:

@@ -22,6 +22,7 @@ from workers.methods.registry import (
     explain,
     get_method,
     register,
+    resolve,
     resolve_params,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "explain",
     "get_method",
     "register",
+    "resolve",
     "resolve_params",
 ]
 

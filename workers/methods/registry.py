@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from schemas.methods import PARAMS_BY_METHOD
+from schemas.methods import PARAMS_BY_METHOD, MethodParams
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
@@ -55,11 +55,17 @@ def available_methods(model: nn.Module) -> list[str]:
     return sorted(method_id for method_id, method in METHODS.items() if method.supports(model))
 
 
+def resolve(method: str, params: Mapping[str, object], *, cam_layer: str) -> MethodParams:
+    """The parameters of `method` as `explain` applies them, typed: defaults filled in, and a
+    missing `layer` set to `cam_layer`. Raises `MethodParameterError` for a bad value."""
+    return get_method(method).resolve(params, cam_layer=cam_layer)
+
+
 def resolve_params(
     method: str, params: Mapping[str, object], *, cam_layer: str
 ) -> dict[str, object]:
-    """Every parameter of `method` as `explain` applies it: defaults filled in, for provenance."""
-    return get_method(method).resolve(params, cam_layer=cam_layer).model_dump()
+    """Every parameter of `method` as `explain` applies it, as provenance states them."""
+    return resolve(method, params, cam_layer=cam_layer).model_dump()
 
 
 def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled out for callers
@@ -67,7 +73,7 @@ def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled 
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    params: Mapping[str, object],
+    params: Mapping[str, object] | MethodParams,
     *,
     cam_layer: str,
     forward: Forward | None = None,
@@ -75,11 +81,16 @@ def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled 
 ) -> AttributionMap:
     """Attribution maps of `method` for a batch, one target class per sample (see `Batch`).
 
-    Without `forward`, forward-only methods call `model`. Raises `UnknownMethodError`,
+    `params` is what the request gave, or what `resolve` made of it (then it is not validated
+    again). Without `forward`, forward-only methods call `model`. Raises `UnknownMethodError`,
     `MethodParameterError` or `TargetError` for bad requests.
     """
     implementation = get_method(method)
-    resolved = implementation.resolve(params, cam_layer=cam_layer)
+    resolved = (
+        params
+        if isinstance(params, implementation.params_model)
+        else implementation.resolve(dict(params), cam_layer=cam_layer)
+    )
     check_batch(inputs, targets)
     batch = Batch(
         model=model,
