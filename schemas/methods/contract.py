@@ -6,6 +6,7 @@ it. The gateway validates requests with it and the worker receives it, typed, in
 """
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, ClassVar, Literal, TypeVar
 
@@ -24,6 +25,16 @@ Need = Literal["gradients", "cam_layer", "relu", "linear_head", "canonical_form"
 """What a method needs of a model: backward passes (the PyTorch module, not ONNX Runtime alone),
 a layer with a spatial output, ReLU activations, a global-average-pool + linear head, or a form
 the propagation rules can rewrite (sequential convolutions, ReLUs, pools, residual sums)."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a job asks of a method: one model input of `height` × `width` pixels, explained for
+    `targets` classes."""
+
+    height: int
+    width: int
+    targets: int
 
 
 class MethodParams(BaseModel):
@@ -51,10 +62,10 @@ class MethodParams(BaseModel):
         """Whether the map these parameters give is signed; `signed` unless a parameter says."""
         return self.signed
 
-    def passes(self, height: int, width: int, targets: int) -> int:
-        """Forward plus backward passes (each counts one) over one image of `height` × `width`
-        model pixels explained for `targets` classes, at most: what `cost` states."""
-        return 2 * targets
+    def passes(self, work: Workload) -> int:
+        """Forward plus backward passes (each counts one) over one model input for `work`'s
+        targets, at most: what `cost` states."""
+        return 2 * work.targets
 
 
 class LayerParams(MethodParams):
@@ -124,5 +135,6 @@ def method_catalogue() -> list[MethodSpec]:
 def job_passes(params: Mapping[str, MethodParams], height: int, width: int, targets: int) -> float:
     """A job's cost: each method's passes over its `height` × `width` model input for `targets`
     classes, summed, in passes over `REFERENCE_PASS_PIXELS` pixels."""
+    work = Workload(height=height, width=width, targets=targets)
     scale = height * width / REFERENCE_PASS_PIXELS
-    return scale * sum(method.passes(height, width, targets) for method in params.values())
+    return scale * sum(method.passes(work) for method in params.values())

@@ -3,8 +3,9 @@
 from typing import ClassVar
 
 from pydantic import Field
+from typing_extensions import override
 
-from schemas.methods.contract import Baseline, MethodParams, Need, Seed, register_method
+from schemas.methods.contract import Baseline, MethodParams, Need, Seed, Workload, register_method
 
 
 @register_method
@@ -27,5 +28,6 @@ class DeepLiftParams(MethodParams):
     baseline: Baseline = "black"
     seed: Seed = Field(default=0, description="for the uniform-noise baseline")
 
-    def passes(self, height: int, width: int, targets: int) -> int:
-        return 4 * targets
+    @override
+    def passes(self, work: Workload) -> int:
+        return 4 * work.targets

@@ -3,6 +3,7 @@
 from typing import ClassVar
 
 from pydantic import Field
+from typing_extensions import override
 
 from schemas.methods.contract import MethodParams, Need, register_method
 
@@ -24,5 +25,6 @@ class GuidedBackpropParams(MethodParams):
 
     abs: bool = Field(default=True, description="max over channels of |·| or signed channel sum")
 
+    @override
     def is_signed(self) -> bool:
         return not self.abs

@@ -1,8 +1,9 @@
 """Integrated Gradients' parameters and catalogue entry."""
 
 from pydantic import Field
+from typing_extensions import override
 
-from schemas.methods.contract import Baseline, MethodParams, Seed, register_method
+from schemas.methods.contract import Baseline, MethodParams, Seed, Workload, register_method
 
 
 @register_method
@@ -41,10 +42,11 @@ class IntegratedGradientsParams(MethodParams):
     baseline: Baseline = "black"
     seed: Seed = Field(default=0, description="for the uniform-noise baseline")
 
-    def passes(self, height: int, width: int, targets: int) -> int:
+    @override
+    def passes(self, work: Workload) -> int:
         # Every refinement doubles the steps and integrates again, at worst up to `max_steps`.
         nodes, steps = self.steps, self.steps
         while 2 * steps <= self.max_steps:
             steps *= 2
             nodes += steps
-        return 2 + 2 * nodes * targets
+        return 2 + 2 * nodes * work.targets

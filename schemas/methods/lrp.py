@@ -3,8 +3,9 @@
 from typing import ClassVar, Literal
 
 from pydantic import Field
+from typing_extensions import override
 
-from schemas.methods.contract import MethodParams, Need, register_method
+from schemas.methods.contract import MethodParams, Need, Workload, register_method
 
 # Well inside float32, in which relevance is computed; useful values are far smaller.
 MAX_LRP_EPSILON = 1e3
@@ -43,6 +44,7 @@ class LrpParams(MethodParams):
     )
     alpha: float = Field(default=2.0, ge=1.0, le=MAX_LRP_ALPHA, description="β = α − 1")
 
-    def passes(self, height: int, width: int, targets: int) -> int:
+    @override
+    def passes(self, work: Workload) -> int:
         shares = 2 if self.composite == "alpha_beta" else 1
-        return (2 + shares) * targets
+        return (2 + shares) * work.targets

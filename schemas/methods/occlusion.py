@@ -4,8 +4,9 @@ import math
 from typing import ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
+from typing_extensions import override
 
-from schemas.methods.contract import MethodParams, Need, register_method
+from schemas.methods.contract import MethodParams, Need, Workload, register_method
 
 
 @register_method
@@ -41,9 +42,10 @@ class OcclusionParams(MethodParams):
             raise ValueError("stride must not exceed window: some pixels would stay uncovered")
         return stride
 
-    def passes(self, height: int, width: int, targets: int) -> int:
+    @override
+    def passes(self, work: Workload) -> int:
         def windows(side: int) -> int:
             window = min(self.window, side)
             return math.ceil((side - window) / self.stride) + 1
 
-        return 1 + windows(height) * windows(width)
+        return 1 + windows(work.height) * windows(work.width)

@@ -3,8 +3,9 @@
 from typing import ClassVar
 
 from pydantic import Field
+from typing_extensions import override
 
-from schemas.methods.contract import MethodParams, Need, Seed, register_method
+from schemas.methods.contract import MethodParams, Need, Seed, Workload, register_method
 
 
 @register_method
@@ -29,5 +30,6 @@ class RiseParams(MethodParams):
     seed: Seed = 0
     batch_size: int = Field(default=64, ge=1, le=1024)
 
-    def passes(self, height: int, width: int, targets: int) -> int:
+    @override
+    def passes(self, work: Workload) -> int:
         return self.masks

@@ -1,6 +1,7 @@
 """Saliency's parameters and catalogue entry."""
 
 from pydantic import Field
+from typing_extensions import override
 
 from schemas.methods.contract import MethodParams, register_method
 
@@ -20,5 +21,6 @@ class SaliencyParams(MethodParams):
         default=True, description="absolute gradient (max over channels) or signed (sum)"
     )
 
+    @override
     def is_signed(self) -> bool:
         return not self.abs

@@ -3,8 +3,9 @@
 from typing import ClassVar
 
 from pydantic import Field
+from typing_extensions import override
 
-from schemas.methods.contract import LayerParams, Need, register_method
+from schemas.methods.contract import LayerParams, Need, Workload, register_method
 
 SCORECAM_CHANNELS = 512
 """The channels Score-CAM's cost assumes of its layer, which the gateway does not know: a ResNet's
@@ -32,5 +33,6 @@ class ScoreCamParams(LayerParams):
 
     batch_size: int = Field(default=32, ge=1, le=256, description="masked inputs per pass")
 
-    def passes(self, height: int, width: int, targets: int) -> int:
+    @override
+    def passes(self, work: Workload) -> int:
         return 2 + SCORECAM_CHANNELS

@@ -3,8 +3,9 @@
 from typing import Literal
 
 from pydantic import Field
+from typing_extensions import override
 
-from schemas.methods.contract import PARAMS_BY_METHOD, MethodParams, Seed, register_method
+from schemas.methods.contract import PARAMS_BY_METHOD, MethodParams, Seed, Workload, register_method
 
 SmoothGradBase = Literal["saliency", "integrated_gradients", "guided_backprop", "deeplift"]
 """The gradient methods SmoothGrad averages; each is signed when SmoothGrad's `abs` is false."""
@@ -30,6 +31,7 @@ class SmoothGradParams(MethodParams):
     abs: bool = Field(default=True, description="average |attribution| (unsigned) or signed")
     seed: Seed = 0
 
+    @override
     def is_signed(self) -> bool:
         return not self.abs
 
@@ -45,5 +47,6 @@ class SmoothGradParams(MethodParams):
             overrides["max_steps"] = params.model_fields["steps"].default
         return params.model_validate(overrides)
 
-    def passes(self, height: int, width: int, targets: int) -> int:
-        return self.samples * self.base_params().passes(height, width, targets)
+    @override
+    def passes(self, work: Workload) -> int:
+        return self.samples * self.base_params().passes(work)

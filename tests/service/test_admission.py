@@ -5,7 +5,7 @@ from model_infos import small_model_info  # type: ignore[import-not-found]
 
 from schemas.dicom import DicomOptions, DicomWindow
 from schemas.explain import ExplainOptions
-from schemas.methods import PARAMS_BY_METHOD
+from schemas.methods import PARAMS_BY_METHOD, Workload
 from schemas.models import InputSpec, ModelInfo
 from service.admission import check_cost, explanation_cache_key
 from service.auth import Principal
@@ -76,5 +76,5 @@ def test_a_job_above_the_cost_limit_is_refused_naming_its_cost_and_the_limit(
 
 def test_gradient_methods_cost_per_target_and_perturbation_methods_per_image() -> None:
     saliency, rise = PARAMS_BY_METHOD["saliency"](), PARAMS_BY_METHOD["rise"]()
-    assert saliency.passes(128, 128, 3) == 3 * saliency.passes(128, 128, 1)
-    assert rise.passes(128, 128, 3) == rise.passes(128, 128, 1)
+    assert saliency.passes(Workload(128, 128, 3)) == 3 * saliency.passes(Workload(128, 128, 1))
+    assert rise.passes(Workload(128, 128, 3)) == rise.passes(Workload(128, 128, 1))
