@@ -6,7 +6,7 @@ it. The gateway validates requests with it and the worker receives it, typed, in
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Annotated, ClassVar, Literal, TypeVar
 
@@ -30,11 +30,18 @@ the propagation rules can rewrite (sequential convolutions, ReLUs, pools, residu
 @dataclass(frozen=True)
 class Workload:
     """What a job asks of a method: one model input of `height` × `width` pixels, explained for
-    `targets` classes."""
+    `targets` classes, on a model whose CAM layers have `layer_channels` (by name; the default
+    layer is `default_layer`)."""
 
     height: int
     width: int
     targets: int
+    layer_channels: Mapping[str, int] = field(default_factory=dict)
+    default_layer: str = ""
+
+    def channels(self, layer: str | None) -> int | None:
+        """The channels of `layer` (the default layer if None), or None where unknown."""
+        return self.layer_channels.get(layer or self.default_layer)
 
 
 class MethodParams(BaseModel):
@@ -132,9 +139,8 @@ def method_catalogue() -> list[MethodSpec]:
     return [method_spec(PARAMS_BY_METHOD[method]) for method in sorted(PARAMS_BY_METHOD)]
 
 
-def job_passes(params: Mapping[str, MethodParams], height: int, width: int, targets: int) -> float:
-    """A job's cost: each method's passes over its `height` × `width` model input for `targets`
-    classes, summed, in passes over `REFERENCE_PASS_PIXELS` pixels."""
-    work = Workload(height=height, width=width, targets=targets)
-    scale = height * width / REFERENCE_PASS_PIXELS
+def job_passes(params: Mapping[str, MethodParams], work: Workload) -> float:
+    """A job's cost: each method's passes over its model input for its targets, summed, in passes
+    over `REFERENCE_PASS_PIXELS` pixels."""
+    scale = work.height * work.width / REFERENCE_PASS_PIXELS
     return scale * sum(method.passes(work) for method in params.values())

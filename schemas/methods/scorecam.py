@@ -8,8 +8,8 @@ from typing_extensions import override
 from schemas.methods.contract import LayerParams, Need, Workload, register_method
 
 SCORECAM_CHANNELS = 512
-"""The channels Score-CAM's cost assumes of its layer, which the gateway does not know: a ResNet's
-last block; smaller layers cost less."""
+"""The channels Score-CAM's cost assumes of a layer whose channel count the model does not
+publish: a ResNet's last block."""
 
 
 @register_method
@@ -35,4 +35,5 @@ class ScoreCamParams(LayerParams):
 
     @override
     def passes(self, work: Workload) -> int:
-        return 2 + SCORECAM_CHANNELS
+        channels = work.channels(self.layer)
+        return 2 + (SCORECAM_CHANNELS if channels is None else channels)

@@ -78,3 +78,21 @@ def test_gradient_methods_cost_per_target_and_perturbation_methods_per_image() -
     saliency, rise = PARAMS_BY_METHOD["saliency"](), PARAMS_BY_METHOD["rise"]()
     assert saliency.passes(Workload(128, 128, 3)) == 3 * saliency.passes(Workload(128, 128, 1))
     assert rise.passes(Workload(128, 128, 3)) == rise.passes(Workload(128, 128, 1))
+
+
+def test_scorecam_costs_one_pass_per_channel_of_the_layer_the_model_publishes() -> None:
+    layers = {"features.2": 64, "features.4": 4096}
+    info = RESNET.model_copy(
+        update={
+            "cam_layers": list(layers),
+            "cam_layer_channels": layers,
+            "default_cam_layer": "features.4",
+        }
+    )
+    # 224² pixels are 0.766 passes over 256²: 66 passes are 51, 4,098 are 3,138.
+    cost_check(info, methods=["scorecam"], params={"scorecam": {"layer": "features.2"}})
+    with pytest.raises(InvalidRequest) as refused:
+        cost_check(info, methods=["scorecam"])
+    assert "cost 3,138 passes" in refused.value.detail
+    # A model that publishes no channel counts is costed as a 512-channel layer: 394 passes.
+    cost_check(RESNET, methods=["scorecam"])
