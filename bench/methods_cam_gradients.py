@@ -32,7 +32,9 @@ from captum.attr import (
 from torch import nn
 from torchvision.models import resnet50
 
-from schemas.methods import IntegratedGradientsParams, ScoreCamParams, SmoothGradParams
+from schemas.methods.integrated_gradients import IntegratedGradientsParams
+from schemas.methods.scorecam import ScoreCamParams
+from schemas.methods.smoothgrad import SmoothGradParams
 from workers.demo.data import make_sample
 from workers.methods import explain
 from workers.methods.base import copies_per_pass, input_gradient

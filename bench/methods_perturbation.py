@@ -22,7 +22,8 @@ from captum.attr import Occlusion as CaptumOcclusion
 from torch import nn
 from torchvision.models import resnet50
 
-from schemas.methods import OcclusionParams, RiseParams
+from schemas.methods.occlusion import OcclusionParams
+from schemas.methods.rise import RiseParams
 from workers.methods import explain
 from workers.methods.base import Forward
 from workers.methods.baselines import make_baseline

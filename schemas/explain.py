@@ -8,6 +8,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictInt,
     StrictStr,
     field_validator,
@@ -15,7 +16,7 @@ from pydantic import (
 )
 
 from schemas.dicom import DicomOptions
-from schemas.methods import PARAMS_BY_METHOD
+from schemas.methods import PARAMS_BY_METHOD, MethodParams
 
 MAX_TOP_K = 5
 BASE64_PATTERN = r"^(data:[^,]*,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
@@ -88,6 +89,7 @@ class ExplainParameters(BaseModel):
     )
     params: dict[str, dict[str, object]] = Field(default_factory=dict)
     output: OutputOptions = Field(default_factory=OutputOptions)
+    _method_params: dict[str, MethodParams] = PrivateAttr(default_factory=dict)
 
     @field_validator("methods")
     @classmethod
@@ -102,20 +104,23 @@ class ExplainParameters(BaseModel):
 
     @model_validator(mode="after")
     def _params_for_requested_methods(self) -> "ExplainParameters":
-        for method, values in self.params.items():
+        for method in self.params:
             if method not in self.methods:
                 raise ValueError(f"params given for {method!r}, which is not requested")
-            PARAMS_BY_METHOD[method].model_validate(values)
-        return self
-
-    def applied_params(self) -> dict[str, dict[str, object]]:
-        """Every requested method's parameters with defaults filled in."""
-        return {
-            method: PARAMS_BY_METHOD[method]
-            .model_validate(self.params.get(method, {}))
-            .model_dump()
+        # Validated here, once: the typed parameters are what the rest of the gateway reads.
+        self._method_params = {
+            method: PARAMS_BY_METHOD[method].model_validate(self.params.get(method, {}))
             for method in self.methods
         }
+        return self
+
+    def method_params(self) -> dict[str, MethodParams]:
+        """Every requested method's parameters, typed, with defaults filled in."""
+        return dict(self._method_params)
+
+    def applied_params(self) -> dict[str, dict[str, object]]:
+        """Every requested method's parameters with defaults filled in, as the job carries them."""
+        return {method: params.model_dump() for method, params in self._method_params.items()}
 
     def class_indices(self) -> list[int] | None:
         """The explicitly requested classes, or None when the target is a top-K."""
@@ -152,7 +157,12 @@ class ExplainRequest(ExplainOptions):
     )
 
     def options(self) -> ExplainOptions:
-        return ExplainOptions.model_validate(self.model_dump(exclude={"image"}))
+        """The request without its image, as already validated."""
+        options = ExplainOptions.model_construct(
+            **{name: getattr(self, name) for name in ExplainOptions.model_fields}
+        )
+        options._method_params = self.method_params()
+        return options
 
 
 class Prediction(BaseModel):

@@ -66,6 +66,10 @@ class ModelInfo(BaseModel):
     input: InputSpec
     labels: list[str]
     cam_layers: list[str] = Field(description="layers usable for CAM methods, last conv first")
+    cam_layer_channels: dict[str, int] = Field(
+        default_factory=dict,
+        description="each CAM layer's channel count (Score-CAM's cost counts one pass per channel)",
+    )
     default_cam_layer: str
     methods: list[str]
     sha256: str

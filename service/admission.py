@@ -15,7 +15,7 @@ from schemas import keys
 from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob, VisualizationJob
-from schemas.methods import PARAMS_BY_METHOD, job_passes
+from schemas.methods import Workload, job_passes
 from schemas.models import FailedModel, ModelInfo
 from service.auth import Principal
 from service.body import check_json_size, parse_json
@@ -132,23 +132,17 @@ def check_output(
         )
 
 
-def check_cost(
-    params: dict[str, dict[str, object]],
-    info: ModelInfo,
-    options: ExplainOptions,
-    settings: Settings,
-) -> None:
+def check_cost(options: ExplainOptions, info: ModelInfo, settings: Settings) -> None:
     """422 for a job whose passes over the model's input exceed `max_job_passes`."""
     targets = len(options.class_indices() or []) or options.top_k()
-    cost = job_passes(
-        {
-            method: PARAMS_BY_METHOD[method].model_validate(given)
-            for method, given in params.items()
-        },
-        info.input.height,
-        info.input.width,
-        targets,
+    work = Workload(
+        height=info.input.height,
+        width=info.input.width,
+        targets=targets,
+        layer_channels=info.cam_layer_channels,
+        default_layer=info.default_cam_layer,
     )
+    cost = job_passes(options.method_params(), work)
     if cost > settings.max_job_passes:
         raise InvalidRequest(
             f"The job would cost {cost:,.0f} passes (over a 256×256 input) on {info.id!r}; "
@@ -218,7 +212,7 @@ def prepare_job(
     if header.dicom is not None:
         image = minimal_dicom(image)
     params = options.applied_params()
-    check_cost(params, info, options, settings)
+    check_cost(options, info, settings)
     message = ExplanationJob(
         job_id=uuid.uuid4().hex,
         model=info.id,

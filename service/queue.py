@@ -1,7 +1,6 @@
 """The gateway's side of the queue: enqueue jobs, wait for them, read their state."""
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -405,6 +404,9 @@ class JobQueue:
         return None if previous is None else JobState(previous.decode())
 
 
+_STOP_TIMEOUT_S = 5.0
+
+
 class CompletionListener:
     """Wakes waiting requests when a worker announces that their job has finished.
 
@@ -422,10 +424,13 @@ class CompletionListener:
         self._task = asyncio.create_task(self._listen(), name="completion-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop listening; bounded, since closing a pub/sub connection mid-read can stall."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        done, _ = await asyncio.wait({self._task}, timeout=_STOP_TIMEOUT_S)
+        if not done:
+            log.warning("completion listener did not stop within %.0f s", _STOP_TIMEOUT_S)
 
     def expect(self, job_id: str) -> asyncio.Future[None]:
         """Register before enqueueing, so that no announcement can be missed."""

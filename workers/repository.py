@@ -9,8 +9,8 @@ import difflib
 import hashlib
 import importlib
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,6 +70,8 @@ class LoadedModel:
     cam_layers: list[str]
     default_cam_layer: str
     onnx_session: onnxruntime.InferenceSession | None = None
+    cam_layer_channels: Mapping[str, int] = field(default_factory=dict)
+    """Each CAM layer's channel count."""
 
     def forward_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised batch, without gradients, on `device`.
@@ -91,6 +93,7 @@ class LoadedModel:
             input=manifest.input,
             labels=manifest.labels,
             cam_layers=self.cam_layers[::-1],
+            cam_layer_channels=dict(self.cam_layer_channels),
             default_cam_layer=self.default_cam_layer,
             methods=methods,
             sha256=self.sha256,
@@ -182,12 +185,13 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
     module = module.eval().requires_grad_(False).to(device)
 
     try:
-        cam_layers = find_cam_layers(module, _zero_batch(manifest, device))
+        cam_layer_channels = find_cam_layers(module, _zero_batch(manifest, device))
     except Exception as exc:
         raise ModelLoadError(
             version_dir,
             f"the network does not run on an image of shape {_input_shape(manifest, 1)}: {exc}",
         ) from exc
+    cam_layers = list(cam_layer_channels)
     if not cam_layers:
         raise ModelLoadError(version_dir, "no layer has a spatial output usable for CAM methods")
     default_cam_layer = manifest.cam_layer or cam_layers[-1]
@@ -207,6 +211,7 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
         cam_layers=cam_layers,
         default_cam_layer=default_cam_layer,
         onnx_session=session,
+        cam_layer_channels=cam_layer_channels,
     )
     logits = model.forward_logits(_zero_batch(manifest, device))
     if tuple(logits.shape) != (1, len(manifest.labels)):
@@ -218,23 +223,23 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
     return model
 
 
-def find_cam_layers(module: torch.nn.Module, example: torch.Tensor) -> list[str]:
-    """Names of the submodules whose output on `example` is 4-D and larger than 1×1.
+def find_cam_layers(module: torch.nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """The submodules whose output on `example` is 4-D and larger than 1×1, by name, with the
+    channel count of that output.
 
     Ordered by when their forward call finished, so containers follow their children and the
     deepest layer comes last; a module called more than once counts at its last call.
     """
-    finished: dict[str, bool] = {}
+    finished: dict[str, int | None] = {}
 
     def record(name: str) -> Callable[[torch.nn.Module, object, object], None]:
         def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
             # CAM hooks keep a reused module's last activation, so its last call is what counts.
             finished.pop(name, None)
-            finished[name] = (
-                isinstance(output, torch.Tensor)
-                and output.dim() == 4
-                and output.shape[-2:].numel() > 1
-            )
+            channels = None
+            if isinstance(output, torch.Tensor) and output.dim() == 4:
+                channels = int(output.shape[1]) if output.shape[-2:].numel() > 1 else None
+            finished[name] = channels
 
         return hook
 
@@ -249,7 +254,7 @@ def find_cam_layers(module: torch.nn.Module, example: torch.Tensor) -> list[str]
     finally:
         for handle in handles:
             handle.remove()
-    return [name for name, spatial in finished.items() if spatial]
+    return {name: channels for name, channels in finished.items() if channels is not None}
 
 
 def _read_manifest(version_dir: Path) -> ModelManifest:

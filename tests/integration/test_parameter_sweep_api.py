@@ -17,7 +17,8 @@ from parameter_sweep import (  # type: ignore[import-not-found]
 )
 
 from schemas import problems
-from schemas.methods import MAX_LRP_ALPHA, MAX_LRP_EPSILON, MAX_SEED
+from schemas.methods import MAX_SEED
+from schemas.methods.lrp import MAX_LRP_ALPHA, MAX_LRP_EPSILON
 from schemas.visualizations import MAX_REGULARISER_WEIGHT
 from workers.demo.data import make_sample, to_png_bytes
 

@@ -5,7 +5,7 @@ from model_infos import small_model_info  # type: ignore[import-not-found]
 
 from schemas.dicom import DicomOptions, DicomWindow
 from schemas.explain import ExplainOptions
-from schemas.methods import PARAMS_BY_METHOD
+from schemas.methods import PARAMS_BY_METHOD, Workload
 from schemas.models import InputSpec, ModelInfo
 from service.admission import check_cost, explanation_cache_key
 from service.auth import Principal
@@ -46,7 +46,7 @@ RESNET = INFO.model_copy(
 
 def cost_check(info: ModelInfo, **request: object) -> None:
     options = ExplainOptions.model_validate({"model": info.id, **request})
-    check_cost(options.applied_params(), info, options, Settings())
+    check_cost(options, info, Settings())
 
 
 def test_every_method_at_its_defaults_is_within_the_default_cost() -> None:
@@ -76,5 +76,23 @@ def test_a_job_above_the_cost_limit_is_refused_naming_its_cost_and_the_limit(
 
 def test_gradient_methods_cost_per_target_and_perturbation_methods_per_image() -> None:
     saliency, rise = PARAMS_BY_METHOD["saliency"](), PARAMS_BY_METHOD["rise"]()
-    assert saliency.passes(128, 128, 3) == 3 * saliency.passes(128, 128, 1)
-    assert rise.passes(128, 128, 3) == rise.passes(128, 128, 1)
+    assert saliency.passes(Workload(128, 128, 3)) == 3 * saliency.passes(Workload(128, 128, 1))
+    assert rise.passes(Workload(128, 128, 3)) == rise.passes(Workload(128, 128, 1))
+
+
+def test_scorecam_costs_one_pass_per_channel_of_the_layer_the_model_publishes() -> None:
+    layers = {"features.2": 64, "features.4": 4096}
+    info = RESNET.model_copy(
+        update={
+            "cam_layers": list(layers),
+            "cam_layer_channels": layers,
+            "default_cam_layer": "features.4",
+        }
+    )
+    # 224² pixels are 0.766 passes over 256²: 66 passes are 51, 4,098 are 3,138.
+    cost_check(info, methods=["scorecam"], params={"scorecam": {"layer": "features.2"}})
+    with pytest.raises(InvalidRequest) as refused:
+        cost_check(info, methods=["scorecam"])
+    assert "cost 3,138 passes" in refused.value.detail
+    # A model that publishes no channel counts is costed as a 512-channel layer: 394 passes.
+    cost_check(RESNET, methods=["scorecam"])

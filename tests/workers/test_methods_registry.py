@@ -4,8 +4,12 @@ import pytest
 import torch
 from torch import nn
 
+from schemas.methods import PARAMS_BY_METHOD
+from schemas.methods.saliency import SaliencyParams
 from workers.methods import (
     METHODS,
+    AttributionMap,
+    Batch,
     MethodParameterError,
     Normalisation,
     TargetError,
@@ -174,3 +178,34 @@ def test_the_models_normalisation_sets_black_and_the_z_box_bounds(
     # Without black and white pixels the estimate is off by a fifth of the pixel range: it moves
     # the maps by 0.5 % (RISE, the least) to 50 % of their largest value, far beyond rounding.
     assert not torch.allclose(exact, estimated, atol=1e-3 * float(exact.abs().max()))
+
+
+def test_the_worker_implements_exactly_the_catalogued_methods_with_their_parameters() -> None:
+    assert sorted(METHODS) == sorted(PARAMS_BY_METHOD)
+    for method_id, method in METHODS.items():
+        assert method.id == method_id
+        assert method.params_model is PARAMS_BY_METHOD[method_id]
+
+
+def test_a_method_reaches_its_implementation_with_its_typed_parameters() -> None:
+    seen: list[object] = []
+    saliency = METHODS["saliency"]
+    original = type(saliency).attribute
+
+    def spy(self: object, batch: Batch, params: SaliencyParams) -> AttributionMap:
+        seen.append(params)
+        return original(saliency, batch, params)
+
+    type(saliency).attribute = spy  # type: ignore[method-assign]
+    try:
+        explain(
+            "saliency",
+            tiny_cnn(),
+            torch.randn(1, 1, 4, 4),
+            torch.tensor([0]),
+            {"abs": False},
+            cam_layer="1",
+        )
+    finally:
+        type(saliency).attribute = original  # type: ignore[method-assign]
+    assert seen == [SaliencyParams(abs=False)]

@@ -243,7 +243,7 @@ def test_cam_layers_count_a_reused_module_at_its_last_call() -> None:
         def forward(self, images: torch.Tensor) -> torch.Tensor:
             return self.relu(self.conv(self.relu(images)))
 
-    assert find_cam_layers(Reused(), torch.zeros(1, 1, 8, 8)) == ["conv", "relu"]
+    assert list(find_cam_layers(Reused(), torch.zeros(1, 1, 8, 8))) == ["conv", "relu"]
 
 
 def test_manifest_cam_layer_is_the_default(tiny_cnn: torch.nn.Module, tmp_path: Path) -> None:

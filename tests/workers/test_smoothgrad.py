@@ -16,7 +16,7 @@ from method_checks import (
 from torch import nn
 
 import workers.methods.base as method_base
-from schemas.methods import SmoothGradParams
+from schemas.methods.smoothgrad import SmoothGradParams
 from workers.methods import explain
 from workers.methods.baselines import make_baseline
 

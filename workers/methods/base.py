@@ -1,7 +1,7 @@
 """What every attribution method shares: its result, its parameters, and the gradient passes.
 
-A method is a small `AttributionMethod` that says how to turn the gradients these helpers return
-into a map; its parameters are the pydantic model of the same id in `schemas.methods`. The
+A method is a small `AttributionMethod`, generic over its parameters model in `schemas.methods`,
+that says how to turn the passes these helpers run into a map. The
 helpers never touch parameter gradients and leave the model as they found it: hooks are removed
 on every exit path.
 """
@@ -9,15 +9,17 @@ on every exit path.
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Generic, TypeVar, cast, get_args
 
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from schemas.methods import PARAMS_BY_METHOD
+from schemas.methods import LayerParams, MethodParams
+
+P = TypeVar("P", bound=MethodParams)
 
 
 class UnknownMethodError(ValueError):
@@ -76,95 +78,108 @@ class Normalisation:
         return ((pixel - mean) / std).view(1, channels, 1, 1)
 
 
-class AttributionMethod(ABC):
-    """An attribution method: an id, its parameters, and how it computes a map."""
+Forward = Callable[[torch.Tensor], torch.Tensor]
+"""A model's (N, classes) logits for a normalised batch, computed without gradients."""
 
-    id: ClassVar[str]
-    forward_only: ClassVar[bool] = False
-    """Whether the method needs only no-grad forward passes, so ONNX Runtime can serve it."""
 
-    def resolve_params(self, params: Mapping[str, object], *, cam_layer: str) -> dict[str, object]:
-        """Every parameter as it will be applied: checked against the method's schema in
-        `schemas.methods`, defaults filled in, and a missing `layer` set to `cam_layer`.
+@dataclass(frozen=True)
+class Batch:
+    """What a method explains: normalised inputs (N, C, H, W), one int64 target class per row
+    (N,) on the inputs' device, and the model they go through.
 
-        A value the schema refuses raises MethodParameterError, None included (how JSON writers
+    `model` is in eval mode with parameters that do not require grad, and methods leave it
+    unchanged. `forward` gives its logits without gradients (ONNX Runtime for ONNX models),
+    for the methods that need only forward passes. `cam_layer` is the layer CAM methods use
+    unless their parameters name another. `normalisation` is how the inputs were normalised, for
+    the methods that need pixel values (a black baseline, z-box bounds); without it they estimate
+    them from each image (`baselines`).
+    """
+
+    model: nn.Module
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    forward: Forward
+    cam_layer: str = ""
+    normalisation: Normalisation | None = None
+
+    def rows(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> "Batch":
+        """The batch of the given rows (an index tensor), optionally with other inputs."""
+        chosen = self.inputs[rows] if inputs is None else inputs
+        return replace(self, inputs=chosen, targets=self.targets[rows])
+
+    def with_inputs(self, inputs: torch.Tensor, targets: torch.Tensor) -> "Batch":
+        """The same model and settings over other inputs and targets (noisy copies, say)."""
+        return replace(self, inputs=inputs, targets=targets)
+
+
+class AttributionMethod(ABC, Generic[P]):
+    """An attribution method: the implementation of the `schemas.methods` parameters model `P`.
+
+    A subclass names its parameters model as its type argument (`AttributionMethod[GradCamParams]`)
+    and implements `attribute`; the parameters' class variables say the rest (id, signed, cost).
+    """
+
+    params_model: ClassVar[type[MethodParams]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in getattr(cls, "__orig_bases__", ()):
+            for argument in get_args(base):
+                if isinstance(argument, type) and issubclass(argument, MethodParams):
+                    cls.params_model = argument
+
+    @property
+    def id(self) -> str:
+        return self.params_model.method
+
+    def resolve(self, params: Mapping[str, object], *, cam_layer: str) -> P:
+        """The parameters as they will be applied: checked against the method's model, defaults
+        filled in, and a missing `layer` set to `cam_layer`.
+
+        A value the model refuses raises MethodParameterError, None included (how JSON writers
         spell a non-finite number): it is never replaced by the default.
         """
         try:
-            parsed = PARAMS_BY_METHOD[self.id].model_validate(params)
+            parsed = self.params_model.model_validate(params)
         except ValidationError as exc:
             error = exc.errors()[0]
             name = ".".join(str(part) for part in error["loc"]) or "params"
             raise MethodParameterError(
                 name, f"{self.id}: parameter {name!r}: {error['msg']}"
             ) from None
-        resolved = parsed.model_dump()
-        if "layer" in resolved and resolved["layer"] is None:
-            resolved["layer"] = cam_layer
-        return resolved
+        if isinstance(parsed, LayerParams) and parsed.layer is None:
+            parsed = parsed.model_copy(update={"layer": cam_layer})
+        return cast(P, parsed)
 
     def supports(self, model: nn.Module) -> bool:
         """Whether the method works on `model`; gradient methods work on any differentiable one."""
         return True
 
     @abstractmethod
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
-        """Maps for `inputs` (N, C, H, W) and `targets` (N,), with `params` already resolved.
-
-        `normalisation` is how the model's inputs were normalised, for the methods that need
-        pixel values (a black baseline, z-box bounds); without it they estimate them from each
-        image (`baselines`)."""
+    def attribute(self, batch: Batch, params: P) -> AttributionMap:
+        """Maps for the batch's inputs and targets, with `params` resolved."""
 
 
-Forward = Callable[[torch.Tensor], torch.Tensor]
-"""A model's (N, classes) logits for a normalised batch, computed without gradients."""
-
-
-class ForwardOnlyMethod(AttributionMethod):
-    """A method computed from forward passes alone: `attribute` takes any `Forward`.
+class ForwardOnlyMethod(AttributionMethod[P]):
+    """A method computed from forward passes alone (`Batch.forward`), image by image.
 
     Rows that repeat an image share its passes: each distinct image is explained once, for the
     targets of all its rows.
     """
 
-    forward_only = True
-    signed: ClassVar[bool]
-
-    def attribute(
-        self,
-        model: Forward,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
+    def attribute(self, batch: Batch, params: P) -> AttributionMap:
+        inputs = batch.inputs
         images, image_of_row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
         values = inputs.new_empty((inputs.shape[0], *inputs.shape[2:]), dtype=torch.float32)
         for index, flat_image in enumerate(images):
             rows = (image_of_row == index).nonzero()[:, 0]
-            image = flat_image.view_as(inputs[0])[None]
-            values[rows] = self.attribute_image(
-                model, image, targets[rows], params, normalisation
-            ).float()
-        return AttributionMap(values, signed=self.signed)
+            image = batch.rows(rows, inputs=flat_image.view_as(inputs[0])[None])
+            values[rows] = self.attribute_image(image, params).float()
+        return AttributionMap(values, signed=params.is_signed())
 
     @abstractmethod
-    def attribute_image(
-        self,
-        forward: Forward,
-        image: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> torch.Tensor:
-        """Maps (T, H, W) of one image (1, C, H, W) for each of `targets` (T,)."""
+    def attribute_image(self, image: Batch, params: P) -> torch.Tensor:
+        """Maps (T, H, W) of a batch holding one image (1, C, H, W) and its targets (T,)."""
 
 
 def target_columns(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

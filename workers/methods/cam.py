@@ -10,7 +10,6 @@ ONNX conversions. Not supported: heads with more than one layer after the pool (
 a normalisation after it (ConvNeXt), and models torch.fx cannot trace.
 """
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
@@ -22,14 +21,16 @@ from onnx2torch.node_converters.global_average_pool import (
 )
 from torch import fx, nn
 
+from schemas.methods.cam import CamParams
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
-    Normalisation,
+    Batch,
     UnsupportedModelError,
     class_activation_map,
     target_columns,
 )
+from workers.methods.registry import register
 
 # Identities in eval mode, or reshapes of the pooled (N, K, 1, 1) tensor to (N, K).
 _PASS_THROUGH_MODULES = (nn.Flatten, nn.Identity, nn.Dropout)
@@ -51,7 +52,8 @@ class GapLinearHead:
     classifier: nn.Linear
 
 
-class Cam(AttributionMethod):
+@register
+class Cam(AttributionMethod[CamParams]):
     """relu(Σ_k w_{c,k} A_k): the feature maps A entering the global average pool, weighed by the
     target's row w_c of the linear head (bias left out), upsampled bilinearly to the input; the
     ReLU keeps evidence for the class. Unsigned.
@@ -59,8 +61,6 @@ class Cam(AttributionMethod):
     On such a model this is Grad-CAM at the pooled features times h·w (Selvaraju et al. 2017).
     Raises `UnsupportedModelError` for a model without a global-average-pool + linear head.
     """
-
-    id = "cam"
 
     def supports(self, model: nn.Module) -> bool:
         parameter = next(model.parameters(), None)
@@ -71,15 +71,9 @@ class Cam(AttributionMethod):
             return False
         return True
 
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
-        head = gap_linear_head(model, inputs.device)
+    def attribute(self, batch: Batch, params: CamParams) -> AttributionMap:
+        inputs, targets = batch.inputs, batch.targets
+        head = gap_linear_head(batch.model, inputs.device)
         with torch.no_grad():
             features = head.trunk(inputs)
         class_weights = head.classifier.weight
@@ -90,7 +84,7 @@ class Cam(AttributionMethod):
             )
         weights = target_columns(class_weights.T, targets).T
         cam = class_activation_map(features, weights, (inputs.shape[2], inputs.shape[3]))
-        return AttributionMap(cam, signed=False)
+        return AttributionMap(cam, signed=params.is_signed())
 
 
 # Per model, per device: a trunk's own tensors (fx constants, buffers fetched by get_attr) stay on

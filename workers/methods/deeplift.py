@@ -15,16 +15,17 @@ completeness by up to 5 %. Other nonlinearities (sigmoid, SiLU, `F.max_pool2d` c
 back to their gradient and break completeness.
 """
 
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, target_score
+from schemas.methods.deeplift import DeepLiftParams
+from workers.methods.base import AttributionMap, AttributionMethod, Batch, target_score
 from workers.methods.baselines import make_baseline
 from workers.methods.canonical import has_canonical_form, rewritten_form
+from workers.methods.registry import register
 
 # Below this |Δin| the ratio Δout/Δin is ill-conditioned and the gradient stands in (Captum's).
 EPSILON = 1e-10
@@ -144,31 +145,20 @@ def deeplift_attributions(
     return (inputs - baselines) * multipliers[: inputs.shape[0]]
 
 
-class DeepLift(AttributionMethod):
+@register
+class DeepLift(AttributionMethod[DeepLiftParams]):
     """DeepLIFT-Rescale attributions from `baseline`, summed over channels; signed.
 
     The map sums to the target logit's change from the baseline to the input. Baselines come
     from `baselines.make_baseline`, exact where the model's normalisation is given.
     """
 
-    id = "deeplift"
-
     def supports(self, model: nn.Module) -> bool:
         return has_canonical_form(model)
 
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
+    def attribute(self, batch: Batch, params: DeepLiftParams) -> AttributionMap:
         baselines = make_baseline(
-            cast(str, params["baseline"]),
-            inputs,
-            seed=cast(int, params["seed"]),
-            normalisation=normalisation,
+            params.baseline, batch.inputs, seed=params.seed, normalisation=batch.normalisation
         )
-        attributions = deeplift_attributions(model, inputs, baselines, targets)
-        return AttributionMap(attributions.sum(dim=1).to(torch.float32), signed=True)
+        attributions = deeplift_attributions(batch.model, batch.inputs, baselines, batch.targets)
+        return AttributionMap(attributions.sum(dim=1).to(torch.float32), signed=params.is_signed())

@@ -1,13 +1,14 @@
 """Guided backpropagation (Springenberg et al. 2015): only positive gradients through ReLUs."""
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, input_gradient
+from schemas.methods.guided_backprop import GuidedBackpropParams
+from workers.methods.base import AttributionMap, AttributionMethod, Batch, input_gradient
 from workers.methods.canonical import has_canonical_form, rewritten_form
+from workers.methods.registry import register
 
 
 class _GuidedReLUFunction(torch.autograd.Function):
@@ -45,24 +46,15 @@ def guided_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     return input_gradient(guided_model, inputs, targets)
 
 
-class GuidedBackprop(AttributionMethod):
+@register
+class GuidedBackprop(AttributionMethod[GuidedBackpropParams]):
     """`abs=True`: max over channels of |guided gradient|, unsigned; `abs=False`: channel sum,
     signed (as saliency reduces the plain gradient)."""
-
-    id = "guided_backprop"
 
     def supports(self, model: nn.Module) -> bool:
         return has_canonical_form(model)
 
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
-        gradient = guided_gradient(model, inputs, targets)
-        if params["abs"]:
-            return AttributionMap(gradient.abs().amax(dim=1).to(torch.float32), signed=False)
-        return AttributionMap(gradient.sum(dim=1).to(torch.float32), signed=True)
+    def attribute(self, batch: Batch, params: GuidedBackpropParams) -> AttributionMap:
+        gradient = guided_gradient(batch.model, batch.inputs, batch.targets)
+        reduced = gradient.abs().amax(dim=1) if params.abs else gradient.sum(dim=1)
+        return AttributionMap(reduced.to(torch.float32), signed=params.is_signed())

@@ -1,27 +1,28 @@
 """Integrated Gradients (Sundararajan et al. 2017): gradients integrated along the straight path
 from a baseline to the input."""
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
+from schemas.methods.integrated_gradients import IntegratedGradientsParams
 from workers.deadline import check_deadline
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
-    Normalisation,
+    Batch,
     copies_per_pass,
     input_gradient,
 )
 from workers.methods.baselines import make_baseline
+from workers.methods.registry import register
 
 
-class IntegratedGradients(AttributionMethod):
+@register
+class IntegratedGradients(AttributionMethod[IntegratedGradientsParams]):
     """(x − x0) · ∫₀¹ ∂S/∂x(x0 + α(x − x0)) dα for the target logit S, summed over channels; signed.
 
     x0 is the `baseline` (see `workers.methods.baselines`); the integral is a `steps`-node
@@ -33,34 +34,22 @@ class IntegratedGradients(AttributionMethod):
     in `AttributionMap.checks`.
     """
 
-    id = "integrated_gradients"
-
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
+    def attribute(self, batch: Batch, params: IntegratedGradientsParams) -> AttributionMap:
         baselines = make_baseline(
-            cast(str, params["baseline"]),
-            inputs,
-            seed=cast(int, params["seed"]),
-            normalisation=normalisation,
+            params.baseline, batch.inputs, seed=params.seed, normalisation=batch.normalisation
         )
         refined = refined_integrated_gradients(
-            model,
-            inputs,
+            batch.model,
+            batch.inputs,
             baselines,
-            targets,
-            steps=cast(int, params["steps"]),
-            tolerance=cast(float, params["tolerance"]),
-            max_steps=cast(int, params["max_steps"]),
+            batch.targets,
+            steps=params.steps,
+            tolerance=params.tolerance,
+            max_steps=params.max_steps,
         )
         return AttributionMap(
             refined.attributions.sum(dim=1).to(torch.float32),
-            signed=True,
+            signed=params.is_signed(),
             checks={"completeness_gap": refined.gaps, "steps": refined.steps.to(torch.float32)},
         )
 

@@ -23,7 +23,13 @@ from onnx2torch.node_converters.global_average_pool import (
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from workers.methods.base import AttributionMap, AttributionMethod, Normalisation, target_score
+from schemas.methods.lrp import LrpParams
+from workers.methods.base import (
+    AttributionMap,
+    AttributionMethod,
+    Batch,
+    target_score,
+)
 from workers.methods.canonical import Concat, Sum, canonical_form, rewritten_form
 from workers.methods.lrp_rules import (
     Composite,
@@ -35,6 +41,7 @@ from workers.methods.lrp_rules import (
     is_rule_layer,
     stabilised_sum,
 )
+from workers.methods.registry import register
 
 _REWRITE_KEY = "lrp: BatchNorm folded"
 
@@ -131,14 +138,13 @@ def relevance_graph(model: nn.Module) -> fx.GraphModule:
     return rewritten_form(model, _REWRITE_KEY, replace)
 
 
-class Lrp(AttributionMethod):
+@register
+class Lrp(AttributionMethod[LrpParams]):
     """LRP input relevance summed over channels: signed, summing to about the target logit.
 
     z-box bounds are the normalised values of black and white pixels where the model's
     normalisation is given, else each image's own per-channel value range.
     """
-
-    id = "lrp"
 
     def supports(self, model: nn.Module) -> bool:
         try:
@@ -147,27 +153,21 @@ class Lrp(AttributionMethod):
             return False
         return any(is_rule_layer(module) for module in graph.modules())
 
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
+    def attribute(self, batch: Batch, params: LrpParams) -> AttributionMap:
+        inputs, normalisation = batch.inputs, batch.normalisation
         relevance = lrp_relevance(
-            model,
+            batch.model,
             inputs,
-            targets,
-            composite=cast(CompositeName, params["composite"]),
-            first_layer=cast(FirstLayerRule, params["first_layer"]),
-            epsilon=cast(float, params["epsilon"]),
-            alpha=cast(float, params["alpha"]),
+            batch.targets,
+            composite=params.composite,
+            first_layer=params.first_layer,
+            epsilon=params.epsilon,
+            alpha=params.alpha,
             input_bounds=None
             if normalisation is None
             else (normalisation.normalised(0.0, inputs), normalisation.normalised(1.0, inputs)),
         )
-        return AttributionMap(relevance.sum(dim=1).to(torch.float32), signed=True)
+        return AttributionMap(relevance.sum(dim=1).to(torch.float32), signed=params.is_signed())
 
 
 class _RelevancePass(fx.Interpreter):

@@ -19,14 +19,14 @@ Rules follow Montavon et al., "Layer-wise relevance propagation: an overview" (2
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Literal, cast
+from typing import ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-CompositeName = Literal["epsilon", "epsilon_plus", "alpha_beta"]
-FirstLayerRule = Literal["zbox", "flat", "same"]
+from schemas.methods.lrp import CompositeName, FirstLayerRule
+
 RuleLayer = nn.Conv2d | nn.Linear
 
 Modifier = Callable[[torch.Tensor], torch.Tensor]

@@ -1,23 +1,23 @@
 """Occlusion (Zeiler & Fergus 2014): how much the target's logit drops when a patch is covered."""
 
 import math
-from collections.abc import Mapping
-from typing import cast
 
 import torch
 
+from schemas.methods.occlusion import OcclusionParams
 from workers.deadline import check_deadline
 from workers.methods.base import (
-    Forward,
+    Batch,
     ForwardOnlyMethod,
     MethodParameterError,
-    Normalisation,
     target_columns,
 )
 from workers.methods.baselines import make_baseline
+from workers.methods.registry import register
 
 
-class Occlusion(ForwardOnlyMethod):
+@register
+class Occlusion(ForwardOnlyMethod[OcclusionParams]):
     """Each pixel: the mean, over the windows covering it, of logit(x) - logit(x with the window
     filled); signed.
 
@@ -29,33 +29,22 @@ class Occlusion(ForwardOnlyMethod):
     than the image covers all of it.
     """
 
-    id = "occlusion"
-    signed = True
-
-    def attribute_image(
-        self,
-        forward: Forward,
-        image: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> torch.Tensor:
-        window, stride = cast(int, params["window"]), cast(int, params["stride"])
-        batch_size = cast(int, params["batch_size"])
-        height, width = image.shape[2:]
+    def attribute_image(self, image: Batch, params: OcclusionParams) -> torch.Tensor:
+        pixels, targets, window, stride = image.inputs, image.targets, params.window, params.stride
+        height, width = pixels.shape[2:]
         tops = _window_starts(height, min(window, height), stride)
         lefts = _window_starts(width, min(window, width), stride)
-        corners = torch.cartesian_prod(tops, lefts).to(image.device)
-        filled = make_baseline(cast(str, params["fill"]), image, normalisation=normalisation)
+        corners = torch.cartesian_prod(tops, lefts).to(pixels.device)
+        filled = make_baseline(params.fill, pixels, normalisation=image.normalisation)
 
-        score = target_columns(forward(image).float(), targets)
-        drops = image.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
-        coverage = image.new_zeros(height * width, dtype=torch.float32)
-        for chunk in corners.split(batch_size):
+        score = target_columns(image.forward(pixels).float(), targets)
+        drops = pixels.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
+        coverage = pixels.new_zeros(height * width, dtype=torch.float32)
+        for chunk in corners.split(params.batch_size):
             check_deadline()
             covered = _covered(chunk, window, height, width)
-            occluded = torch.where(covered[:, None], filled, image)
-            drop = score - target_columns(forward(occluded).float(), targets)
+            occluded = torch.where(covered[:, None], filled, pixels)
+            drop = score - target_columns(image.forward(occluded).float(), targets)
             flat = covered.flatten(1).float()
             drops += drop.T @ flat
             coverage += flat.sum(0)

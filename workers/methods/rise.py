@@ -1,18 +1,19 @@
 """RISE (Petsiuk et al. 2018): the target's probability averaged over random smooth masks."""
 
 import math
-from collections.abc import Mapping
-from typing import cast
 
 import torch
 import torch.nn.functional as F
 
+from schemas.methods.rise import RiseParams
 from workers.deadline import check_deadline
-from workers.methods.base import Forward, ForwardOnlyMethod, Normalisation, target_columns
+from workers.methods.base import Batch, ForwardOnlyMethod, target_columns
 from workers.methods.baselines import make_baseline
+from workers.methods.registry import register
 
 
-class Rise(ForwardOnlyMethod):
+@register
+class Rise(ForwardOnlyMethod[RiseParams]):
     """sum_i P(target | x masked by m_i) * m_i / (masks * p); unsigned, as probabilities are >= 0.
 
     The score is the softmax probability, as in the paper. A mask keeps the image where it is 1 and
@@ -21,30 +22,18 @@ class Rise(ForwardOnlyMethod):
     `draw_masks` and `smooth_masks` with the request's seed, the same for every image and device.
     """
 
-    id = "rise"
-    signed = False
-
-    def attribute_image(
-        self,
-        forward: Forward,
-        image: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> torch.Tensor:
-        count, p = cast(int, params["masks"]), cast(float, params["p"])
-        height, width = image.shape[2:]
-        grids, shifts = draw_masks(
-            count, cast(int, params["cell"]), p, (height, width), cast(int, params["seed"])
-        )
-        black = make_baseline("black", image, normalisation=normalisation)
-        saliency = image.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
-        batch_size = cast(int, params["batch_size"])
+    def attribute_image(self, image: Batch, params: RiseParams) -> torch.Tensor:
+        count, p, pixels, targets = params.masks, params.p, image.inputs, image.targets
+        height, width = pixels.shape[2:]
+        grids, shifts = draw_masks(count, params.cell, p, (height, width), params.seed)
+        black = make_baseline("black", pixels, normalisation=image.normalisation)
+        saliency = pixels.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
+        batch_size = params.batch_size
         for grid, shift in zip(grids.split(batch_size), shifts.split(batch_size), strict=True):
             check_deadline()
-            masks = smooth_masks(grid.to(image.device), shift.to(image.device), (height, width))
-            masked = torch.addcmul(black, image - black, masks[:, None].to(image.dtype))
-            probabilities = forward(masked).float().softmax(dim=1)
+            masks = smooth_masks(grid.to(pixels.device), shift.to(pixels.device), (height, width))
+            masked = torch.addcmul(black, pixels - black, masks[:, None].to(pixels.dtype))
+            probabilities = image.forward(masked).float().softmax(dim=1)
             saliency += target_columns(probabilities, targets).T @ masks.flatten(1)
         return (saliency / (count * p)).view(-1, height, width)
 

@@ -1,27 +1,27 @@
 """Score-CAM (Wang et al. 2020): activation maps weighed by how much they, as masks, raise the
 target's probability."""
 
-from collections.abc import Mapping
-from typing import cast
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from schemas.methods.scorecam import ScoreCamParams
 from workers.deadline import check_deadline
 from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
+    Batch,
     MethodParameterError,
-    Normalisation,
     captured_output,
     class_activation_map,
     find_layer,
     target_columns,
 )
+from workers.methods.registry import register
 
 
-class ScoreCam(AttributionMethod):
+@register
+class ScoreCam(AttributionMethod[ScoreCamParams]):
     """relu(Σ_k w_k A_k) at `layer`, upsampled bilinearly to the input; unsigned.
 
     Each activation map A_k, upsampled to the input and scaled to [0, 1], masks the input
@@ -33,18 +33,9 @@ class ScoreCam(AttributionMethod):
     non-constant map, per distinct image (rows that repeat an image share them).
     """
 
-    id = "scorecam"
-
-    def attribute(
-        self,
-        model: nn.Module,
-        inputs: torch.Tensor,
-        targets: torch.Tensor,
-        params: Mapping[str, object],
-        normalisation: Normalisation | None = None,
-    ) -> AttributionMap:
-        layer = cast(str, params["layer"])
-        batch_size = cast(int, params["batch_size"])
+    def attribute(self, batch: Batch, params: ScoreCamParams) -> AttributionMap:
+        model, inputs, targets = batch.model, batch.inputs, batch.targets
+        layer, batch_size = params.layer or batch.cam_layer, params.batch_size
         size = (inputs.shape[2], inputs.shape[3])
         flat_images, image_of_row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
         images = flat_images.view(-1, *inputs.shape[1:])
@@ -70,7 +61,7 @@ class ScoreCam(AttributionMethod):
                 scores[image, channel] = target_columns(probabilities, classes)
         weights = scores[image_of_row, :, column_of_row] - baseline[0, column_of_row][:, None]
         cam = class_activation_map(activation[image_of_row], weights, size)
-        return AttributionMap(cam, signed=False)
+        return AttributionMap(cam, signed=params.is_signed())
 
 
 def _layer_output(model: nn.Module, inputs: torch.Tensor, layer: str) -> torch.Tensor:

@@ -1,0 +1,27 @@
+"""Guided Grad-CAM's parameters and catalogue entry."""
+
+from typing import ClassVar
+
+from typing_extensions import override
+
+from schemas.methods.contract import LayerParams, Need, Workload, register_method
+
+
+@register_method
+class GuidedGradCamParams(LayerParams):
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM."""
+
+    method = "guided_gradcam"
+    title = "Guided Grad-CAM"
+    summary = (
+        "Guided backpropagation (largest magnitude over channels) times Grad-CAM upsampled to "
+        "the input: fine detail inside the class-discriminative region."
+    )
+    reference = "Selvaraju et al., ICCV 2017"
+    cost = "2 forward + 2 backward (one to the layer, one guided to the input)"
+    signed = False
+    needs: ClassVar[frozenset[Need]] = frozenset({"gradients", "cam_layer", "relu"})
+
+    @override
+    def passes(self, work: Workload) -> int:
+        return 4 * work.targets

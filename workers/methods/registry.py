@@ -1,0 +1,103 @@
+"""The implemented methods by id, and `explain`, the one entry point the worker calls.
+
+Each method's module registers its class with `@register`; `workers.methods` imports every module
+of the package, so implementing a method is adding its file.
+"""
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from schemas.methods import PARAMS_BY_METHOD, MethodParams
+from workers.methods.base import (
+    AttributionMap,
+    AttributionMethod,
+    Batch,
+    Forward,
+    Normalisation,
+    UnknownMethodError,
+    check_batch,
+)
+
+_REGISTRY: dict[str, AttributionMethod[Any]] = {}
+
+METHODS: Mapping[str, AttributionMethod[Any]] = MappingProxyType(_REGISTRY)
+"""Every implemented method by its id."""
+
+Method = TypeVar("Method", bound=type[AttributionMethod[Any]])
+
+
+def register(method: Method) -> Method:
+    """Class decorator: implement the method of the class's parameters model."""
+    method_id = method.params_model.method
+    if PARAMS_BY_METHOD.get(method_id) is not method.params_model:
+        raise TypeError(f"{method.__name__}: {method_id!r} is not registered in schemas.methods")
+    if method_id in _REGISTRY:
+        raise ValueError(f"method {method_id!r} is implemented twice")
+    _REGISTRY[method_id] = method()
+    return method
+
+
+def get_method(method: str) -> AttributionMethod[Any]:
+    """The implementation of `method`, or `UnknownMethodError`."""
+    try:
+        return METHODS[method]
+    except KeyError:
+        known = ", ".join(sorted(METHODS))
+        raise UnknownMethodError(f"unknown method {method!r}; known: {known}") from None
+
+
+def available_methods(model: nn.Module) -> list[str]:
+    """The ids of the methods that work on `model`, sorted."""
+    return sorted(method_id for method_id, method in METHODS.items() if method.supports(model))
+
+
+def resolve(method: str, params: Mapping[str, object], *, cam_layer: str) -> MethodParams:
+    """The parameters of `method` as `explain` applies them, typed: defaults filled in, and a
+    missing `layer` set to `cam_layer`. Raises `MethodParameterError` for a bad value."""
+    return get_method(method).resolve(params, cam_layer=cam_layer)
+
+
+def resolve_params(
+    method: str, params: Mapping[str, object], *, cam_layer: str
+) -> dict[str, object]:
+    """Every parameter of `method` as `explain` applies it, as provenance states them."""
+    return resolve(method, params, cam_layer=cam_layer).model_dump()
+
+
+def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled out for callers
+    method: str,
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    params: Mapping[str, object] | MethodParams,
+    *,
+    cam_layer: str,
+    forward: Forward | None = None,
+    normalisation: Normalisation | None = None,
+) -> AttributionMap:
+    """Attribution maps of `method` for a batch, one target class per sample (see `Batch`).
+
+    `params` is what the request gave, or what `resolve` made of it (then it is not validated
+    again). Without `forward`, forward-only methods call `model`. Raises `UnknownMethodError`,
+    `MethodParameterError` or `TargetError` for bad requests.
+    """
+    implementation = get_method(method)
+    resolved = (
+        params
+        if isinstance(params, implementation.params_model)
+        else implementation.resolve(dict(params), cam_layer=cam_layer)
+    )
+    check_batch(inputs, targets)
+    batch = Batch(
+        model=model,
+        inputs=inputs,
+        targets=targets.to(inputs.device),
+        forward=model if forward is None else forward,
+        cam_layer=cam_layer,
+        normalisation=normalisation,
+    )
+    return implementation.attribute(batch, resolved)
