@@ -34,6 +34,8 @@ DICOM_LAYOUT_ELEMENTS = (
 )
 """The data elements the layout rules read, by keyword; besides them, the file meta's
 TransferSyntaxUID."""
+DICOM_UNREADABLE = "The DICOM file is malformed."
+"""What either side says of a file whose header its reader cannot parse."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions
 from schemas.dicom_layout import (
     DICOM_LAYOUT_ELEMENTS,
     DICOM_PREAMBLE_BYTES,
+    DICOM_UNREADABLE,
     DicomLayout,
     DicomLayoutError,
     check_dicom_layout,
@@ -42,7 +43,7 @@ def inspect_dicom(data: bytes, max_pixels: int) -> DicomLayout:
             elements = {keyword: dataset.get(keyword) for keyword in DICOM_LAYOUT_ELEMENTS}
             syntax = dataset.file_meta.get("TransferSyntaxUID")
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
-        raise BadImage("The DICOM file is malformed.") from exc
+        raise BadImage(DICOM_UNREADABLE) from exc
     elements["TransferSyntaxUID"] = syntax
     # pydicom knows the standard's names; an unknown or private UID has none to quote.
     name = syntax.name if isinstance(syntax, UID) and syntax.is_transfer_syntax else None
@@ -74,7 +75,7 @@ def minimal_dicom(data: bytes) -> bytes:
             out = io.BytesIO()
             pydicom.dcmwrite(out, kept, enforce_file_format=False)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
-        raise BadImage("The DICOM file is malformed.") from exc
+        raise BadImage(DICOM_UNREADABLE) from exc
     return out.getvalue()
 
 

@@ -16,6 +16,7 @@ from pydicom.uid import UID
 from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
 from schemas.dicom_layout import (
     DICOM_LAYOUT_ELEMENTS,
+    DICOM_UNREADABLE,
     DicomLayout,
     DicomLayoutError,
     check_dicom_layout,
@@ -96,7 +97,7 @@ def _read_image_elements(data: bytes) -> Dataset:
             for keyword in DICOM_DECODING_ELEMENTS:
                 dataset.get(keyword)  # converts the raw value here, where errors are caught
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
-        raise ImageDecodeError("the DICOM file is malformed") from exc
+        raise ImageDecodeError(DICOM_UNREADABLE) from exc
     return dataset
 
 
