@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from service.dicom import DicomHeader, inspect_dicom, is_dicom
+from schemas.dicom_layout import DicomLayout, is_dicom
+from service.dicom import inspect_dicom
 from service.errors import BadImage, PayloadTooLarge, UnsupportedMedia
 
 _SIGNATURES = {
@@ -22,7 +23,7 @@ class ImageHeader:
     format: str
     width: int
     height: int
-    dicom: DicomHeader | None = None
+    dicom: DicomLayout | None = None
 
 
 def decode_base64_image(text: str) -> bytes:

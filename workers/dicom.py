@@ -11,24 +11,33 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import pixel_array
+from pydicom.uid import UID
 
-from schemas.dicom import (
-    DICOM_BITS_ALLOCATED,
-    DICOM_DECODING_ELEMENTS,
-    DICOM_PHOTOMETRIC_INTERPRETATIONS,
-    DICOM_PHOTOMETRIC_TERMS,
-    DICOM_TRANSFER_SYNTAXES,
-    DicomOptions,
-    DicomWindow,
+from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
+from schemas.dicom_layout import (
+    DICOM_LAYOUT_ELEMENTS,
+    DICOM_UNREADABLE,
+    DicomLayout,
+    DicomLayoutError,
+    check_dicom_layout,
+    check_dicom_options,
 )
-from workers.images import (
+from schemas.problems import ProblemKind
+from workers.decoded import (
     DecodedImage,
     DicomOptionError,
     ImageDecodeError,
+    ImageError,
     ImageTooLargeError,
     UnsupportedImageError,
     display_of,
 )
+
+# The worker's error for each kind of problem the layout rules name.
+_REFUSALS: dict[ProblemKind, type[ImageError]] = {
+    refusal.kind: refusal
+    for refusal in (ImageDecodeError, UnsupportedImageError, ImageTooLargeError, DicomOptionError)
+}
 
 
 def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> DecodedImage:
@@ -46,21 +55,14 @@ def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> Decoded
     RGB image, and `ImageDecodeError` for malformed files.
     """
     dataset = _read_image_elements(data)
-    photometric = _check_layout(dataset, max_pixels)
-    frames = _number(dataset, "NumberOfFrames", default=1)
-    if options.frame >= frames:
-        raise DicomOptionError(
-            f"dicom.frame {options.frame} is out of range: the file has {frames} frame(s)"
-        )
-    if options.window is not None and photometric == "RGB":
-        raise DicomOptionError("dicom.window applies to MONOCHROME images, not to RGB ones")
+    layout = _checked_layout(dataset, options, max_pixels)
     try:
         with pydicom.config.disable_value_validation():
             stored = pixel_array(dataset, index=options.frame)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed pixel data
         raise ImageDecodeError("the DICOM pixel data cannot be decoded") from exc
-    if photometric == "RGB":
-        full_scale = 2 ** _number(dataset, "BitsStored") - 1
+    if layout.photometric == "RGB":
+        full_scale = 2**layout.bits_stored - 1
         pixels = np.clip(stored.astype(np.float64) / full_scale, 0.0, 1.0)
         return _decoded(pixels, DicomOptions(frame=options.frame))
     values = stored.astype(np.float64) * _decimal(dataset, "RescaleSlope", 1.0) + _decimal(
@@ -68,7 +70,7 @@ def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> Decoded
     )
     window = options.window or _file_window(dataset) or full_range_window(values)
     pixels = apply_window(values, window)
-    if photometric == "MONOCHROME1":
+    if layout.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return _decoded(pixels[:, :, None], DicomOptions(frame=options.frame, window=window))
 
@@ -95,45 +97,23 @@ def _read_image_elements(data: bytes) -> Dataset:
             for keyword in DICOM_DECODING_ELEMENTS:
                 dataset.get(keyword)  # converts the raw value here, where errors are caught
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
-        raise ImageDecodeError("the DICOM file is malformed") from exc
+        raise ImageDecodeError(DICOM_UNREADABLE) from exc
     return dataset
 
 
-def _check_layout(dataset: Dataset, max_pixels: int) -> str:
-    """What the pixel decoder relies on; returns the photometric interpretation."""
+def _checked_layout(dataset: Dataset, options: DicomOptions, max_pixels: int) -> DicomLayout:
+    """The layout rules the gateway applied before queueing, applied again to what was stored."""
     syntax = dataset.file_meta.get("TransferSyntaxUID")
-    if not syntax:
-        raise ImageDecodeError("the DICOM file has no TransferSyntaxUID")
-    if syntax not in DICOM_TRANSFER_SYNTAXES:
-        # pydicom's UID names the standard ones; a malformed file can put any bytes in its place.
-        standard = getattr(syntax, "is_transfer_syntax", False)
-        name = getattr(syntax, "name", "") if standard else "(unrecognised)"
-        raise UnsupportedImageError(
-            f"DICOM transfer syntax {name} is not supported; "
-            f"expected {', '.join(DICOM_TRANSFER_SYNTAXES.values())}"
-        )
-    photometric = str(dataset.get("PhotometricInterpretation") or "").strip().upper()
-    if not photometric:
-        raise ImageDecodeError("the DICOM file has no PhotometricInterpretation")
-    if photometric not in DICOM_PHOTOMETRIC_INTERPRETATIONS:
-        named = photometric if photometric in DICOM_PHOTOMETRIC_TERMS else "(unrecognised)"
-        raise UnsupportedImageError(
-            f"DICOM photometric interpretation {named} is not supported; expected "
-            f"{', '.join(DICOM_PHOTOMETRIC_INTERPRETATIONS)}"
-        )
-    bits = _number(dataset, "BitsAllocated")
-    if bits not in DICOM_BITS_ALLOCATED:
-        raise UnsupportedImageError(f"DICOM pixels of {bits} bits are not supported")
-    if _number(dataset, "SamplesPerPixel") != (3 if photometric == "RGB" else 1):
-        raise ImageDecodeError(f"a {photometric} DICOM image has the wrong samples per pixel")
-    rows, columns = _number(dataset, "Rows"), _number(dataset, "Columns")
-    frames = _number(dataset, "NumberOfFrames", default=1)
-    if rows * columns * frames > max_pixels:
-        raise ImageTooLargeError(
-            f"the DICOM image is {columns}×{rows} with {frames} frame(s); "
-            f"at most {max_pixels} pixels are accepted"
-        )
-    return photometric
+    elements = {keyword: dataset.get(keyword) for keyword in DICOM_LAYOUT_ELEMENTS}
+    elements["TransferSyntaxUID"] = syntax
+    # pydicom knows the standard's names; an unknown or private UID has none to quote.
+    name = syntax.name if isinstance(syntax, UID) and syntax.is_transfer_syntax else None
+    try:
+        layout = check_dicom_layout(elements, max_pixels, transfer_syntax_name=name)
+        check_dicom_options(options, layout)
+    except DicomLayoutError as refused:
+        raise _REFUSALS[refused.kind](refused.detail) from refused
+    return layout
 
 
 def _file_window(dataset: Dataset) -> DicomWindow | None:
@@ -161,23 +141,6 @@ def _decimal(dataset: Dataset, keyword: str, default: float) -> float:
     number = _first(value)
     if number is None or not np.isfinite(number):
         raise ImageDecodeError(f"the DICOM file's {keyword} is not a number")
-    return number
-
-
-def _number(dataset: Dataset, keyword: str, default: int | None = None) -> int:
-    value = dataset.get(keyword)
-    if value is None or value == "":
-        if default is None:
-            raise ImageDecodeError(f"the DICOM file has no {keyword}")
-        return default
-    if not isinstance(value, int | str):
-        raise ImageDecodeError(f"the DICOM file's {keyword} is not one number")
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise ImageDecodeError(f"the DICOM file's {keyword} is not a number") from exc
-    if number < 1:
-        raise ImageDecodeError(f"the DICOM file's {keyword} is {number}")
     return number
 
 

@@ -5,7 +5,6 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,13 +12,18 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from schemas.dicom import DicomOptions
+from schemas.dicom_layout import is_dicom
 from schemas.settings import DEFAULT_MAX_IMAGE_PIXELS
+from workers.decoded import (
+    DecodedImage,
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
+from workers.dicom import decode_dicom
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIGNATURE = b"\xff\xd8\xff"
-# A DICOM file (PS3.10) is a 128-byte preamble, then `DICM`.
-_DICOM_MAGIC_OFFSET = 128
-_DICOM_MAGIC = b"DICM"
 # PNG colour types 0 and 4 are grey and grey + alpha; the IHDR colour type byte sits at offset 25.
 _PNG_COLOUR_TYPE_OFFSET = 25
 _PNG_GREY_COLOUR_TYPES = (0, 4)
@@ -48,38 +52,6 @@ _PILLOW_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.erro
 _LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
-class ImageDecodeError(ValueError):
-    """The bytes claim a supported format but cannot be decoded."""
-
-
-class UnsupportedImageError(ValueError):
-    """The bytes are not in a format or encoding this worker decodes."""
-
-
-class ImageTooLargeError(ValueError):
-    """The image has more pixels than allowed; refused before its pixels are decoded."""
-
-
-class DicomOptionError(ValueError):
-    """The request's DICOM options do not fit the file: a frame it lacks, a window on colour."""
-
-
-@dataclass(frozen=True)
-class DecodedImage:
-    """An image at its original resolution, transparency composited on black.
-
-    `pixels` is float32 H×W×C in [0, 1] with C = 1 for grey images and 3 for colour ones, at the
-    original resolution or, when the decoder was given the model's size, reduced by a whole
-    factor towards it; `display` is the uint8 H×W×3 RGB picture overlays are drawn on, always at
-    the original resolution; `dicom` is, for a DICOM
-    image, the frame and window that made it.
-    """
-
-    pixels: np.ndarray
-    display: np.ndarray
-    dicom: DicomOptions | None = None
-
-
 def decode_image(
     data: bytes,
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
@@ -103,10 +75,7 @@ def decode_image(
     """
     if not data:
         raise ImageDecodeError("the image is empty")
-    if data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == _DICOM_MAGIC:
-        # workers.dicom builds on this module's DecodedImage and errors, so it is imported here.
-        from workers.dicom import decode_dicom
-
+    if is_dicom(data):
         return decode_dicom(data, dicom or DicomOptions(), max_pixels)
     if data.startswith(_PNG_SIGNATURE):
         grey_source = (
@@ -133,14 +102,6 @@ def decode_image(
     if factor > 1 and _READ_AS.get(image.mode) in _REDUCIBLE_MODES and not keyed:
         source = image.convert(_READ_AS[image.mode]).reduce(factor)
     return DecodedImage(pixels=_read_pixels(source, grey_source), display=display)
-
-
-def display_of(pixels: np.ndarray) -> np.ndarray:
-    """The uint8 H×W×3 RGB picture of float H×W×C pixels in [0, 1]."""
-    display = np.rint(pixels * 255).astype(np.uint8)
-    if display.shape[2] == 1:
-        display = np.repeat(display, 3, axis=2)
-    return display
 
 
 def to_model_input(

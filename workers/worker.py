@@ -22,14 +22,8 @@ from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
 from schemas.sealing import PayloadSealer, SealedPayloadError
 from workers.config import WorkerSettings
 from workers.deadline import DeadlineExceeded, deadline
-from workers.images import (
-    DecodedImage,
-    DicomOptionError,
-    ImageDecodeError,
-    ImageTooLargeError,
-    UnsupportedImageError,
-    decode_image,
-)
+from workers.decoded import DecodedImage, ImageError
+from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.methods.base import UnsupportedModelError
 from workers.pipeline import PreparedJob, batch_key, explain_jobs
@@ -301,14 +295,8 @@ class Worker:
             return decode_image(
                 data, self.settings.max_image_pixels, message.dicom, reduce_to=reduce_to
             )
-        except DicomOptionError as exc:
-            raise JobFailed(problems.INVALID_REQUEST, str(exc)) from exc
-        except ImageTooLargeError as exc:
-            raise JobFailed(problems.TOO_LARGE, str(exc)) from exc
-        except UnsupportedImageError as exc:
-            raise JobFailed(problems.UNSUPPORTED_MEDIA, str(exc)) from exc
-        except ImageDecodeError as exc:
-            raise JobFailed(problems.BAD_IMAGE, str(exc)) from exc
+        except ImageError as exc:
+            raise JobFailed(exc.kind, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files
             raise JobFailed(problems.BAD_IMAGE, "The image is corrupt.") from exc
 

@@ -107,6 +107,19 @@ def short_rle_file(pixels: np.ndarray) -> bytes:
     return _written(dataset)
 
 
+def without(data: bytes, *keywords: str, file_meta: tuple[str, ...] = ()) -> bytes:
+    """The file `data` with the data elements `keywords` and the file meta elements `file_meta`
+    removed, written back as it is otherwise."""
+    dataset = dcmread(io.BytesIO(data))
+    for keyword in keywords:
+        delattr(dataset, keyword)
+    for keyword in file_meta:
+        delattr(dataset.file_meta, keyword)
+    out = io.BytesIO()
+    dcmwrite(out, dataset, enforce_file_format=False)
+    return out.getvalue()
+
+
 def _dataset(transfer_syntax: UID, sop_class: UID) -> Dataset:
     dataset = Dataset()
     dataset.file_meta = FileMetaDataset()

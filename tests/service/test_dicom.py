@@ -17,16 +17,18 @@ from pydicom import dcmread
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     RLELossless,
 )
 
 from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
+from schemas.dicom_layout import DicomLayout
 from schemas.explain import ExplainOptions
 from service.admission import prepare_job
 from service.auth import Principal
 from service.config import Settings
-from service.dicom import DicomHeader, check_dicom_options, inspect_dicom, minimal_dicom
+from service.dicom import check_dicom_options, inspect_dicom, minimal_dicom
 from service.errors import ApiError, BadImage, InvalidRequest, PayloadTooLarge, UnsupportedMedia
 from service.images import inspect_image, sniff_format
 from workers.dicom import decode_dicom
@@ -36,6 +38,30 @@ RNG = np.random.default_rng(5)
 CT = RNG.integers(-1000, 2000, (12, 10)).astype(np.int16)
 FRAMES = RNG.integers(0, 255, (3, 8, 6), dtype=np.uint8)
 RGB = RNG.integers(0, 255, (4, 5, 3), dtype=np.uint8)
+
+
+def layout(
+    rows: int,
+    columns: int,
+    *,
+    frames: int = 1,
+    photometric: str = "MONOCHROME2",
+    bits: int = 8,
+    signed: bool = False,
+    syntax: str = ExplicitVRLittleEndian,
+) -> DicomLayout:
+    """The layout of what `dicom_file` writes for these pixels and options."""
+    return DicomLayout(
+        rows=rows,
+        columns=columns,
+        frames=frames,
+        samples_per_pixel=3 if photometric == "RGB" else 1,
+        bits_allocated=bits,
+        bits_stored=bits,
+        pixel_representation=int(signed),
+        photometric=photometric,
+        transfer_syntax=syntax,
+    )
 
 
 def assert_no_planted_value(error: BaseException) -> None:
@@ -56,20 +82,17 @@ def test_dicom_is_sniffed_by_dicm_after_the_128_byte_preamble() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (dicom_file(CT), DicomHeader(rows=12, columns=10, frames=1, photometric="MONOCHROME2")),
-        (dicom_file(FRAMES), DicomHeader(rows=8, columns=6, frames=3, photometric="MONOCHROME2")),
+        (dicom_file(CT), layout(12, 10, bits=16, signed=True)),
+        (dicom_file(FRAMES), layout(8, 6, frames=3)),
         (
             dicom_file(RGB, photometric="RGB", transfer_syntax=RLELossless),
-            DicomHeader(rows=4, columns=5, frames=1, photometric="RGB"),
+            layout(4, 5, photometric="RGB", syntax=RLELossless),
         ),
-        (
-            dicom_file(FRAMES[0], photometric="MONOCHROME1"),
-            DicomHeader(rows=8, columns=6, frames=1, photometric="MONOCHROME1"),
-        ),
+        (dicom_file(FRAMES[0], photometric="MONOCHROME1"), layout(8, 6, photometric="MONOCHROME1")),
     ],
     ids=["ct", "multi-frame", "rgb-rle", "monochrome1"],
 )
-def test_the_header_gives_the_image_layout(data: bytes, expected: DicomHeader) -> None:
+def test_the_header_gives_the_image_layout(data: bytes, expected: DicomLayout) -> None:
     header = inspect_image(data, MAX_PIXELS)
 
     assert header.format == "dicom"
@@ -146,8 +169,8 @@ def test_mutated_files_are_refused_as_client_errors_never_anything_else() -> Non
 
 
 def test_frame_and_window_must_fit_the_file() -> None:
-    grey = DicomHeader(rows=8, columns=6, frames=3, photometric="MONOCHROME2")
-    colour = DicomHeader(rows=8, columns=6, frames=1, photometric="RGB")
+    grey = layout(8, 6, frames=3)
+    colour = layout(8, 6, photometric="RGB")
     window = DicomWindow(center=40, width=400)
 
     check_dicom_options(None, None)

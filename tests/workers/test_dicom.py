@@ -21,15 +21,15 @@ from pydicom.uid import (
 )
 
 from schemas.dicom import DicomOptions, DicomWindow
-from workers.dicom import apply_window
-from workers.images import (
+from workers.decoded import (
     DecodedImage,
     DicomOptionError,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageError,
-    decode_image,
 )
+from workers.dicom import apply_window
+from workers.images import decode_image
 
 RNG = np.random.default_rng(3)
 CT = RNG.integers(-2000, 3000, (6, 9)).astype(np.int16)

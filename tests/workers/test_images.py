@@ -11,15 +11,14 @@ import torch
 from method_checks import EPS32
 from PIL import Image
 
-from workers.images import (
+from workers.decoded import (
     DecodedImage,
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageError,
-    decode_image,
     display_of,
-    to_model_input,
 )
+from workers.images import decode_image, to_model_input
 
 
 def encode(image: Image.Image, image_format: str = "PNG", **options: object) -> bytes:
