@@ -1,6 +1,7 @@
 """The explain request and its response (SPEC §3)."""
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -43,6 +44,33 @@ def check_target(target: Target) -> Target:
 
 
 ValidTarget = Annotated[StrictTarget, AfterValidator(check_target)]
+
+
+def target_classes(target: Target) -> list[int] | None:
+    """The classes a target names explicitly, or None when it is a "topK"."""
+    if isinstance(target, int):
+        return [target]
+    if isinstance(target, list):
+        return list(target)
+    return None
+
+
+def target_top_k(target: Target) -> int:
+    """K of a "topK" target; 0 for explicit classes."""
+    return int(target[3:]) if isinstance(target, str) else 0
+
+
+def most_probable(probabilities: Sequence[float], k: int) -> list[int]:
+    """The `k` classes of highest probability, most probable first; a tie goes to the lower
+    index."""
+    return sorted(range(len(probabilities)), key=lambda c: -probabilities[c])[:k]
+
+
+def resolve_target(target: Target, probabilities: Sequence[float]) -> list[int]:
+    """The classes a target explains for one image, given its class probabilities: the ones it
+    names, or its K most probable."""
+    classes = target_classes(target)
+    return classes if classes is not None else most_probable(probabilities, target_top_k(target))
 
 
 class OutputOptions(BaseModel):
@@ -124,17 +152,11 @@ class ExplainParameters(BaseModel):
 
     def class_indices(self) -> list[int] | None:
         """The explicitly requested classes, or None when the target is a top-K."""
-        if isinstance(self.target, int):
-            return [self.target]
-        if isinstance(self.target, list):
-            return list(self.target)
-        return None
+        return target_classes(self.target)
 
     def top_k(self) -> int:
         """K of a "topK" target; 0 for explicit classes."""
-        if isinstance(self.target, str):
-            return int(self.target[3:])
-        return 0
+        return target_top_k(self.target)
 
 
 class ExplainOptions(ExplainParameters):

@@ -1,6 +1,8 @@
-"""One batch of compatible jobs through one model: predict, attribute, render."""
+"""One batch of compatible jobs through one model, in three steps: compute the maps (one
+forward, the targets, the methods), render each job's explanations, build its response."""
 
 import base64
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,12 +21,16 @@ from schemas.explain import (
     Provenance,
     Scores,
     Timings,
+    most_probable,
+    resolve_target,
 )
 from schemas.jobs import ExplanationJob
+from schemas.methods import MethodParams
 from workers import render
 from workers.deadline import check_deadline
-from workers.images import DecodedImage, to_model_input
-from workers.methods import Normalisation, explain, resolve_params
+from workers.decoded import DecodedImage
+from workers.images import to_model_input
+from workers.methods import Normalisation, explain, resolve
 from workers.repository import LoadedModel
 
 MAX_PREDICTIONS = 5
@@ -40,6 +46,24 @@ class PreparedJob:
 
 
 @dataclass(frozen=True)
+class BatchKey:
+    """Jobs with equal keys share every forward and backward pass: the same model, the same
+    methods in the same order, the same parameters (as canonical JSON, keys sorted)."""
+
+    model: str
+    methods: tuple[str, ...]
+    params: str
+
+    @classmethod
+    def of(cls, message: ExplanationJob) -> "BatchKey":
+        return cls(
+            model=message.model,
+            methods=tuple(message.methods),
+            params=json.dumps(message.params, sort_keys=True, separators=(",", ":")),
+        )
+
+
+@dataclass(frozen=True)
 class _Row:
     """One map to compute: a job's image explained for one class."""
 
@@ -47,16 +71,46 @@ class _Row:
     class_index: int
 
 
-def batch_key(message: ExplanationJob) -> tuple[str, tuple[str, ...], str]:
-    """Jobs with equal keys share every forward and backward pass."""
-    params = sorted((m, sorted(p.items())) for m, p in message.params.items())
-    return message.model, tuple(message.methods), repr(params)
+@dataclass(frozen=True)
+class ComputedMap:
+    """One method's map of one row, at the model's input size, before any rendering."""
+
+    method: str
+    row: _Row
+    values: np.ndarray
+    signed: bool
+    compute_ms: float
+    checks: dict[str, float] | None
 
 
-def applied_params(message: ExplanationJob, model: LoadedModel) -> dict[str, dict[str, object]]:
-    """The request's parameters with the model's defaults filled in, as provenance states them."""
+@dataclass(frozen=True)
+class ComputedBatch:
+    """What the model computed for a batch of jobs: each image's class probabilities and
+    logits, the parameters applied and every map, method by method in row order."""
+
+    probabilities: list[list[float]]
+    logits: list[list[float]]
+    params: dict[str, MethodParams]
+    maps: list[ComputedMap]
+    compute_ms: float
+
+    def maps_of(self, job: int) -> list[ComputedMap]:
+        return [computed for computed in self.maps if computed.row.job == job]
+
+
+@dataclass(frozen=True)
+class RenderedJob:
+    """A job's explanations as its output options asked, and the time they took to render."""
+
+    explanations: list[Explanation]
+    render_ms: float
+
+
+def resolved_params(message: ExplanationJob, model: LoadedModel) -> dict[str, MethodParams]:
+    """The request's parameters, typed, with the model's defaults filled in: validated here once,
+    then handed to each method as they are."""
     return {
-        method: resolve_params(
+        method: resolve(
             method,
             {
                 name: value
@@ -72,132 +126,141 @@ def applied_params(message: ExplanationJob, model: LoadedModel) -> dict[str, dic
 def explain_jobs(
     model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int
 ) -> list[ExplainResponse]:
-    """Explain jobs that share a `batch_key`, each with its own targets and output options."""
-    spec = model.manifest.input
+    """Explain jobs that share a `BatchKey`, each with its own targets and output options."""
+    computed = compute_maps(model, jobs, max_rows)
+    return [
+        build_response(
+            model, job, j, computed, render_explanations(model, job, computed.maps_of(j))
+        )
+        for j, job in enumerate(jobs)
+    ]
+
+
+def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int) -> ComputedBatch:
+    """One forward pass over the batch, each job's target classes, then every method's maps in
+    calls of at most `max_rows` images."""
     started = time.perf_counter()
-    inputs = to_model_input(
-        [job.image for job in jobs], spec.channels, spec.height, spec.width, spec.mean, spec.std
-    ).to(model.device)
+    inputs = _model_inputs(model, jobs)
     logits = model.forward_logits(inputs).float()
-    probabilities = torch.softmax(logits, dim=1).cpu()
-    logits = logits.cpu()
+    probabilities = torch.softmax(logits, dim=1).cpu().tolist()
     rows = [
         _Row(job=j, class_index=c)
         for j, job in enumerate(jobs)
-        for c in _targets(job.message, probabilities[j])
+        for c in resolve_target(job.message.target, probabilities[j])
     ]
-    params = applied_params(jobs[0].message, model)
-    maps: dict[str, list[np.ndarray]] = {}
-    map_ms: dict[str, list[float]] = {}
-    checks: dict[str, list[dict[str, float] | None]] = {}
-    signed: dict[str, bool] = {}
+    params = resolved_params(jobs[0].message, model)
+    maps: list[ComputedMap] = []
     for method in jobs[0].message.methods:
-        maps[method], map_ms[method], checks[method] = [], [], []
         for start in range(0, len(rows), max_rows):
-            check_deadline()
             chunk = rows[start : start + max_rows]
-            chunk_started = time.perf_counter()
-            attribution = explain(
-                method,
-                model.module,
-                inputs[[row.job for row in chunk]],
-                torch.tensor([row.class_index for row in chunk], device=model.device),
-                params[method],
-                cam_layer=model.default_cam_layer,
-                forward=model.forward_logits,
-                normalisation=Normalisation(tuple(spec.mean), tuple(spec.std)),
-            )
-            values = attribution.values.detach().float().cpu().numpy()
-            per_map_ms = (time.perf_counter() - chunk_started) * 1000 / len(chunk)
-            maps[method].extend(values)
-            map_ms[method].extend([per_map_ms] * len(chunk))
-            checks[method].extend(_row_checks(attribution.checks, len(chunk)))
-            signed[method] = attribution.signed
-    compute_ms = (time.perf_counter() - started) * 1000
-
-    responses = []
-    for j, job in enumerate(jobs):
-        render_started = time.perf_counter()
-        explanations = [
-            _render_explanation(
-                method,
-                row,
-                maps[method][i],
-                signed[method],
-                map_ms[method][i],
-                checks[method][i],
-                job.image,
-                job.message.output,
-                model,
-            )
-            for method in job.message.methods
-            for i, row in enumerate(rows)
-            if row.job == j
-        ]
-        render_ms = (time.perf_counter() - render_started) * 1000
-        finished = time.time()
-        responses.append(
-            ExplainResponse(
-                job_id=job.message.job_id,
-                model=ModelRef(id=model.manifest.id, version=model.manifest.version),
-                predictions=_predictions(probabilities[j], logits[j], model.manifest.labels),
-                explanations=explanations,
-                timings=Timings(
-                    queue_ms=max(0.0, (job.picked_at - job.message.enqueued_at) * 1000),
-                    compute_ms=compute_ms,
-                    render_ms=render_ms,
-                    total_ms=(finished - job.message.enqueued_at) * 1000,
-                ),
-                provenance=Provenance(
-                    model_sha256=model.sha256,
-                    service_version=SERVICE_VERSION,
-                    device=str(model.device),
-                    params=params,
-                    target=job.message.target,
-                    output=job.message.output,
-                    dicom=job.image.dicom,
-                ),
-            )
-        )
-    return responses
+            maps.extend(_attribute_rows(model, method, params[method], inputs, chunk))
+    return ComputedBatch(
+        probabilities=probabilities,
+        logits=logits.cpu().tolist(),
+        params=params,
+        maps=maps,
+        compute_ms=(time.perf_counter() - started) * 1000,
+    )
 
 
-def _targets(message: ExplanationJob, probabilities: torch.Tensor) -> list[int]:
-    target = message.target
-    if isinstance(target, int):
-        return [target]
-    if isinstance(target, list):
-        return list(target)
-    k = int(target[3:])
-    return probabilities.topk(k).indices.tolist()
+def render_explanations(
+    model: LoadedModel, job: PreparedJob, maps: Sequence[ComputedMap]
+) -> RenderedJob:
+    """The job's maps as its output options ask (overlays, heatmaps, score arrays), timed."""
+    started = time.perf_counter()
+    explanations = [
+        _explanation(computed, job.image, job.message.output, model.manifest.labels)
+        for computed in maps
+    ]
+    return RenderedJob(explanations, render_ms=(time.perf_counter() - started) * 1000)
+
+
+def build_response(
+    model: LoadedModel, job: PreparedJob, index: int, computed: ComputedBatch, rendered: RenderedJob
+) -> ExplainResponse:
+    """The answer to the batch's job number `index`, with its timings and provenance."""
+    message = job.message
+    return ExplainResponse(
+        job_id=message.job_id,
+        model=ModelRef(id=model.manifest.id, version=model.manifest.version),
+        predictions=_predictions(
+            computed.probabilities[index], computed.logits[index], model.manifest.labels
+        ),
+        explanations=rendered.explanations,
+        timings=Timings(
+            queue_ms=max(0.0, (job.picked_at - message.enqueued_at) * 1000),
+            compute_ms=computed.compute_ms,
+            render_ms=rendered.render_ms,
+            total_ms=(time.time() - message.enqueued_at) * 1000,
+        ),
+        provenance=Provenance(
+            model_sha256=model.sha256,
+            service_version=SERVICE_VERSION,
+            device=str(model.device),
+            params={method: params.model_dump() for method, params in computed.params.items()},
+            target=message.target,
+            output=message.output,
+            dicom=job.image.dicom,
+        ),
+    )
+
+
+def _model_inputs(model: LoadedModel, jobs: Sequence[PreparedJob]) -> torch.Tensor:
+    spec = model.manifest.input
+    return to_model_input(
+        [job.image for job in jobs], spec.channels, spec.height, spec.width, spec.mean, spec.std
+    ).to(model.device)
+
+
+def _attribute_rows(
+    model: LoadedModel,
+    method: str,
+    params: MethodParams,
+    inputs: torch.Tensor,
+    rows: Sequence[_Row],
+) -> list[ComputedMap]:
+    """One call of the method over the rows' images, each for its own class."""
+    check_deadline()
+    spec = model.manifest.input
+    started = time.perf_counter()
+    attribution = explain(
+        method,
+        model.module,
+        inputs[[row.job for row in rows]],
+        torch.tensor([row.class_index for row in rows], device=model.device),
+        params,
+        cam_layer=model.default_cam_layer,
+        forward=model.forward_logits,
+        normalisation=Normalisation(tuple(spec.mean), tuple(spec.std)),
+    )
+    values = attribution.values.detach().float().cpu().numpy()
+    per_map_ms = (time.perf_counter() - started) * 1000 / len(rows)
+    checks = _row_checks(attribution.checks, len(rows))
+    return [
+        ComputedMap(method, row, values[i], attribution.signed, per_map_ms, checks[i])
+        for i, row in enumerate(rows)
+    ]
 
 
 def _predictions(
-    probabilities: torch.Tensor, logits: torch.Tensor, labels: Sequence[str]
+    probabilities: Sequence[float], logits: Sequence[float], labels: Sequence[str]
 ) -> list[Prediction]:
-    top = probabilities.topk(min(MAX_PREDICTIONS, len(labels)))
     return [
-        Prediction(class_index=int(i), label=labels[int(i)], score=float(p), logit=float(logits[i]))
-        for p, i in zip(top.values, top.indices, strict=True)
+        Prediction(class_index=c, label=labels[c], score=probabilities[c], logit=logits[c])
+        for c in most_probable(probabilities, min(MAX_PREDICTIONS, len(labels)))
     ]
 
 
-def _render_explanation(
-    method: str,
-    row: _Row,
-    values: np.ndarray,
-    signed: bool,
-    compute_ms: float,
-    checks: dict[str, float] | None,
-    image: DecodedImage,
-    output: OutputOptions,
-    model: LoadedModel,
+def _explanation(
+    computed: ComputedMap, image: DecodedImage, output: OutputOptions, labels: Sequence[str]
 ) -> Explanation:
     height, width = image.display.shape[:2]
     # Resized before normalising, so that each map's own extreme is exactly ±1.
-    full_size = render.normalize_map(render.resize_map(values, height, width), signed)
+    full_size = render.normalize_map(
+        render.resize_map(computed.values, height, width), computed.signed
+    )
     # Colormaps read [0, 1]; a signed map's zero sits in the middle.
-    colour_values = (full_size + 1) / 2 if signed else full_size
+    colour_values = (full_size + 1) / 2 if computed.signed else full_size
     overlay = heatmap = None
     if output.overlay:
         overlay = _b64(
@@ -205,28 +268,32 @@ def _render_explanation(
         )
     if output.heatmap:
         heatmap = _b64(render.render_heatmap(colour_values, output.colormap))
-    scores = None
-    if output.scores != "none":
-        grid = _score_grid(values, full_size, signed, output)
-        scores = Scores(
-            shape=list(grid.shape),
-            values=grid.tolist() if output.scores == "json" else None,
-            base64=render.encode_scores_base64(grid) if output.scores == "base64" else None,
-            min=float(grid.min()),
-            max=float(grid.max()),
-            signed=signed,
-            normalized=output.normalize,
-        )
+    class_index = computed.row.class_index
     return Explanation(
-        method=method,
-        target=ExplanationTarget(
-            class_index=row.class_index, label=model.manifest.labels[row.class_index]
-        ),
+        method=computed.method,
+        target=ExplanationTarget(class_index=class_index, label=labels[class_index]),
         overlay_png=overlay,
         heatmap_png=heatmap,
-        scores=scores,
-        compute_ms=compute_ms,
-        checks=checks,
+        scores=_scores(computed.values, full_size, computed.signed, output),
+        compute_ms=computed.compute_ms,
+        checks=computed.checks,
+    )
+
+
+def _scores(
+    values: np.ndarray, full_size: np.ndarray, signed: bool, output: OutputOptions
+) -> Scores | None:
+    if output.scores == "none":
+        return None
+    grid = _score_grid(values, full_size, signed, output)
+    return Scores(
+        shape=list(grid.shape),
+        values=grid.tolist() if output.scores == "json" else None,
+        base64=render.encode_scores_base64(grid) if output.scores == "base64" else None,
+        min=float(grid.min()),
+        max=float(grid.max()),
+        signed=signed,
+        normalized=output.normalize,
     )
 
 

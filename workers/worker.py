@@ -5,11 +5,9 @@ import logging
 import signal
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from redis import Redis
 from redis.exceptions import RedisError
@@ -20,13 +18,15 @@ from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
 from schemas.models import FailedModel
 from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
 from schemas.sealing import PayloadSealer, SealedPayloadError
+from schemas.visualizations import VisualizationResponse
 from workers.config import WorkerSettings
 from workers.deadline import DeadlineExceeded, deadline
 from workers.decoded import DecodedImage, ImageError
+from workers.groups import BatchGroups, Entry, JobGroup, JobT
 from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.methods.base import UnsupportedModelError
-from workers.pipeline import PreparedJob, batch_key, explain_jobs
+from workers.pipeline import PreparedJob, explain_jobs
 from workers.repository import LoadedModel, ModelLoadError
 from workers.store import JobStore
 from workers.visualization_jobs import visualization_responses
@@ -40,13 +40,7 @@ CONSUMER_IDLE_FACTOR = 10
 MAX_LISTED_ERRORS = 20
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One stream entry in this worker's hands."""
-
-    model_id: str
-    entry_id: str
-    message: ExplanationJob | VisualizationJob
+Result = ExplainResponse | VisualizationResponse
 
 
 class JobFailed(Exception):
@@ -187,6 +181,10 @@ class Worker:
                 raw.extend(more)
             else:
                 time.sleep(0.001)
+        return self._readable_entries(raw)
+
+    def _readable_entries(self, raw: list[tuple[str, str, dict[bytes, bytes]]]) -> list[Entry]:
+        """The entries whose job parses; the others are refused under their entry ids."""
         entries = []
         for model_id, entry_id, fields in raw:
             job = fields.get(b"job", b"")
@@ -241,8 +239,16 @@ class Worker:
 
     def process(self, entries: list[Entry]) -> None:
         """Claim the entries, prepare and group them, then compute each group."""
-        explanations: dict[object, list[tuple[Entry, object]]] = defaultdict(list)
-        visualizations: dict[object, list[tuple[Entry, object]]] = defaultdict(list)
+        groups = self._group(entries)
+        for explanations in groups.explanations.values():
+            self._run_group(explanations, self._explain)
+        for visualizations in groups.visualizations.values():
+            self._run_group(visualizations, self._visualize)
+
+    def _group(self, entries: list[Entry]) -> BatchGroups:
+        """The entries' jobs still to run, claimed, decoded and grouped; a job that cannot run
+        is failed here and a cancelled or finished one acknowledged."""
+        groups = BatchGroups()
         for entry in entries:
             job_id = entry.message.job_id
             deliveries = self.store.claim(job_id)
@@ -257,25 +263,21 @@ class Worker:
                     )
                 message = entry.message
                 if isinstance(message, VisualizationJob):
-                    key = (entry.model_id, message.visualization.batch_key())
-                    visualizations[key].append((entry, message))
+                    groups.add_visualization(entry, message)
                 else:
                     prepared = PreparedJob(message, self._decode(message), time.time())
-                    explanations[batch_key(message)].append((entry, prepared))
+                    groups.add_explanation(entry, prepared)
             except JobFailed as failure:
                 self._fail(entry, failure.problem)
-        for group in explanations.values():
-            self._run_group(group, self._explain)
-        for group in visualizations.values():
-            self._run_group(group, self._visualize)
+        return groups
 
-    def _explain(self, model: LoadedModel, jobs: list[object]) -> list[BaseModel]:
-        prepared = [job for job in jobs if isinstance(job, PreparedJob)]
-        return list(explain_jobs(model, prepared, self.settings.max_batch))
+    def _explain(self, model: LoadedModel, jobs: list[PreparedJob]) -> list[ExplainResponse]:
+        return explain_jobs(model, jobs, self.settings.max_batch)
 
-    def _visualize(self, model: LoadedModel, jobs: list[object]) -> list[BaseModel]:
-        messages = [job for job in jobs if isinstance(job, VisualizationJob)]
-        return list(visualization_responses(model, messages))
+    def _visualize(
+        self, model: LoadedModel, jobs: list[VisualizationJob]
+    ) -> list[VisualizationResponse]:
+        return visualization_responses(model, jobs)
 
     def _decode(self, message: ExplanationJob) -> DecodedImage:
         try:
@@ -302,41 +304,57 @@ class Worker:
 
     def _run_group(
         self,
-        group: list[tuple[Entry, object]],
-        compute: Callable[[LoadedModel, list[object]], list[BaseModel]],
+        group: JobGroup[JobT],
+        compute: Callable[[LoadedModel, list[JobT]], Sequence[Result]],
     ) -> None:
         """Compute a group and store each result; on failure retry it in halves, so that one
         bad job, or a batch too big for the device's memory, fails no other job."""
-        model = self.models[group[0][0].model_id]
-        budget_s = self.settings.max_job_seconds * len(group)
+        model = self.models[group.model_id]
+        budget_s = self.settings.max_job_seconds * len(group.members)
         try:
             with deadline(budget_s):
-                results = compute(model, [job for _, job in group])
+                results = compute(model, [member.job for member in group.members])
         except DeadlineExceeded:
             # Not split: its halves would each take about as long per job again.
-            log.warning("a group of %d jobs ran past its %.0f s budget", len(group), budget_s)
-            for entry, _ in group:
-                self._fail(
-                    entry,
-                    problems.JOB_TOO_LONG.problem(
-                        f"The job ran past the worker's budget of "
-                        f"{self.settings.max_job_seconds:g} s per job and was stopped; "
-                        "ask for fewer methods, targets, samples, steps or masks."
-                    ),
-                )
+            log.warning(
+                "a group of %d jobs ran past its %.0f s budget", len(group.members), budget_s
+            )
+            for member in group.members:
+                self._fail(member.entry, self._too_long())
             return
         except Exception as exc:
-            if len(group) > 1:
-                self.store.count("batches_split")
-                middle = len(group) // 2
-                self._run_group(group[:middle], compute)
-                self._run_group(group[middle:], compute)
-                return
-            if not isinstance(exc, MethodParameterError | TargetError | UnsupportedModelError):
-                log.exception("job %s failed", group[0][0].message.job_id)
-            self._fail(group[0][0], _problem_for(exc))
+            self._split_or_fail(group, compute, exc)
             return
-        for (entry, _), result in zip(group, results, strict=True):
+        self._store_results(group, results)
+        self._record(group, results)
+
+    def _split_or_fail(
+        self,
+        group: JobGroup[JobT],
+        compute: Callable[[LoadedModel, list[JobT]], Sequence[Result]],
+        exc: Exception,
+    ) -> None:
+        """Retry a group that raised in halves; fail a single job with the problem it raised."""
+        if len(group.members) > 1:
+            self.store.count("batches_split")
+            for half in group.halves():
+                self._run_group(half, compute)
+            return
+        entry = group.members[0].entry
+        if not isinstance(exc, MethodParameterError | TargetError | UnsupportedModelError):
+            log.exception("job %s failed", entry.message.job_id)
+        self._fail(entry, _problem_for(exc))
+
+    def _too_long(self) -> Problem:
+        return problems.JOB_TOO_LONG.problem(
+            f"The job ran past the worker's budget of "
+            f"{self.settings.max_job_seconds:g} s per job and was stopped; "
+            "ask for fewer methods, targets, samples, steps or masks."
+        )
+
+    def _store_results(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
+        for member, result in zip(group.members, results, strict=True):
+            entry = member.entry
             result_json = result.model_dump_json()
             # Cached first: the client woken by `complete` may repeat its request at once.
             if entry.message.cache_key is not None:
@@ -349,16 +367,14 @@ class Worker:
                 result_json=result_json,
             )
             self.store.count("results_stored" if stored else "duplicates_dropped")
-        self._record(group, results)
 
-    def _record(self, group: list[tuple[Entry, object]], results: list[BaseModel]) -> None:
+    def _record(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
         """The batch's size, each job's time in the service and each map's compute time."""
-        model_id = group[0][0].model_id
         finished = time.time()
-        observations = [(metrics.BATCH_SIZE, model_id, float(len(group)))]
-        for (entry, _), result in zip(group, results, strict=True):
-            waited = max(0.0, finished - entry.message.enqueued_at)
-            observations.append((metrics.JOB_SECONDS, model_id, waited))
+        observations = [(metrics.BATCH_SIZE, group.model_id, float(len(group.members)))]
+        for member, result in zip(group.members, results, strict=True):
+            waited = max(0.0, finished - member.entry.message.enqueued_at)
+            observations.append((metrics.JOB_SECONDS, group.model_id, waited))
             if isinstance(result, ExplainResponse):
                 observations.extend(
                     (metrics.MAP_SECONDS, explanation.method, explanation.compute_ms / 1000)

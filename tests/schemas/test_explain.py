@@ -3,7 +3,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from schemas.explain import ExplainOptions, ExplainRequest
+from schemas.explain import ExplainOptions, ExplainRequest, most_probable, resolve_target
 from schemas.jobs import JobState
 from schemas.methods import PARAMS_BY_METHOD, method_catalogue
 
@@ -31,6 +31,23 @@ def test_targets(target: object, classes: list[int] | None, k: int) -> None:
     parsed = request(target=target)
     assert parsed.class_indices() == classes
     assert parsed.top_k() == k
+
+
+@pytest.mark.parametrize(
+    ("target", "classes"),
+    [("top1", [3]), ("top3", [3, 0, 4]), (2, [2]), ([4, 1], [4, 1]), ("top5", [3, 0, 4, 1, 2])],
+)
+def test_a_target_resolves_to_its_classes_given_the_probabilities(
+    target: object, classes: list[int]
+) -> None:
+    probabilities = [0.2, 0.05, 0.01, 0.6, 0.14]
+    assert resolve_target(request(target=target).target, probabilities) == classes
+
+
+def test_the_most_probable_classes_come_in_order_and_a_tie_goes_to_the_lower_index() -> None:
+    assert most_probable([0.25, 0.5, 0.25, 0.0], 3) == [1, 0, 2]
+    assert most_probable([0.3, 0.3, 0.4], 2) == [2, 0]
+    assert most_probable([0.5, 0.5], 5) == [0, 1]
 
 
 @pytest.mark.parametrize(

@@ -63,6 +63,13 @@ def add_entry(worker: Worker, model_id: str, fields: dict[str, bytes]) -> None:
     worker.store.redis.xadd(keys.job_stream(model_id), fields)  # type: ignore[arg-type]
 
 
+def entry_ids(worker: Worker, model_id: str) -> list[str]:
+    return [
+        entry_id.decode()
+        for entry_id, _ in worker.store.redis.xrange(keys.job_stream(model_id))  # type: ignore[union-attr]
+    ]
+
+
 def nothing_left(worker: Worker, model_id: str) -> None:
     stream = keys.job_stream(model_id)
     pending = worker.store.redis.xpending(stream, keys.CONSUMER_GROUP)
@@ -126,12 +133,13 @@ def test_an_unparsable_entry_fails_its_job_with_422_naming_the_field(worker: Wor
     ],
 )
 def test_any_unparsable_message_with_a_job_id_fails_that_job(
-    worker: Worker, job: dict[str, object]
+    worker: Worker, job: dict[str, object], caplog: pytest.LogCaptureFixture
 ) -> None:
     (model_id,) = worker.model_ids
     job_id = uuid.uuid4().hex
     queue_record(worker, job_id, model_id)
     add_entry(worker, model_id, {"job": json.dumps({**job, "job_id": job_id}).encode()})
+    (entry_id,) = entry_ids(worker, model_id)
 
     assert worker._next_batch() == []
 
@@ -139,6 +147,8 @@ def test_any_unparsable_message_with_a_job_id_fails_that_job(
     assert problem.status == 422
     assert "nonsense" not in (problem.detail or "")
     nothing_left(worker, model_id)
+    (logged,) = [r.getMessage() for r in caplog.records if entry_id in r.getMessage()]
+    assert job_id in logged
 
 
 @pytest.mark.parametrize(
@@ -156,10 +166,7 @@ def test_an_entry_naming_no_job_is_acknowledged_and_deleted(
 ) -> None:
     (model_id,) = worker.model_ids
     add_entry(worker, model_id, fields)
-    (entry_id,) = [
-        entry_id.decode()
-        for entry_id, _ in worker.store.redis.xrange(keys.job_stream(model_id))  # type: ignore[union-attr]
-    ]
+    (entry_id,) = entry_ids(worker, model_id)
 
     assert worker._next_batch() == []
 
