@@ -127,7 +127,16 @@ def test_a_job_past_its_time_budget_fails_and_a_gradcam_beside_it_answers_in_tim
         assert "2 s" in error["detail"]
 
 
-def test_one_key_may_hold_only_its_share_of_jobs_in_flight(
+def visualize_async(client: httpx.Client, model: str, seed: int) -> httpx.Response:
+    """An activation maximisation of eight steps: 16 passes of 0.4 s on the slow model."""
+    return client.post(
+        f"/v1/models/{model}/visualizations",
+        json={"target": 1, "steps": 8, "seed": seed},
+        headers={"Prefer": "respond-async"},
+    )
+
+
+def test_one_key_may_hold_only_its_share_of_jobs_in_flight_of_either_kind(
     repository: Path, tmp_path: Path
 ) -> None:
     with (
@@ -135,17 +144,28 @@ def test_one_key_may_hold_only_its_share_of_jobs_in_flight(
         httpx.Client(base_url=stack.url, timeout=30) as client,
     ):
         slow = {"rise": {"masks": 6, "batch_size": 1}}
-        held = [submit(client, "slow", image_b64(i), methods=["rise"], params=slow) for i in (0, 1)]
+        explanation = submit(client, "slow", image_b64(0), methods=["rise"], params=slow)
+        visualization = visualize_async(client, "slow", seed=0)
+        assert visualization.status_code == 202, visualization.text
+        held = [explanation, str(visualization.json()["job_id"])]
 
-        refused = client.post("/v1/jobs", json={"model": "slow", "image": image_b64(2)})
+        refused = [
+            client.post("/v1/jobs", json={"model": "slow", "image": image_b64(2)}),
+            visualize_async(client, "slow", seed=1),
+        ]
 
-        assert refused.status_code == 429
-        assert refused.headers["retry-after"].isdigit()
-        assert "2 jobs queued or running, of at most 2" in refused.json()["detail"]
+        for answer in refused:
+            assert answer.status_code == 429, answer.text
+            assert answer.headers["retry-after"].isdigit()
+            assert "2 jobs queued or running, of at most 2" in answer.json()["detail"]
         finished = wait_for(client, held, timeout_s=60)
         assert {s["status"] for s in finished.values()} == {"succeeded"}
-        later = submit(client, "slow", image_b64(2))
-        assert wait_for(client, [later])[later]["status"] == "succeeded"
+        later = [submit(client, "slow", image_b64(2))]
+        again = visualize_async(client, "slow", seed=1)
+        assert again.status_code == 202, again.text
+        later.append(str(again.json()["job_id"]))
+        finished = wait_for(client, later, timeout_s=60)
+        assert {s["status"] for s in finished.values()} == {"succeeded"}
 
 
 def test_sigterm_finishes_and_acknowledges_the_batch_in_hand(
