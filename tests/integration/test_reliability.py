@@ -1,5 +1,6 @@
 """Faults injected into the real thing: killed workers, lost Redis, restarted gateways, bad jobs."""
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -17,6 +18,14 @@ from reliability_support import (  # type: ignore[import-not-found]
 )
 
 from schemas import keys
+from schemas.jobs import JobRecord
+from schemas.sealing import (
+    KEY_BYTES,
+    KEY_FILE_VARIABLE,
+    PayloadSealer,
+    SealedPayloadError,
+    result_field,
+)
 from service.devstack import free_port
 from service.redis_server import PrivateRedis
 
@@ -304,3 +313,41 @@ def test_a_gateway_restart_loses_no_job(repository: Path, tmp_path: Path) -> Non
         with httpx.Client(base_url=stack.url, timeout=30) as client:
             finished = wait_for(client, job_ids)
         assert {s["status"] for s in finished.values()} == {"succeeded"}
+
+
+def test_a_payload_key_rotation_loses_no_queued_job_or_cached_result(
+    repository: Path, tmp_path: Path
+) -> None:
+    old_key, new_key = os.urandom(KEY_BYTES), os.urandom(KEY_BYTES)
+    key_file = tmp_path / "payload.key"
+    key_file.write_text(old_key.hex() + "\n")
+    body = {"model": "fast", "image": image_b64(0), "methods": ["saliency"]}
+    with faulty_stack(repository, tmp_path, **{KEY_FILE_VARIABLE: str(key_file)}) as stack:
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            computed = client.post("/v1/explanations", json=body)
+            assert computed.status_code == 200, computed.text
+            stack.kill(stack.processes[0])  # the worker: the next job waits, sealed
+            queued = submit(client, "fast", image_b64(1))
+        # Rotated as the README says, in one step here: the new key first, the old one after.
+        key_file.write_text(f"{new_key.hex()}\n# retired\n{old_key.hex()}\n")
+        stack.kill(stack.processes[-1])  # the gateway
+        stack.start_worker(1)
+        stack.start_gateway()
+        stack.wait_ready()
+        with httpx.Client(base_url=stack.url, timeout=30) as client:
+            finished = wait_for(client, [queued])
+            earlier = client.get(f"/v1/jobs/{computed.json()['job_id']}").json()
+            repeated = client.post("/v1/explanations", json=body)
+
+        assert finished[queued]["status"] == "succeeded", finished
+        assert earlier["status"] == "succeeded"
+        assert earlier["result"]["explanations"] == computed.json()["explanations"]
+        assert repeated.status_code == 200 and repeated.json()["cached"] is True, repeated.text
+        assert repeated.json()["explanations"] == computed.json()["explanations"]
+        record_key = keys.job_record(queued)
+        sealed = redis.Redis.from_url(stack.redis_url or "").hget(record_key, JobRecord.RESULT)
+        assert isinstance(sealed, bytes)
+        place = result_field(record_key, JobRecord.RESULT)
+        assert PayloadSealer(new_key).open(sealed, place)
+        with pytest.raises(SealedPayloadError):
+            PayloadSealer(old_key).open(sealed, place)
