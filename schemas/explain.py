@@ -12,9 +12,11 @@ from pydantic import (
     PrivateAttr,
     StrictInt,
     StrictStr,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 
 from schemas.dicom import DicomOptions
 from schemas.methods import PARAMS_BY_METHOD, MethodParams
@@ -43,7 +45,53 @@ def check_target(target: Target) -> Target:
     return target
 
 
-ValidTarget = Annotated[StrictTarget, AfterValidator(check_target)]
+CLASS_INDEX_SCHEMA: JsonDict = {"type": "integer", "minimum": 0}
+TARGET_SCHEMA: JsonDict = {
+    "anyOf": [
+        {"type": "string", "pattern": f"^top[1-{MAX_TOP_K}]$"},
+        CLASS_INDEX_SCHEMA,
+        {
+            "type": "array",
+            "items": CLASS_INDEX_SCHEMA,
+            "minItems": 1,
+            "maxItems": MAX_TOP_K,
+            "uniqueItems": True,
+        },
+    ]
+}
+"""`check_target` as JSON Schema, so that the documented target is exactly what is accepted."""
+
+ValidTarget = Annotated[StrictTarget, AfterValidator(check_target), WithJsonSchema(TARGET_SCHEMA)]
+
+METHOD_IDS = sorted(PARAMS_BY_METHOD)
+MAX_METHODS = 16
+METHODS_SCHEMA: JsonDict = {
+    "type": "array",
+    "items": {"type": "string", "enum": [*METHOD_IDS]},
+    "minItems": 1,
+    "maxItems": MAX_METHODS,
+    "uniqueItems": True,
+}
+"""The `methods` list as `_known_methods` checks it: known ids, each once."""
+DEFAULT_METHOD = "gradcam"
+PARAMS_SCHEMA: JsonDict = {
+    "type": "object",
+    "properties": {method: PARAMS_BY_METHOD[method].model_json_schema() for method in METHOD_IDS},
+    "additionalProperties": False,
+    "description": "each requested method's parameters, under its id; only for methods that "
+    "`methods` lists (not stated as a JSON Schema conditional, which generators of test data "
+    "such as schemathesis cannot use)",
+}
+"""`params`: each method's own parameters, under its id."""
+
+
+# `_raw_scores_at_model_size` as JSON Schema: normalised, or at the model's size.
+_RAW_SCORES_AT_MODEL_SIZE: JsonDict = {
+    "anyOf": [
+        {"properties": {"normalize": {"const": True}}},
+        {"required": ["size"], "properties": {"size": {"const": "model"}}},
+    ]
+}
 
 
 def target_classes(target: Target) -> list[int] | None:
@@ -77,7 +125,7 @@ class OutputOptions(BaseModel):
     """How the maps come back: overlays for people, score arrays for programs. Booleans and
     numbers are strict: `false` is not an alpha of 0, nor `1` a true."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_RAW_SCORES_AT_MODEL_SIZE)
 
     overlay: bool = Field(default=True, strict=True)
     heatmap: bool = Field(default=False, strict=True)
@@ -111,11 +159,18 @@ class ExplainParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    methods: list[str] = Field(default=["gradcam"], min_length=1, max_length=16)
+    methods: list[str] = Field(
+        default=[DEFAULT_METHOD],
+        min_length=1,
+        max_length=MAX_METHODS,
+        json_schema_extra=METHODS_SCHEMA,
+    )
     target: ValidTarget = Field(
         default="top1", description='"top1", "topK" (K ≤ 5), a class index, or a list of them'
     )
-    params: dict[str, dict[str, object]] = Field(default_factory=dict)
+    params: dict[str, dict[str, object]] = Field(
+        default_factory=dict, json_schema_extra=PARAMS_SCHEMA
+    )
     output: OutputOptions = Field(default_factory=OutputOptions)
     _method_params: dict[str, MethodParams] = PrivateAttr(default_factory=dict)
 

@@ -7,9 +7,11 @@ is part of the contract between the gateway and the workers, like the key names 
 The associated data is the Redis key (and, inside a hash, the field) the payload is stored
 under: a ciphertext copied to another job's key does not open.
 
-The key file holds the 256-bit key as 64 hexadecimal characters (`openssl rand -hex 32`);
-surrounding whitespace is ignored. Rotation is not supported: a new key makes what is stored
-unreadable, which for jobs and caches that expire within hours means they are computed again.
+The key file holds one or more 256-bit keys, each as 64 hexadecimal characters on a line of its
+own (`openssl rand -hex 32`); blank lines and lines starting with `#` are ignored. The first key
+seals; every key opens. So a key is rotated without losing what is stored: add the new key as a
+later line everywhere, then move it first everywhere, and drop the old one once what it sealed
+has expired (twice the result TTL, a job record's lifetime).
 """
 
 import os
@@ -34,16 +36,20 @@ class SealedPayloadError(Exception):
 
 
 class PayloadSealer:
-    """Seals and opens stored payloads under one key."""
+    """Seals under its first key and opens under any of its keys."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != KEY_BYTES:
-            raise PayloadKeyError(f"The payload key must be {KEY_BYTES} bytes, not {len(key)}.")
+    def __init__(self, key: bytes, *retired: bytes) -> None:
+        for each in (key, *retired):
+            if len(each) != KEY_BYTES:
+                raise PayloadKeyError(
+                    f"The payload key must be {KEY_BYTES} bytes, not {len(each)}."
+                )
         self._aead = AESGCM(key)
+        self._openers = [self._aead, *(AESGCM(each) for each in retired)]
 
     @classmethod
     def from_key_file(cls, path: Path | None) -> "PayloadSealer":
-        """The sealer of the key in `path`; PayloadKeyError (never quoting the file) if none."""
+        """The sealer of the keys in `path`; PayloadKeyError (never quoting the file) if none."""
         if path is None:
             raise PayloadKeyError(
                 f"{KEY_FILE_VARIABLE} is not set: every stored image and result is encrypted, "
@@ -51,18 +57,17 @@ class PayloadSealer:
                 "(`openssl rand -hex 32 > payload.key`)."
             )
         try:
-            text = path.read_text().strip()
+            text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise PayloadKeyError(f"The payload key file {path} is unreadable: {exc}") from exc
-        try:
-            key = bytes.fromhex(text)
-        except ValueError:
-            key = b""
-        if len(key) != KEY_BYTES:
-            raise PayloadKeyError(
-                f"The payload key file {path} must hold {2 * KEY_BYTES} hexadecimal characters."
-            )
-        return cls(key)
+        keys = [
+            _key_on_line(path, number, line.strip())
+            for number, line in enumerate(text.splitlines(), start=1)
+            if line.strip() and not line.strip().startswith("#")
+        ]
+        if not keys:
+            raise PayloadKeyError(f"The payload key file {path} holds no key.")
+        return cls(*keys)
 
     def seal(self, payload: bytes, stored_at: str) -> bytes:
         """`payload` encrypted and authenticated for the place `stored_at` (its Redis key)."""
@@ -74,10 +79,26 @@ class PayloadSealer:
         if not sealed.startswith(FORMAT_VERSION) or len(sealed) < 1 + NONCE_BYTES + 16:
             raise SealedPayloadError(f"The payload stored at {stored_at} is not sealed.")
         nonce, ciphertext = sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :]
-        try:
-            return self._aead.decrypt(nonce, ciphertext, stored_at.encode())
-        except InvalidTag as exc:
-            raise SealedPayloadError(f"The payload stored at {stored_at} does not open.") from exc
+        for opener in self._openers:
+            try:
+                return opener.decrypt(nonce, ciphertext, stored_at.encode())
+            except InvalidTag:
+                continue
+        raise SealedPayloadError(f"The payload stored at {stored_at} does not open.")
+
+
+def _key_on_line(path: Path, number: int, line: str) -> bytes:
+    """The key written on line `number` of the key file; PayloadKeyError naming only the line."""
+    try:
+        key = bytes.fromhex(line)
+    except ValueError:
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise PayloadKeyError(
+            f"Line {number} of the payload key file {path} must hold {2 * KEY_BYTES} "
+            "hexadecimal characters."
+        )
+    return key
 
 
 def write_key_file(path: Path) -> Path:

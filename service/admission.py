@@ -250,16 +250,21 @@ async def submit_jobs(
     to_compute = [job.message.job_id for job in new_jobs if job.answer is None]
     if to_compute:
         check_capacity(settings, info)
-        limit = ConcurrencyLimit(
-            queue.redis,
-            settings.max_jobs_per_key,
-            settings.result_ttl_s * 2,
-            settings.retry_after_s,
-        )
-        await limit.reserve(principal.name, to_compute)
+        await reserve_slots(principal, to_compute, queue, settings)
     return await queue.enqueue(
         new_jobs, principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
     )
+
+
+async def reserve_slots(
+    principal: Principal, job_ids: Sequence[str], queue: JobQueue, settings: Settings
+) -> None:
+    """Count `job_ids` against the key's `max_jobs_per_key`, one limit for explanations and
+    visualizations alike; 429 (nothing counted) when they do not fit."""
+    limit = ConcurrencyLimit(
+        queue.redis, settings.max_jobs_per_key, queue.record_ttl_s, settings.retry_after_s
+    )
+    await limit.reserve(principal.name, job_ids)
 
 
 async def submit_visualization(
@@ -269,8 +274,9 @@ async def submit_visualization(
     settings: Settings,
     idempotency_key: str | None,
 ) -> str:
-    """Queue an activation maximisation (429 when the model's queue is full); its job id, or that
-    of the earlier request with the same `idempotency_key`."""
+    """Queue an activation maximisation (429 when the model's queue is full or the key holds its
+    `max_jobs_per_key`); its job id, or that of the earlier request with the same
+    `idempotency_key`."""
     idempotent = idempotent_request(
         principal,
         idempotency_key,
@@ -278,6 +284,7 @@ async def submit_visualization(
         message.model.encode(),
         message.visualization.model_dump_json().encode(),
     )
+    await reserve_slots(principal, [message.job_id], queue, settings)
     (job_id,) = await queue.enqueue(
         [NewJob(message)], principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
     )

@@ -46,7 +46,8 @@ class Settings(SharedSettings):
     max_jobs_per_key: int = Field(
         default=0,
         ge=0,
-        description="explain jobs of one key queued or running at once; 0: no limit",
+        description="explain and visualization jobs of one key queued or running at once; "
+        "0: no limit",
     )
     rate_limit_per_minute: int = Field(
         default=0, ge=0, description="explain requests per key and minute; 0: unlimited"

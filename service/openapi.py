@@ -12,7 +12,11 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from schemas.explain import ExplainRequest, ExplainResponse
+from schemas.explain import (
+    METHODS_SCHEMA,
+    ExplainRequest,
+    ExplainResponse,
+)
 from schemas.jobs import JobAccepted
 from schemas.kserve import KServeExplainRequest
 from schemas.problems import PROBLEM_MEDIA_TYPE, Problem
@@ -20,6 +24,26 @@ from schemas.visualizations import VisualizationParams
 from service.admission import JSON_FIELDS
 
 _REF = "#/components/schemas/{model}"
+
+FORM_METHODS: dict[str, object] = {
+    **METHODS_SCHEMA,
+    "description": "one part per method; a part may also hold a comma-separated list",
+}
+
+FORM_PROPERTIES: dict[str, object] = {
+    "image": {
+        "type": "string",
+        "format": "binary",
+        "description": "PNG, JPEG or DICOM file",
+    },
+    "model": {"type": "string", "minLength": 1, "maxLength": 64},
+    "methods": FORM_METHODS,
+    # JSON parts, as a browser's FormData sends them (`encoding` below).
+    **{
+        name: {"$ref": _REF.format(model=f"ExplainRequest/properties/{name}")}
+        for name in JSON_FIELDS
+    },
+}
 
 EXPLAIN_BODY: dict[str, object] = {
     "requestBody": {
@@ -30,20 +54,8 @@ EXPLAIN_BODY: dict[str, object] = {
                 "schema": {
                     "type": "object",
                     "required": ["image", "model"],
-                    "properties": {
-                        "image": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "PNG, JPEG or DICOM file",
-                        },
-                        "model": {"type": "string", "minLength": 1, "maxLength": 64},
-                        "methods": {"type": "string", "description": "comma-separated"},
-                        # JSON parts, as a browser's FormData sends them (`encoding` below).
-                        **{
-                            name: {"$ref": _REF.format(model=f"ExplainRequest/properties/{name}")}
-                            for name in JSON_FIELDS
-                        },
-                    },
+                    "additionalProperties": False,
+                    "properties": FORM_PROPERTIES,
                 },
                 "encoding": {name: {"contentType": "application/json"} for name in JSON_FIELDS},
             },

@@ -1,7 +1,12 @@
 """Schemathesis against the running gateway: every operation, fuzzed from its own OpenAPI schema.
 
 Each generated request must get an answer that is not a 5xx, whose status code the schema
-documents, and whose content type and body match what the schema says for that status.
+documents, and whose content type and body match what the schema says for that status; and a
+request generated as schema-valid must not be refused as invalid (ST202, positive data
+acceptance: 404 for a model or job that does not exist stays an accepted answer, since which
+models are served is known only at run time and `GET /v1/models` lists them). What the server
+checks against the served model or the image, or what JSON Schema or schemathesis cannot state,
+`fit_positive_case` makes such a case meet.
 
 The schema is built from the gateway's app at import, because `schema.parametrize()` needs it at
 collection; a test checks that the running gateway serves exactly that schema. (Schemathesis's
@@ -14,10 +19,13 @@ schemathesis sends each as is and varies it field by field, so every run takes t
 
 import base64
 import io
+import json
 import os
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,14 +43,18 @@ from schemathesis.hooks import HookContext
 from schemathesis.schemas import BaseSchema
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    positive_data_acceptance,
     response_schema_conformance,
     status_code_conformance,
 )
 
+from schemas.explain import DEFAULT_METHOD
+from schemas.methods import OcclusionParams
 from service.app import create_app
 from service.devstack import DevStack
 from workers.demo.data import make_sample
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "demo-lesions"
 SERVED_MODELS = (MODEL, "demo-lesions-onnx")
 EXPLAIN_PATHS = ("/v1/explanations", "/v1/jobs")
@@ -57,6 +69,7 @@ CHECKS = [
     status_code_conformance,
     content_type_conformance,
     response_schema_conformance,
+    positive_data_acceptance,
 ]
 # Generated cases per operation; the examples and coverage phases add their deterministic ones.
 # `make fuzz` raises it (GLIMPSE_FUZZ_EXAMPLES) for a run of thousands of cases.
@@ -90,11 +103,23 @@ VALID_IMAGES = (
     encode("L", (1, 1)),
 )
 EXAMPLE_IMAGE = base64.b64encode(encode("L", (24, 24))).decode()
+# Both served models are the demo model: its classes and its input side.
+DEMO_MANIFEST = json.loads((ROOT / "models" / MODEL / "1" / "manifest.json").read_text())
+MODEL_LABELS = DEMO_MANIFEST["labels"]
+MODEL_SIDE = min(DEMO_MANIFEST["input"]["height"], DEMO_MANIFEST["input"]["width"])
+OCCLUSION_WINDOW = OcclusionParams().window
+OCCLUSION_STRIDE = OcclusionParams().stride
 REAL_IMAGES = {
     EXAMPLE_IMAGE,
     *VALID_IMAGES,
     *(base64.b64encode(image).decode() for image in VALID_IMAGES),
 }
+# Width and height of each, by its bytes and by its base64.
+IMAGE_SIZES = {
+    image: Image.open(io.BytesIO(base64.b64decode(image) if isinstance(image, str) else image)).size
+    for image in REAL_IMAGES
+}
+CHEAP = {method for methods in CHEAP_METHODS for method in methods}
 
 
 def explain_example() -> dict[str, object]:
@@ -125,7 +150,9 @@ def with_examples(openapi: dict[str, Any]) -> dict[str, Any]:
 def flatmap_case(context: HookContext, case: Case) -> st.SearchStrategy[Case]:
     """Half of the generated explain bodies carry a real image, a served model, cheap methods."""
     operation = context.operation
-    if operation is None or operation.path not in EXPLAIN_PATHS or not isinstance(case.body, dict):
+    if operation is None or not isinstance(case.body, dict):
+        return st.just(case)
+    if operation.path not in EXPLAIN_PATHS:
         return st.just(case)
     return st.tuples(
         st.booleans(),
@@ -140,12 +167,110 @@ def explainable(case: Case, real: bool, image: bytes, model: str, methods: list[
     if not real:
         return case
     assert isinstance(case.body, dict)
-    # A file part carries bytes and a form field text; JSON carries base64 and a list.
-    real_fields: dict[str, Any] = {"model": model, "image": image, "methods": ",".join(methods)}
+    # A file part carries bytes, JSON carries base64; `methods` is a list (one part per method).
+    real_fields: dict[str, Any] = {"model": model, "image": image, "methods": methods}
     if case.media_type != "multipart/form-data":
-        real_fields.update(image=base64.b64encode(image).decode(), methods=methods)
+        real_fields.update(image=base64.b64encode(image).decode())
     case.body = {**case.body, **real_fields}
     return case
+
+
+def is_positive(case: Case) -> bool:
+    """Whether schemathesis generated `case` as schema-valid data (ST202 then expects a 2xx)."""
+    return case.meta is not None and case.meta.generation.mode.is_positive
+
+
+def fit_occlusion(params: object) -> None:
+    """A stride no larger than the window, as the server requires (so that every pixel is
+    covered): one rule JSON Schema cannot state, since it never compares two values."""
+    occlusion = params.get("occlusion") if isinstance(params, dict) else None
+    if isinstance(occlusion, dict):
+        window = occlusion.get("window", OCCLUSION_WINDOW)
+        occlusion["stride"] = min(occlusion.get("stride", OCCLUSION_STRIDE), window)
+
+
+def fit_positive_case(case: Case) -> None:
+    """What every positive case (of any phase) needs that the schema cannot say, or that
+    schemathesis cannot generate from it."""
+    if not is_positive(case) or not isinstance(case.body, dict):
+        return
+    case.body = integral_floats_as_ints(case.body)
+    parameters = case.body.get("parameters")  # KServe's shared options
+    fit_occlusion((parameters if isinstance(parameters, dict) else case.body).get("params"))
+    if case.operation.path in EXPLAIN_PATHS:
+        fit_params_to_methods(case.body)
+    if case.operation.path in EXPLAIN_PATHS and carries_real_image(case):
+        fit_to_model(case)
+
+
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON Schema counts 2908.0 as an integer and cannot exclude it; the server, strict, takes
+    only 2908 for an integer field (and either for a number field)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {name: integral_floats_as_ints(item) for name, item in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(item) for item in value]
+    return value
+
+
+def fit_params_to_methods(form: dict[str, Any]) -> None:
+    """`params` only for the methods the body requests, as the server requires: a rule JSON
+    Schema can state (one `if`/`then` per method) but schemathesis cannot generate from
+    ("Unsupported schema"), so the schema says it in words."""
+    params, methods = form.get("params"), form.get("methods", [DEFAULT_METHOD])
+    if isinstance(methods, str):
+        methods = [methods]
+    if isinstance(params, dict) and isinstance(methods, list):
+        form["params"] = {method: params[method] for method in methods if method in params}
+
+
+def fit_to_model(case: Case) -> None:
+    """Keep a positive case positive once it names a served model and a real PNG or JPEG.
+
+    What the server checks against the model and the image, the schema cannot know (the same
+    schema serves every model): the class range and CAM layers of the model, a score grid no
+    finer than the map, DICOM options only for a DICOM file, and an Idempotency-Key per request
+    (the schema cannot say that a token must not repeat). Each is made to fit here; the server
+    refuses each with 422 otherwise, which `test_explanations_api` and the DICOM tests check.
+    """
+    assert isinstance(case.body, dict)
+    body = case.body
+    body.pop("dicom", None)
+    # Cheap methods only, as `flatmap_case` draws them: a costlier one from the examples or
+    # coverage phase would take seconds, or pass the cost limit (a 422 the schema cannot state).
+    given = body.get("methods")
+    methods = [m for m in given if m in CHEAP] if isinstance(given, list) else []
+    body["methods"] = methods or [DEFAULT_METHOD]
+    methods = body["methods"]
+    params = body.get("params")
+    if isinstance(params, dict):
+        fitted = {m: dict(params[m]) for m in methods if isinstance(params.get(m), dict)}
+        for values in fitted.values():
+            values.pop("layer", None)
+        body["params"] = fitted
+    if "target" in body:
+        body["target"] = fitted_target(body["target"])
+    output = body.get("output")
+    if isinstance(output, dict) and isinstance(output.get("grid"), int):
+        image = body["image"]
+        width, height = IMAGE_SIZES[getattr(image, "data", image)]
+        side = MODEL_SIDE if output.get("size") == "model" else min(width, height)
+        output["grid"] = min(output["grid"], side)
+    if case.headers and "Idempotency-Key" in case.headers:
+        case.headers["Idempotency-Key"] = uuid.uuid4().hex
+
+
+def fitted_target(target: object) -> object:
+    """`target` within the served models' classes (a multipart field arrives as text)."""
+    if isinstance(target, str) and target.startswith("top"):
+        return f"top{min(int(target[3:]), len(MODEL_LABELS))}"
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target % len(MODEL_LABELS)
+    if isinstance(target, list) and all(isinstance(t, int) for t in target):
+        return list(dict.fromkeys(t % len(MODEL_LABELS) for t in target))
+    return target
 
 
 def carries_real_image(case: Case) -> bool:
@@ -240,6 +365,7 @@ def test_gateway_answers_as_its_schema_says(
         case.path_parameters = {**case.path_parameters, "job_id": queued_job}
     if case.operation.path == "/v1/explanations" and carries_real_image(case):
         clamp_sync_wait(case)
+    fit_positive_case(case)
     response = case.call_and_validate(base_url=stack.url, checks=CHECKS, timeout=30)
     cancel_if_queued(stack, response)
     if is_added_example(case, queued_job):

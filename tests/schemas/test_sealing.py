@@ -77,15 +77,68 @@ def test_a_written_key_file_is_read_back_and_private(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "content", ["", "00" * (KEY_BYTES - 1), "zz" * KEY_BYTES, "00" * (KEY_BYTES + 1)]
+    "content", ["00" * (KEY_BYTES - 1), "zz" * KEY_BYTES, "00" * (KEY_BYTES + 1)]
 )
 def test_a_key_file_without_64_hex_digits_is_refused(tmp_path: Path, content: str) -> None:
     key_file = tmp_path / "payload.key"
     key_file.write_text(content)
 
-    with pytest.raises(PayloadKeyError, match="64 hexadecimal characters") as refused:
+    with pytest.raises(PayloadKeyError, match="Line 1 .* 64 hexadecimal characters") as refused:
         PayloadSealer.from_key_file(key_file)
-    assert content not in str(refused.value) or content == ""
+    assert content not in str(refused.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "# the key goes here\n"])
+def test_a_key_file_without_a_key_is_refused(tmp_path: Path, content: str) -> None:
+    key_file = tmp_path / "payload.key"
+    key_file.write_text(content)
+
+    with pytest.raises(PayloadKeyError, match="holds no key"):
+        PayloadSealer.from_key_file(key_file)
+
+
+def test_after_a_rotation_the_new_key_seals_and_the_old_one_still_opens() -> None:
+    old_key, new_key = os.urandom(KEY_BYTES), os.urandom(KEY_BYTES)
+    before = PayloadSealer(old_key).seal(PAYLOAD, PLACE)
+    rotated = PayloadSealer(new_key, old_key)
+
+    after = rotated.seal(PAYLOAD, PLACE)
+
+    assert rotated.open(before, PLACE) == PAYLOAD
+    assert rotated.open(after, PLACE) == PAYLOAD
+    assert PayloadSealer(new_key).open(after, PLACE) == PAYLOAD
+    with pytest.raises(SealedPayloadError):
+        PayloadSealer(old_key).open(after, PLACE)
+    with pytest.raises(SealedPayloadError):
+        rotated.open(before, "glimpse:image:job-2")  # every key still binds the place
+
+
+def test_a_key_file_of_several_keys_seals_with_its_first(tmp_path: Path) -> None:
+    keys = [os.urandom(KEY_BYTES) for _ in range(3)]
+    key_file = tmp_path / "payload.key"
+    key_file.write_text(
+        f"# new, since the last rotation\n{keys[0].hex()}\n\n"
+        f"# retired, kept until what it sealed expires\n  {keys[1].hex()}  \n{keys[2].hex()}\n"
+    )
+    sealer = PayloadSealer.from_key_file(key_file)
+
+    sealed = sealer.seal(PAYLOAD, PLACE)
+
+    assert PayloadSealer(keys[0]).open(sealed, PLACE) == PAYLOAD
+    for key in keys[1:]:
+        assert sealer.open(PayloadSealer(key).seal(PAYLOAD, PLACE), PLACE) == PAYLOAD
+        with pytest.raises(SealedPayloadError):
+            PayloadSealer(key).open(sealed, PLACE)
+
+
+def test_a_bad_later_line_is_refused_by_its_number_alone(tmp_path: Path) -> None:
+    bad = "ab" * (KEY_BYTES - 1)
+    key_file = tmp_path / "payload.key"
+    key_file.write_text(f"{os.urandom(KEY_BYTES).hex()}\n# retired\n{bad}\n")
+
+    with pytest.raises(PayloadKeyError, match="Line 3 ") as refused:
+        PayloadSealer.from_key_file(key_file)
+    assert bad not in str(refused.value)
 
 
 def test_no_key_file_is_refused_by_name(tmp_path: Path) -> None:
