@@ -82,7 +82,8 @@ class ExplainParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    methods: list[str] = Field(default=["gradcam"], min_length=1, max_length=16)
+    # Each method at most once (a repeat is refused below), so at most every method.
+    methods: list[str] = Field(default=["gradcam"], min_length=1, max_length=len(PARAMS_BY_METHOD))
     target: ValidTarget = Field(
         default="top1", description='"top1", "topK" (K ≤ 5), a class index, or a list of them'
     )
