@@ -64,7 +64,8 @@ TARGET_SCHEMA: JsonDict = {
 ValidTarget = Annotated[StrictTarget, AfterValidator(check_target), WithJsonSchema(TARGET_SCHEMA)]
 
 METHOD_IDS = sorted(PARAMS_BY_METHOD)
-MAX_METHODS = 16
+MAX_METHODS = len(METHOD_IDS)
+"""Each method at most once (a repeat is refused), so at most every method."""
 METHODS_SCHEMA: JsonDict = {
     "type": "array",
     "items": {"type": "string", "enum": [*METHOD_IDS]},

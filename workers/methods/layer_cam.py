@@ -1,7 +1,8 @@
 """The CAM family's shared pass: one layer's activations and the target's gradient there.
 
 As pytorch-grad-cam expresses its variants: a `GradientCam` runs the pass, checks the layer, and
-leaves its subclass only to say how the activations are weighed.
+leaves its subclass only to say how the activations are weighed. `layer_activation` is the pass
+of the variants that need no gradient.
 """
 
 from abc import abstractmethod
@@ -15,8 +16,11 @@ from workers.methods.base import (
     Batch,
     MethodParameterError,
     P,
+    captured_output,
     class_activation_map,
+    find_layer,
     layer_gradient,
+    target_columns,
 )
 
 
@@ -29,6 +33,23 @@ def spatial_activation(method: str, layer: str, activation: torch.Tensor) -> tor
             f"{tuple(activation.shape)}",
         )
     return activation
+
+
+def layer_activation(method: str, batch: Batch, layer: str) -> torch.Tensor:
+    """The named layer's (N, K, h, w) output for each row of `batch`, without gradients.
+
+    One forward pass over the batch's distinct images: rows that repeat an image share it. The
+    targets are checked against the model's logits all the same.
+    """
+    inputs = batch.inputs
+    images, image_of_row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
+    with captured_output(find_layer(batch.model, layer)) as outputs, torch.no_grad():
+        target_columns(batch.model(images.view(-1, *inputs.shape[1:])), batch.targets)
+    if len(outputs) != 1:
+        raise MethodParameterError(
+            "layer", f"layer {layer!r} runs {len(outputs)} times per forward pass, not once"
+        )
+    return spatial_activation(method, layer, outputs[0].detach())[image_of_row]
 
 
 class GradientCam(AttributionMethod[P]):

@@ -1,0 +1,24 @@
+"""Eigen-CAM's parameters and catalogue entry."""
+
+from typing import ClassVar
+
+from schemas.methods.contract import LayerParams, Need, register_method
+
+
+@register_method
+class EigenCamParams(LayerParams):
+    """Eigen-CAM: a layer's activations projected on their first principal component."""
+
+    method = "eigencam"
+    title = "Eigen-CAM"
+    summary = (
+        "A convolutional layer's activations projected on their first principal component: "
+        "the same map for every target, from one forward pass and no gradient."
+    )
+    reference = "Muhammad & Yeasin, IJCNN 2020"
+    cost = "1 forward per image, shared by its targets"
+    signed = False
+    needs: ClassVar[frozenset[Need]] = frozenset({"cam_layer"})
+
+    def passes(self, height: int, width: int, targets: int) -> int:
+        return 1
