@@ -1,7 +1,6 @@
 """Occlusion against Captum's Occlusion, a linear model worked by hand, and ONNX Runtime."""
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -12,10 +11,9 @@ from method_checks import (
     DEVICES,
     EPS32,
     assert_untouched,
-    float32_rounding,
     max_relative_deviation,
 )
-from rounding_bounds_cam import RecordingForward
+from rounding_bounds_cam import RecordingForward, float32_drop_bound
 from torch import nn
 
 from workers.methods import MethodParameterError, TargetError, explain
@@ -51,27 +49,6 @@ def small_cnn() -> nn.Sequential:
     batchnorm.running_mean = torch.empty(8).uniform_(-0.5, 0.5)
     batchnorm.running_var = torch.empty(8).uniform_(0.5, 2.0)
     return model.double().eval().requires_grad_(False)
-
-
-def float32_drop_bound(
-    expected: torch.Tensor, largest_logit: float, window: int, stride: int, batch_size: int = 64
-) -> float:
-    """The most `max_relative_deviation` from exact maps `expected` that the method's float32
-    arithmetic on logits up to `largest_logit` (L) allows.
-
-    The method rounds both logits of a drop to float32 and subtracts, ≤ 2·eps32·L; sums the drops
-    of the n windows covering a pixel in c chunks, ≤ (n − 1 + c)·eps32/2 of Σ|drop| ≤ n·2L; and
-    divides by n, once more ≤ eps32/2 · 2L: (n + c + 2)·eps32·L in all.
-    """
-    height, width = expected.shape[1:]
-    starts = [math.ceil((side - min(window, side)) / stride) + 1 for side in (height, width)]
-    covering = math.prod(
-        min(math.ceil(min(window, side) / stride), count)
-        for side, count in zip((height, width), starts, strict=True)
-    )
-    chunks = math.ceil(math.prod(starts) / batch_size)
-    magnitude = torch.full((expected.shape[0], 1), largest_logit)
-    return float32_rounding(expected, covering + chunks + 2, magnitude)
 
 
 @pytest.fixture(scope="module")

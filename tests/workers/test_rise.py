@@ -16,7 +16,7 @@ from method_checks import (
     float32_rounding,
     max_relative_deviation,
 )
-from rounding_bounds_cam import RecordingForward
+from rounding_bounds_cam import RecordingForward, float32_rise_bound
 from torch import nn
 
 from workers.methods import TargetError, explain
@@ -52,22 +52,6 @@ def small_cnn() -> nn.Sequential:
     batchnorm.running_mean = torch.empty(8).uniform_(-0.5, 0.5)
     batchnorm.running_var = torch.empty(8).uniform_(0.5, 2.0)
     return model.double().eval().requires_grad_(False)
-
-
-def float32_rise_bound(
-    expected: torch.Tensor, largest_logit: float, classes: int, masks: int, batch_size: int = 64
-) -> float:
-    """The most `max_relative_deviation` from exact maps `expected` that the method's float32
-    arithmetic on logits up to `largest_logit` (Z) allows, for the same masks.
-
-    Each probability is a float32 softmax of logits rounded to float32: ≤ (2Z + C/2 + 1)·eps32 of
-    itself (as in test_scorecam). The map sums p·m over the masks, all terms ≥ 0: the products
-    and the sums in c chunks ≤ (masks + c)·eps32/2 of the map's value, and the division by
-    masks·p ≤ 2·eps32/2 more.
-    """
-    chunks = math.ceil(masks / batch_size)
-    roundings = math.ceil(2 * largest_logit + classes / 2 + 1 + (masks + chunks + 2) / 2)
-    return float32_rounding(expected, roundings)
 
 
 def mask_gap_bound(

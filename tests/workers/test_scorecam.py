@@ -1,12 +1,11 @@
 """Score-CAM against a direct loop over the channels written from the paper, its pass count, and
 model hygiene."""
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import DEVICES, assert_untouched, float32_rounding, max_relative_deviation
+from method_checks import DEVICES, assert_untouched, max_relative_deviation
+from rounding_bounds_cam import float32_softmax_bound
 from torch import nn
 
 from workers.methods import MethodParameterError, TargetError, explain
@@ -73,24 +72,6 @@ def loop_scorecam(
         F.interpolate(magnitude[None, None], size=size, mode="bilinear")[0],
         largest_logit,
     )
-
-
-def float32_softmax_bound(
-    expected: torch.Tensor, magnitude: torch.Tensor, largest_logit: float, classes: int
-) -> float:
-    """The most `max_relative_deviation` from the float64 loop's map `expected` that the method's
-    float32 arithmetic allows.
-
-    The method takes each probability p (p_k on channel k's masked input, p_0 on the zero input)
-    as the float32 softmax of the logits: their rounding to float32 moves p by ≤ eps32·Z·p (Z the
-    largest |logit|), the shift by the largest logit another eps32·Z·p, exp ≤ 1 ulp, the sum of
-    the C exponentials (C − 1)/2 and the division 1/2 eps32·p; w_k = p_k − p_0 rounds once more,
-    ≤ eps32/2·(p_k + p_0). So |Δw_k| ≤ (2Z + C/2 + 1)·eps32·(p_k + p_0), and the map moves by at
-    most Σ_k |Δw_k|·|A_k| (the ReLU and the bilinear upsampling enlarge no difference), then by
-    its own rounding to float32.
-    """
-    roundings = math.ceil(2 * largest_logit + classes / 2 + 1)
-    return float32_rounding(expected, roundings, magnitude) + float32_rounding(expected, 1)
 
 
 def loop_scorecams(
