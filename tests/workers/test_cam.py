@@ -2,15 +2,15 @@
 the formula written out on DenseNet, and its refusal of models without such a head."""
 
 from collections.abc import Callable
-from pathlib import Path
 
 import onnx
 import pytest
 import torch
 import torch.nn.functional as F
 from method_checks import DEVICES, assert_untouched, float32_rounding, max_relative_deviation
+from method_models import DEMO_MODEL, DataDependent, calibrated, calibrated_resnet18, frozen
 from torch import nn
-from torchvision.models import DenseNet, resnet18
+from torchvision.models import DenseNet
 
 from workers import onnx_models
 from workers.demo.data import make_dataset
@@ -18,17 +18,21 @@ from workers.methods import available_methods, explain
 from workers.methods.base import TargetError, UnsupportedModelError
 from workers.repository import load_model
 
-DEMO_MODEL = Path(__file__).resolve().parents[2] / "models" / "demo-lesions" / "1"
+
+@pytest.fixture(scope="module")
+def resnet18() -> nn.Module:
+    return calibrated_resnet18()
 
 
-def small_cnn() -> nn.Sequential:
-    """Conv–BN–ReLU blocks, then a global average pool, a flatten and a linear layer; in float64.
+@pytest.fixture(scope="module")
+def demo_model() -> nn.Module:
+    """The shipped model in float64, for the same reason as `method_models`' models."""
+    return load_model(DEMO_MODEL, torch.device("cpu")).module.double()
 
-    In float64 so that two ways of computing a map (CAM and Grad-CAM, a batch and its rows, two
-    devices) agree to far below float32's precision, and no ReLU or max-pool near its kink or
-    tie is decided differently by their roundings: what separates them is the maps' rounding to
-    float32.
-    """
+
+def dropout_head_cnn() -> nn.Sequential:
+    """Conv–BN–ReLU blocks, then a global average pool, a flatten, a dropout and a linear layer,
+    whose head is still GAP + linear in eval mode; in float64 (see `method_models`)."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -47,31 +51,6 @@ def small_cnn() -> nn.Sequential:
             module.running_mean = torch.empty(module.num_features).uniform_(-0.5, 0.5)
             module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
     return model.double().eval().requires_grad_(False)
-
-
-def calibrated(model: nn.Module, size: int) -> nn.Module:
-    """A random-weight torchvision model with BatchNorm statistics taken from random data, then in
-    float64 (for the same reason as `small_cnn`)."""
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None  # a cumulative average over the calibration passes
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, size, size))
-    return model.double().eval().requires_grad_(False)
-
-
-@pytest.fixture(scope="module")
-def calibrated_resnet18() -> nn.Module:
-    torch.manual_seed(0)
-    return calibrated(resnet18(weights=None), 64)
-
-
-@pytest.fixture(scope="module")
-def demo_model() -> nn.Module:
-    """The shipped model in float64, for the same reason as `small_cnn`."""
-    return load_model(DEMO_MODEL, torch.device("cpu")).module.double()
 
 
 def test_equals_gradcam_times_the_map_area_on_the_demo_model(demo_model: nn.Module) -> None:
@@ -94,8 +73,8 @@ def test_equals_gradcam_times_the_map_area_on_the_demo_model(demo_model: nn.Modu
     assert_untouched(demo_model)
 
 
-def test_equals_gradcam_times_the_map_area_on_resnet18(calibrated_resnet18: nn.Module) -> None:
-    model = calibrated_resnet18
+def test_equals_gradcam_times_the_map_area_on_resnet18(resnet18: nn.Module) -> None:
+    model = resnet18
     inputs = torch.randn(3, 3, 96, 96, generator=torch.Generator().manual_seed(2)).double()
     targets = torch.tensor([7, 412, 999])
 
@@ -112,8 +91,9 @@ def test_matches_the_formula_on_a_densenet() -> None:
     torch.manual_seed(0)
     # torchvision's DenseNet (densenet121's class, made small) pools functionally: relu and
     # adaptive_avg_pool2d in its forward, no pool module.
-    model = DenseNet(growth_rate=8, block_config=(2, 2, 2), num_init_features=16)
-    calibrated(model, 64)
+    model = frozen(
+        calibrated(DenseNet(growth_rate=8, block_config=(2, 2, 2), num_init_features=16), 64)
+    )
     inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)).double()
     # Decided once, for both sides: whichever class wins, the maps below are of the same one.
     targets = model(inputs).argmax(dim=1)
@@ -149,25 +129,6 @@ def test_the_onnx_conversion_of_the_demo_model_gives_the_same_maps(
     assert max_relative_deviation(from_onnx.values, native.values) <= bound
 
 
-def test_a_batch_equals_single_image_calls() -> None:
-    model = small_cnn()
-    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)).double()
-    inputs = torch.stack([images[0], images[0], images[1]])
-    targets = torch.tensor([0, 2, 1])
-
-    batch = explain("cam", model, inputs, targets, {}, cam_layer="4").values
-    singles = torch.cat(
-        [
-            explain("cam", model, inputs[i : i + 1], targets[i : i + 1], {}, cam_layer="4").values
-            for i in range(3)
-        ]
-    )
-
-    # Float64 maps ~1e-16 apart, each rounded to float32: at most 1 ulp ≤ eps32 · |value| apart.
-    assert max_relative_deviation(batch, singles) <= float32_rounding(singles, 1)
-    assert not torch.allclose(batch[0], batch[1])
-
-
 class FlattenHead(nn.Module):
     """Conv features flattened straight into a linear layer: no pool."""
 
@@ -178,17 +139,6 @@ class FlattenHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.relu(self.conv(x)).flatten(1))
-
-
-class DataDependent(nn.Module):
-    """A forward pass that branches on a tensor value, which torch.fx cannot trace."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = small_cnn()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x) if x.sum() > 0 else self.body(-x)
 
 
 def unsupported_models() -> dict[str, nn.Module]:
@@ -265,7 +215,7 @@ def test_supports_other_spellings_of_the_pool(
 
 
 def test_rejects_a_target_the_head_does_not_have() -> None:
-    model = small_cnn()
+    model = dropout_head_cnn()
 
     with pytest.raises(TargetError):
         explain(
@@ -274,23 +224,9 @@ def test_rejects_a_target_the_head_does_not_have() -> None:
     assert_untouched(model)
 
 
-def test_leaves_the_model_unchanged() -> None:
-    model = small_cnn()
-    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    inputs = torch.randn(2, 3, 16, 16).double()
-
-    explain("cam", model, inputs, torch.tensor([0, 1]), {}, cam_layer="4")
-
-    assert_untouched(model)
-    assert not model.training
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, state[name])
-    assert not inputs.requires_grad
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_on_each_device_matches_cpu(device: str) -> None:
-    model = small_cnn()
+    model = dropout_head_cnn()
     inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(6)).double()
     targets = torch.tensor([4, 0, 2])
 

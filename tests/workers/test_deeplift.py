@@ -1,9 +1,7 @@
 """DeepLIFT: completeness on ResNet-50 and DenseNet-121, Captum's DeepLift where its rules hold,
-and model hygiene."""
+and Captum's hand-computed cases."""
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ import torch
 from captum.attr import DeepLift as CaptumDeepLift
 from captum.testing.helpers.basic_models import ReLUDeepLiftModel, ReLULinearModel
 from method_checks import DEVICES, EPS32, assert_untouched, float32_rounding, max_relative_deviation
+from method_models import DEMO_MODEL, calibrated, frozen, residual_net
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models import densenet121, resnet50
@@ -23,21 +22,10 @@ from workers.methods.canonical import canonical_form
 from workers.methods.deeplift import EPSILON
 from workers.repository import load_model
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-Model = TypeVar("Model", bound=nn.Module)
-
-
-def frozen(model: Model) -> Model:
-    """In eval mode without parameter gradients; in float64.
-
-    In float64 so that nothing the rules decide from a float (the Rescale rule's |Δin| < EPSILON
-    branch, max-pool winners) can be decided by rounding, which differs between this method and
-    Captum, a batch and its rows, or two devices: two such maps then agree to their rounding to
-    float32. `decision_margins` checks that every decision has room to spare.
-    """
-    return model.double().eval().requires_grad_(False)
+# The models are in float64 (`method_models.frozen`) so that nothing the rules decide from a float
+# (the Rescale rule's |Δin| < EPSILON branch, max-pool winners) can be decided by rounding, which
+# differs between this method and Captum or two devices: two such maps then agree to their
+# rounding to float32. `decision_margins` checks that every decision has room to spare.
 
 
 def captum_ready_cnn() -> nn.Module:
@@ -66,36 +54,11 @@ def captum_ready_cnn() -> nn.Module:
     return frozen(model)
 
 
-class ResidualNet(nn.Module):
-    """Two residual blocks that share one nn.ReLU module, as torchvision's ResNet blocks do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1)
-        self.conv1 = nn.Conv2d(8, 8, 3, padding=1)
-        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.relu = nn.ReLU(inplace=True)
-        self.head = nn.Linear(8, 4)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.stem(x))
-        x = self.relu(self.conv1(x) + x)
-        x = self.relu(self.conv2(x) + x)
-        return self.head(x.mean(dim=(2, 3)))
-
-
-def calibrated(factory: Callable[..., nn.Module]) -> nn.Module:
-    """A random-weight torchvision model whose BatchNorm statistics come from random data; in
-    float64, which on a CPU takes no longer than float32 at this size."""
+def calibrated_float64(factory: Callable[..., nn.Module]) -> nn.Module:
+    """A random-weight torchvision model whose BatchNorm statistics come from one batch of random
+    data; in float64, which on a CPU takes no longer than float32 at this size."""
     torch.manual_seed(0)
-    model = factory(weights=None)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    return frozen(model)
+    return frozen(calibrated(factory(weights=None), 64, passes=1, seed=0))
 
 
 def target_logits(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -233,7 +196,7 @@ def assert_complete(
 def test_is_complete_on_torchvision_models(
     factory: Callable[..., nn.Module], baselines: tuple[str, ...]
 ) -> None:
-    model = calibrated(factory)
+    model = calibrated_float64(factory)
     inputs = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).double()
     targets = torch.tensor([3, 500])
 
@@ -243,7 +206,7 @@ def test_is_complete_on_torchvision_models(
 
 
 def test_captum_refuses_a_reused_relu_that_this_handles(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = frozen(ResidualNet())
+    model = residual_net()
     inputs = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(2)).double()
     baselines = make_baseline("black", inputs)
     targets = torch.tensor([1, 3])
@@ -326,7 +289,7 @@ def test_on_the_demo_model_is_complete_where_captum_drops_the_maxpool_rule() -> 
     # The demo model feeds each ReLU straight into a MaxPool2d. Captum's hooks then keep the
     # max-pool's plain gradient instead of its multiplier (see `captum_ready_cnn`), so its maps
     # do not add up to the change of the logit; this method's do.
-    model = frozen(load_model(ROOT / "models/demo-lesions/1", torch.device("cpu")).module)
+    model = frozen(load_model(DEMO_MODEL, torch.device("cpu")).module)
     inputs = demo_images(3)
     targets = torch.tensor([0, 1, 2])
     baselines = make_baseline("black", inputs)
@@ -344,29 +307,6 @@ def test_on_the_demo_model_is_complete_where_captum_drops_the_maxpool_rule() -> 
     assert max_relative_deviation(result.values, captum.detach().sum(1)) < 0.2
 
 
-def test_a_batch_equals_single_image_calls() -> None:
-    model = frozen(ResidualNet())
-    images = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(4)).double()
-    inputs = torch.stack([images[0], images[0], images[1]])
-    targets = torch.tensor([0, 2, 1])
-    params = {"baseline": "uniform", "seed": 5}
-
-    batch = explain("deeplift", model, inputs, targets, params, cam_layer="").values
-    singles = torch.cat(
-        [
-            explain(
-                "deeplift", model, inputs[i : i + 1], targets[i : i + 1], params, cam_layer=""
-            ).values
-            for i in range(3)
-        ]
-    )
-
-    assert_decided_far_from_rounding(model, inputs, make_baseline("uniform", inputs, seed=5))
-    # In float64 on the same decisions: the maps' rounding to float32, and one to spare.
-    assert max_relative_deviation(batch, singles) <= float32_rounding(singles, 2)
-    assert not torch.allclose(batch[0], batch[1])
-
-
 def test_the_noise_baseline_follows_its_seed() -> None:
     model = captum_ready_cnn()
     inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6)).double()
@@ -378,23 +318,6 @@ def test_the_noise_baseline_follows_its_seed() -> None:
 
     assert torch.equal(deeplift(1), deeplift(1))
     assert not torch.allclose(deeplift(1), deeplift(2))
-
-
-def test_leaves_the_model_and_the_inputs_alone() -> None:
-    model = frozen(ResidualNet())
-    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    inputs = torch.randn(2, 3, 12, 12).double()
-    original = inputs.clone()
-
-    explain("deeplift", model, inputs, torch.tensor([0, 1]), {}, cam_layer="")
-
-    assert_untouched(model, frozen=True)
-    assert model.relu.inplace and type(model.relu) is nn.ReLU
-    assert not model.training
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, state[name])
-    assert torch.equal(inputs, original)
-    assert not inputs.requires_grad
 
 
 @pytest.mark.parametrize("device", DEVICES)

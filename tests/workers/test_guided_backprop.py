@@ -1,13 +1,13 @@
-"""Guided backprop against Captum's GuidedBackprop, a hand-derived case, and model hygiene."""
+"""Guided backprop against Captum's GuidedBackprop and a hand-derived case; no guided ReLU left
+behind."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 from captum.attr import GuidedBackprop as CaptumGuidedBackprop
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
-from method_checks import DEVICES, float32_rounding, max_relative_deviation
+from method_checks import DEVICES, assert_untouched, float32_rounding, max_relative_deviation
+from method_models import FunctionalReluCnn, calibrated_resnet18, small_cnn
 from torch import nn
-from torchvision.models import resnet18
 
 from workers.methods import explain
 from workers.methods.base import input_gradient
@@ -15,78 +15,21 @@ from workers.methods.canonical import canonical_form
 from workers.methods.guided_backprop import guided_gradient
 
 
-def small_cnn() -> nn.Sequential:
-    """Conv–BN–ReLU blocks with a max-pool and a GAP + linear head; every ReLU its own module; in
-    float64.
-
-    In float64 so that two ways of computing a map (Captum's and the method's, a batch and its
-    rows, two devices) agree to far below float32's precision, and no ReLU or max-pool near its
-    kink or tie is decided differently by their roundings: what separates them is the map's
-    rounding to float32.
-    """
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 5),
-    )
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.double().eval().requires_grad_(False)
-
-
-class FunctionalCnn(nn.Module):
-    """`small_cnn`'s layers, with the ReLUs called as F.relu instead of modules."""
-
-    def __init__(self, modular: nn.Sequential) -> None:
-        super().__init__()
-        self.layers = modular
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = F.relu(x) if isinstance(layer, nn.ReLU) else layer(x)
-        return x
-
-
 @pytest.fixture(scope="module")
-def calibrated_resnet18() -> nn.Module:
-    torch.manual_seed(0)
-    model = resnet18(weights=None)
+def resnet18() -> nn.Module:
+    return calibrated_resnet18(size=32, passes=2)
+
+
+def assert_unguided(model: nn.Module) -> None:
+    """Untouched (`assert_untouched`), and every ReLU module still a plain nn.ReLU."""
+    assert_untouched(model, frozen=True)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(8, 3, 32, 32))
-    # In float64, for the same reason as `small_cnn`.
-    return model.double().eval().requires_grad_(False)
+        if isinstance(module, nn.ReLU):
+            assert type(module) is nn.ReLU
 
 
 def captum_guided(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return CaptumGuidedBackprop(model).attribute(inputs, target=targets.tolist()).detach()
-
-
-def assert_untouched(model: nn.Module) -> None:
-    for parameter in model.parameters():
-        assert parameter.grad is None
-        assert not parameter.requires_grad
-    for module in model.modules():
-        assert not module._forward_hooks
-        assert not module._forward_pre_hooks
-        assert not module._backward_hooks
-        assert not module._backward_pre_hooks
-        if isinstance(module, nn.ReLU):
-            assert type(module) is nn.ReLU
 
 
 @pytest.mark.parametrize("absolute", [True, False])
@@ -104,12 +47,12 @@ def test_matches_captum_on_a_model_of_relu_modules(absolute: bool) -> None:
     assert result.signed is not absolute
     # Both in float64: the map's rounding to float32, ≤ eps32/2 of each value, and ~1e-16 more.
     assert max_relative_deviation(result.values, expected) <= float32_rounding(expected, 1)
-    assert_untouched(model)
+    assert_unguided(model)
 
 
 def test_stays_guided_where_relus_are_functions_and_captum_degrades() -> None:
     modular = small_cnn()
-    functional = FunctionalCnn(modular).eval()
+    functional = FunctionalReluCnn(modular).eval()
     inputs = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2)).double()
     targets = torch.tensor([2, 0, 4])
 
@@ -127,9 +70,9 @@ def test_stays_guided_where_relus_are_functions_and_captum_degrades() -> None:
 
 
 def test_on_resnet_reusing_relu_modules_equals_captum_on_its_distinct_relus(
-    calibrated_resnet18: nn.Module,
+    resnet18: nn.Module,
 ) -> None:
-    model = calibrated_resnet18
+    model = resnet18
     inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)).double()
     targets = torch.tensor([7, 999])
 
@@ -139,7 +82,7 @@ def test_on_resnet_reusing_relu_modules_equals_captum_on_its_distinct_relus(
     expected = captum_guided(canonical_form(model), inputs, targets).sum(1)
     # Both in float64: the map's rounding to float32, ≤ eps32/2 of each value, and ~1e-15 more.
     assert max_relative_deviation(result.values, expected) <= float32_rounding(expected, 1)
-    assert_untouched(model)
+    assert_unguided(model)
 
 
 def test_reproduces_the_hand_derived_simple_conv_case() -> None:
@@ -159,44 +102,16 @@ def test_reproduces_the_hand_derived_simple_conv_case() -> None:
     torch.testing.assert_close(result.values, expected, rtol=0.0, atol=0.0)
 
 
-def test_a_batch_equals_single_image_calls() -> None:
+def test_leaves_no_guided_relu_in_the_model() -> None:
     model = small_cnn()
-    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(4)).double()
-    inputs = torch.stack([images[0], images[0], images[1]])
-    targets = torch.tensor([0, 2, 1])
-
-    batch = explain("guided_backprop", model, inputs, targets, {}, cam_layer="6").values
-    singles = torch.cat(
-        [
-            explain(
-                "guided_backprop", model, inputs[i : i + 1], targets[i : i + 1], {}, cam_layer="6"
-            ).values
-            for i in range(3)
-        ]
-    )
-
-    # Float64 maps ~1e-16 apart, each rounded to float32: at most 1 ulp ≤ eps32 · |value| apart.
-    assert max_relative_deviation(batch, singles) <= float32_rounding(singles, 1)
-    assert not torch.allclose(batch[0], batch[1])
-
-
-def test_leaves_the_model_and_the_inputs_alone() -> None:
-    model = small_cnn()
-    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     inputs = torch.randn(2, 3, 16, 16).double()
-    original = inputs.clone()
 
     explain("guided_backprop", model, inputs, torch.tensor([0, 1]), {}, cam_layer="6")
 
-    assert_untouched(model)
-    assert not model.training
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, state[name])
-    assert torch.equal(inputs, original)
-    assert not inputs.requires_grad
     # The plain gradient is still the plain gradient: no guided ReLU leaked into the model.
     plain = input_gradient(model, inputs, torch.tensor([0, 1]))
     assert max_relative_deviation(plain, captum_guided(model, inputs, torch.tensor([0, 1]))) > 0.1
+    assert_unguided(model)
 
 
 @pytest.mark.parametrize("device", DEVICES)

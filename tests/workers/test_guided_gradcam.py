@@ -1,4 +1,4 @@
-"""Guided Grad-CAM against Captum's GuidedGradCam, Captum's hand-checked case, model hygiene."""
+"""Guided Grad-CAM against Captum's GuidedGradCam and Captum's hand-checked case."""
 
 import pytest
 import torch
@@ -6,56 +6,21 @@ import torch.nn.functional as F
 from captum.attr import GuidedGradCam as CaptumGuidedGradCam
 from captum.testing.helpers.basic_models import BasicModel_ConvNet_One_Conv
 from method_checks import DEVICES, assert_untouched, float32_rounding, max_relative_deviation
+from method_models import calibrated_resnet18, small_cnn
 from torch import nn
-from torchvision.models import resnet18
 
 from workers.methods import MethodParameterError, explain
 from workers.methods.canonical import canonical_form
 from workers.methods.guided_backprop import guided_gradient
 
-
-def small_cnn() -> nn.Sequential:
-    """Conv–BN–ReLU blocks with a max-pool and a GAP + linear head, in float64.
-
-    In float64 so that two ways of computing a map (Captum's and the method's, a batch and its
-    rows, two devices) agree to far below float32's precision, and no ReLU or max-pool near its
-    kink or tie is decided differently by their roundings. What separates them is then the
-    method's float32 arithmetic: the guided map and Grad-CAM each rounded to float32 and their
-    product rounded, three roundings of eps32/2 relative to each value.
-    """
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 5),
-    )
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_var = torch.empty(module.num_features).uniform_(0.5, 2.0)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.double().eval().requires_grad_(False)
+# What separates the method's maps from a reference's, or two devices', is the method's float32
+# arithmetic on float64 maps (see `method_models`): the guided map and Grad-CAM each rounded to
+# float32 and their product rounded, three roundings of eps32/2 relative to each value.
 
 
 @pytest.fixture(scope="module")
-def calibrated_resnet18() -> nn.Module:
-    torch.manual_seed(0)
-    model = resnet18(weights=None)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(8, 3, 32, 32))
-    # In float64, for the same reason as `small_cnn`.
-    return model.double().eval().requires_grad_(False)
+def resnet18() -> nn.Module:
+    return calibrated_resnet18(size=32, passes=2)
 
 
 def captum_guided_gradcam(
@@ -81,15 +46,13 @@ def test_matches_captum_on_a_small_cnn(layer: str) -> None:
     assert result.values.shape == (4, 16, 16)
     assert result.values.dtype == torch.float32
     assert not result.signed
-    # Three float32 roundings of eps32/2 relative to each value (see `small_cnn`): 1.5 eps32.
+    # Three float32 roundings of eps32/2 relative to each value (see above): 1.5 eps32.
     assert max_relative_deviation(result.values, expected) <= float32_rounding(expected, 2)
     assert_untouched(model)
 
 
-def test_matches_captum_on_resnet18_through_its_canonical_form(
-    calibrated_resnet18: nn.Module,
-) -> None:
-    model = calibrated_resnet18
+def test_matches_captum_on_resnet18_through_its_canonical_form(resnet18: nn.Module) -> None:
+    model = resnet18
     inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)).double()
     targets = torch.tensor([7, 999])
 
@@ -101,7 +64,7 @@ def test_matches_captum_on_resnet18_through_its_canonical_form(
     expected = captum_guided_gradcam(
         canonical, canonical.get_submodule("layer4.1.relu_1"), inputs, targets
     )
-    # Three float32 roundings of eps32/2 relative to each value (see `small_cnn`): 1.5 eps32.
+    # Three float32 roundings of eps32/2 relative to each value (see above): 1.5 eps32.
     assert max_relative_deviation(result.values, expected) <= float32_rounding(expected, 2)
     assert_untouched(model)
 
@@ -136,41 +99,6 @@ def test_reproduces_captums_simple_conv_case() -> None:
     torch.testing.assert_close(result.values, guided * bilinear[:, 0], **exact)
 
 
-def test_a_batch_equals_single_image_calls() -> None:
-    model = small_cnn()
-    images = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3)).double()
-    inputs = torch.stack([images[0], images[0], images[1]])
-    targets = torch.tensor([0, 2, 1])
-
-    batch = explain("guided_gradcam", model, inputs, targets, {}, cam_layer="6").values
-    singles = torch.cat(
-        [
-            explain(
-                "guided_gradcam", model, inputs[i : i + 1], targets[i : i + 1], {}, cam_layer="6"
-            ).values
-            for i in range(3)
-        ]
-    )
-
-    # Each side 1.5 eps32 relative to each value from the same float64 maps (see `small_cnn`).
-    assert max_relative_deviation(batch, singles) <= float32_rounding(singles, 3)
-    assert not torch.allclose(batch[0], batch[1])
-
-
-def test_leaves_the_model_unchanged() -> None:
-    model = small_cnn()
-    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    inputs = torch.randn(2, 3, 16, 16).double()
-
-    explain("guided_gradcam", model, inputs, torch.tensor([0, 1]), {}, cam_layer="6")
-
-    assert_untouched(model)
-    assert not model.training
-    for name, tensor in model.state_dict().items():
-        assert torch.equal(tensor, state[name])
-    assert not inputs.requires_grad
-
-
 def test_rejects_a_layer_the_model_does_not_have() -> None:
     model = small_cnn()
 
@@ -200,5 +128,5 @@ def test_on_each_device_matches_cpu(device: str) -> None:
     )
 
     assert on_device.values.device.type == device
-    # In float64 (no TF32 either); each side 1.5 eps32 relative to each value (see `small_cnn`).
+    # In float64 (no TF32 either); each side 1.5 eps32 relative to each value (see above).
     assert max_relative_deviation(on_device.values.cpu(), on_cpu) <= float32_rounding(on_cpu, 3)

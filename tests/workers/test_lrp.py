@@ -17,6 +17,7 @@ import pytest
 import torch
 from captum.attr import InputXGradient
 from method_checks import DEVICES, EPS32, assert_untouched
+from method_models import DEMO_MODEL, calibrated, demo_model
 from rounding_bounds_rules import max_pool_tie_gap
 from torch import nn
 from torchvision.models import densenet121, resnet50
@@ -28,25 +29,15 @@ from workers.methods.canonical import canonical_form
 from workers.methods.lrp import Lrp, lrp_relevance, relevance_graph
 from workers.methods.lrp_rules import Composite
 from workers.onnx_models import convert_to_torch
-from workers.repository import load_model
 
-DEMO = Path(__file__).resolve().parents[2] / "models" / "demo-lesions" / "1"
 SIZE = 64
 EPS64 = torch.finfo(torch.float64).eps
 
 
-def calibrated(build: Callable[..., nn.Module]) -> nn.Module:
+def calibrated_network(build: Callable[..., nn.Module]) -> nn.Module:
     """A torchvision network with random weights and BatchNorm statistics from random data."""
     torch.manual_seed(0)
-    model = build(weights=None)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None  # a cumulative average over the calibration passes
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(4, 3, 32, 32))
-    return model.eval().requires_grad_(False)
+    return calibrated(build(weights=None), 32, passes=2, batch=4)
 
 
 def without_biases(model: nn.Module) -> nn.Module:
@@ -78,17 +69,13 @@ def through_onnx(model: nn.Module, channels: int, file: Path) -> nn.Module:
     return convert_to_torch(onnx.load(file)).requires_grad_(False)
 
 
-def demo_module() -> nn.Module:
-    return load_model(DEMO, torch.device("cpu")).module
-
-
 @pytest.fixture(scope="module")
 def networks() -> dict[str, tuple[nn.Module, int]]:
     """Biased networks by name, with their input channels."""
     return {
-        "demo": (demo_module(), 1),
-        "resnet50": (calibrated(resnet50), 3),
-        "densenet121": (calibrated(densenet121), 3),
+        "demo": (demo_model(), 1),
+        "resnet50": (calibrated_network(resnet50), 3),
+        "densenet121": (calibrated_network(densenet121), 3),
     }
 
 
@@ -190,7 +177,7 @@ def test_epsilon_rule_equals_input_times_gradient_with_biases(
 
 
 def test_epsilon_rule_equals_input_times_gradient_on_the_shipped_onnx_model() -> None:
-    model = convert_to_torch(onnx.load(DEMO / "model.onnx")).requires_grad_(False).double()
+    model = convert_to_torch(onnx.load(DEMO_MODEL / "model.onnx")).requires_grad_(False).double()
     inputs = images(1, count=2, seed=3, size=32).double()
     targets = torch.tensor([2, 1])
 
@@ -298,7 +285,7 @@ def test_z_box_uses_the_given_bounds() -> None:
 
 
 def test_alpha_beta_with_alpha_one_is_epsilon_plus() -> None:
-    model = demo_module()
+    model = demo_model()
     inputs = images(1, count=2, seed=5)
     targets = torch.tensor([1, 2])
 
@@ -362,7 +349,7 @@ class Branching(nn.Module):
 
 def test_supports_traceable_models_with_layers_only() -> None:
     lrp = Lrp()
-    assert lrp.supports(demo_module())
+    assert lrp.supports(demo_model())
     assert not lrp.supports(Branching())
     assert not lrp.supports(nn.Sequential(nn.ReLU(), nn.Flatten()))
     with pytest.raises(ValueError, match="Conv2d or Linear"):
