@@ -19,8 +19,8 @@ class SharedSettings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"),
         description="the Redis that holds the queue, the jobs and the results: one server's "
-        "URL, or redis+sentinel://host:26379,host2:26379/<primary name> for a primary that "
-        "Sentinels fail over",
+        "URL, or redis+sentinel://host:26379,host2:26379/name for the primary that Sentinels "
+        "watch under that name",
     )
     max_image_pixels: int = Field(
         default=DEFAULT_MAX_IMAGE_PIXELS,
