@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.redis_address import sentinel_address
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 
@@ -16,7 +18,9 @@ class SharedSettings(BaseSettings):
     redis_url: str = Field(
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "GLIMPSE_REDIS_URL"),
-        description="the Redis that holds the queue, the jobs and the results",
+        description="the Redis that holds the queue, the jobs and the results: one server's "
+        "URL, or redis+sentinel://host:26379,host2:26379/name for the primary that Sentinels "
+        "watch under that name",
     )
     max_image_pixels: int = Field(
         default=DEFAULT_MAX_IMAGE_PIXELS,
@@ -31,3 +35,9 @@ class SharedSettings(BaseSettings):
         description="file of the 256-bit key (64 hex digits) that seals every stored image and "
         "result; required",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _readable_redis_url(cls, url: str) -> str:
+        sentinel_address(url)  # a malformed Sentinel URL fails at start-up, not at first use
+        return url

@@ -10,7 +10,6 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
-from redis.asyncio import Redis
 
 from schemas import SERVICE_VERSION
 from schemas.sealing import PayloadSealer
@@ -25,6 +24,7 @@ from service.openapi import (
     use_problem_for_validation_errors,
 )
 from service.queue import CompletionListener, JobQueue
+from service.redis_connection import gateway_redis
 from service.routes import explanations, health, jobs, kserve, metrics, models, visualizations
 
 log = logging.getLogger("glimpse.gateway")
@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # First, so that a gateway without its payload key refuses to start (PayloadKeyError).
         sealer = PayloadSealer.from_key_file(settings.payload_key_file)
-        redis = Redis.from_url(
+        redis = gateway_redis(
             settings.redis_url,
             socket_connect_timeout=1.0,
             socket_timeout=5.0,
@@ -53,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             result_ttl_s=settings.result_ttl_s,
             worker_timeout_s=settings.worker_timeout_s,
             retry_after_s=settings.retry_after_s,
+            replica_acks=settings.redis_replica_acks,
         )
         app.state.listener = listener
         await listener.start()

@@ -61,6 +61,12 @@ class Settings(SharedSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description="viewer origins allowed by CORS; none by default"
     )
+    redis_replica_acks: int = Field(
+        default=0,
+        ge=0,
+        description="Redis replicas that must hold an admitted job before it is answered, so "
+        "that a failover cannot lose it; 0 answers once the primary has it",
+    )
 
 
 @lru_cache

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import IO, cast
 
 from pydantic import TypeAdapter, ValidationError
-from redis import Redis
 from redis.exceptions import RedisError
 
 from schemas import keys
 from schemas.models import ModelInfo
 from schemas.sealing import KEY_FILE_VARIABLE, write_key_file
+from service.redis_connection import sync_redis
 from service.redis_server import PrivateRedis
 
 TAIL_LINES = 20  # of a child's output, kept to say why it died
@@ -261,7 +261,7 @@ class DevStack:
 def _devices_by_model(redis_url: str) -> dict[str, set[str]]:
     """The devices that live workers serve each model on, from their self-descriptions."""
     devices: dict[str, set[str]] = {}
-    redis = Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+    redis = sync_redis(redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         since = time.time() - 60
         workers = cast(list[bytes], redis.zrangebyscore(keys.LIVE_WORKERS, since, "+inf"))

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 RATE_WINDOW_S = 60
+# How long an admission waits for its replicas (`replica_acks`) before it is answered anyway.
+REPLICA_ACK_TIMEOUT_MS = 1000
 
 # A sliding window: the caller's request times in a sorted set. Returns nil when the request is
 # admitted (and recorded), else the time of the oldest request still in the window.
@@ -53,7 +55,7 @@ return record[1]
 """
 
 
-_FULL, _REPLAYED = "full", "replayed"
+_FULL, _REPLAYED, _ADMITTED = "full", "replayed", b"admitted"
 
 # Admits a request's jobs, all or none. KEYS: the model's stream, the request's idempotency entry
 # (the stream again when it has none), each job's record, each job's image. ARGV: the queue limit,
@@ -163,8 +165,10 @@ class JobQueue:
         result_ttl_s: int,
         worker_timeout_s: float,
         retry_after_s: int = 2,
+        replica_acks: int = 0,
     ) -> None:
         self.redis = redis
+        self.replica_acks = replica_acks
         self.sealer = sealer
         self.result_ttl_s = result_ttl_s
         # A record must outlive a long queue wait plus the result's own lifetime.
@@ -320,15 +324,20 @@ class JobQueue:
             ]
         stream = keys.job_stream(model)
         try:
-            outcome = await self._enqueue(
-                keys=[
-                    stream,
-                    idempotent.redis_key if idempotent else stream,
-                    *(keys.job_record(job_id) for job_id in job_ids),
-                    *(keys.job_image(job_id) for job_id in job_ids),
-                ],
-                args=args,
-            )
+            # One connection for both: WAIT counts the replicas holding this connection's writes.
+            async with self.redis.client() as connection:
+                outcome = await self._enqueue(
+                    keys=[
+                        stream,
+                        idempotent.redis_key if idempotent else stream,
+                        *(keys.job_record(job_id) for job_id in job_ids),
+                        *(keys.job_image(job_id) for job_id in job_ids),
+                    ],
+                    args=args,
+                    client=connection,
+                )
+                if self.replica_acks and outcome[0] == _ADMITTED:
+                    await self._await_replicas(connection)
         except (RedisConnectionError, RedisTimeoutError):
             if await self.exists(job_ids[0]):
                 return job_ids
@@ -354,6 +363,17 @@ class JobQueue:
                 )
             return first_ids
         return job_ids
+
+    async def _await_replicas(self, connection: Redis) -> None:
+        """Wait until `replica_acks` replicas hold what `connection` wrote; short of them within
+        REPLICA_ACK_TIMEOUT_MS, the jobs stand (the primary has them) and a warning says so."""
+        acked = int(await connection.wait(self.replica_acks, REPLICA_ACK_TIMEOUT_MS))
+        if acked < self.replica_acks:
+            log.warning(
+                "jobs admitted with %d of %d Redis replicas holding them: a failover loses them",
+                acked,
+                self.replica_acks,
+            )
 
     async def exists(self, job_id: str) -> bool:
         """Whether the job has a record: after an ambiguous error, whether its enqueue ran.

@@ -7,7 +7,6 @@ import sys
 import time
 from typing import cast
 
-from redis import Redis
 from redis.exceptions import RedisError
 
 from schemas import keys
@@ -15,12 +14,13 @@ from schemas.environment import environment_help, markdown_table
 from schemas.sealing import PayloadKeyError, PayloadSealer
 from schemas.settings import SharedSettings
 from workers.config import WorkerSettings
+from workers.redis_connection import worker_redis
 
 
 def healthcheck(settings: WorkerSettings) -> int:
     """0 when Redis answers and a worker on this host has a fresh heartbeat (for containers)."""
     try:
-        redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        redis = worker_redis(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
         since = time.time() - 5 * settings.heartbeat_s
         alive = cast(list[bytes], redis.zrangebyscore(keys.LIVE_WORKERS, since, "+inf"))
     except RedisError:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info(
         "loaded %d model(s) on %s in %.1f s", len(models), device, time.perf_counter() - started
     )
-    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=15)
+    redis = worker_redis(settings.redis_url, socket_connect_timeout=2, health_check_interval=15)
     worker = Worker(settings, models, redis, sealer, failures)
     worker.install_signal_handlers()
     worker.run()

@@ -7,13 +7,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import httpx
 import numpy as np
+import redis
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from schemas import keys
 from service.devstack import DevStack, free_port
 from service.redis_server import PrivateRedis
 
@@ -72,15 +75,17 @@ def faulty_stack(
     *,
     workers: int = 1,
     redis: PrivateRedis | None = None,
+    redis_url: str | None = None,
     **env: str,
 ) -> Iterator[DevStack]:
-    """Gateway + workers serving the faulty models, against `redis` or a fresh private one."""
-    own_redis = redis is None
-    server = redis or PrivateRedis().start()
+    """Gateway + workers serving the faulty models, against `redis` (or the Redis `redis_url`
+    names) or a fresh private one."""
+    own_redis = redis is None and redis_url is None
+    server = PrivateRedis().start() if own_redis else redis
     stack = DevStack(
         port=free_port(),
         workers=workers,
-        redis_url=server.url,
+        redis_url=redis_url or (server.url if server is not None else None),
         log_dir=log_dir,
         env={
             "GLIMPSE_AUTH": "off",
@@ -96,7 +101,7 @@ def faulty_stack(
         with stack.serving(timeout_s=120):
             yield stack
     finally:
-        if own_redis:
+        if own_redis and server is not None:
             server.stop()
 
 
@@ -121,6 +126,32 @@ def wait_for(
                 finished[job_id] = status
         time.sleep(0.1)
     return finished
+
+
+def event_counts(store: redis.Redis) -> dict[str, int]:
+    raw = cast(dict[bytes, bytes], store.hgetall(keys.STATS))
+    return {name.decode(): int(value) for name, value in raw.items()}
+
+
+def check_kill_9_mid_batch(stack: DevStack, client: httpx.Client, store: redis.Redis) -> None:
+    """SIGKILL one of the stack's two workers while 24 jobs are queued or running: every job
+    succeeds, each result is stored once, and the stream ends empty with nothing pending."""
+    job_ids = [submit(client, "slow", image_b64(i)) for i in range(24)]
+    victim = stack.processes[0]
+    assert wait_until(
+        lambda: any(client.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in job_ids),
+        timeout_s=20,
+    )
+    stack.kill(victim)  # SIGKILL: no chance to acknowledge anything
+
+    finished = wait_for(client, job_ids, timeout_s=90)
+
+    assert len(finished) == len(job_ids), "jobs were lost"
+    assert {s["status"] for s in finished.values()} == {"succeeded"}
+    assert all(s["result"]["job_id"] == j for j, s in finished.items())  # type: ignore[index]
+    assert event_counts(store)["results_stored"] == len(job_ids)
+    assert store.xlen(keys.job_stream("slow")) == 0
+    assert store.xpending(keys.job_stream("slow"), keys.CONSUMER_GROUP)["pending"] == 0
 
 
 def wait_until(condition: object, timeout_s: float = 30, interval_s: float = 0.1) -> bool:

@@ -11,6 +11,8 @@ import pytest
 import redis
 from reliability_support import (  # type: ignore[import-not-found]
     build_repository,
+    check_kill_9_mid_batch,
+    event_counts,
     faulty_stack,
     image_b64,
     submit,
@@ -37,8 +39,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def stats(url: str) -> dict[str, int]:
-    raw = redis.Redis.from_url(url).hgetall(keys.STATS)
-    return {name.decode(): int(value) for name, value in raw.items()}
+    return event_counts(redis.Redis.from_url(url))
 
 
 def test_kill_9_mid_batch_loses_nothing_and_stores_each_result_once(
@@ -51,24 +52,7 @@ def test_kill_9_mid_batch_loses_nothing_and_stores_each_result_once(
         ) as stack,
         httpx.Client(base_url=stack.url, timeout=30) as client,
     ):
-        job_ids = [submit(client, "slow", image_b64(i)) for i in range(24)]
-        victim = stack.processes[0]
-        assert wait_until(
-            lambda: any(client.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in job_ids),
-            timeout_s=20,
-        )
-        stack.kill(victim)  # SIGKILL: no chance to acknowledge anything
-
-        finished = wait_for(client, job_ids, timeout_s=90)
-
-        assert len(finished) == len(job_ids), "jobs were lost"
-        assert {s["status"] for s in finished.values()} == {"succeeded"}
-        assert all(s["result"]["job_id"] == j for j, s in finished.items())
-        counters = stats(server.url)
-        assert counters["results_stored"] == len(job_ids)
-        store = redis.Redis.from_url(server.url)
-        assert store.xlen(keys.job_stream("slow")) == 0
-        assert store.xpending(keys.job_stream("slow"), keys.CONSUMER_GROUP)["pending"] == 0
+        check_kill_9_mid_batch(stack, client, redis.Redis.from_url(server.url))
 
 
 def test_a_job_longer_than_the_visibility_timeout_is_computed_once(

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -24,7 +25,7 @@ from schemas.sealing import PayloadSealer, result_field
 from service.auth import Principal
 from service.errors import QueueFull
 from service.idempotency import IdempotencyKeyReused, idempotent_request
-from service.queue import JobQueue, NewJob
+from service.queue import REPLICA_ACK_TIMEOUT_MS, JobQueue, NewJob
 from service.redis_server import PrivateRedis
 from workers.store import JobStore
 
@@ -416,3 +417,63 @@ def test_what_the_gateway_stores_the_worker_opens_and_nothing_is_in_clear(
     assert recorded == cached == result.encode()
     assert result.encode() not in (redis.get(cache_key) or b"")
     assert b"0.25" not in (redis.hget(keys.job_record("j1"), "result") or b"")
+
+
+def enqueue_awaiting_a_replica(url: str, job_id: str) -> float:
+    """Seconds one admission takes on a queue that awaits one replica's acknowledgement."""
+
+    async def timed() -> float:
+        client = AsyncRedis.from_url(url)
+        queue = JobQueue(
+            client,
+            sealer=SEALER,
+            result_ttl_s=60,
+            worker_timeout_s=WORKER_TIMEOUT_S,
+            replica_acks=1,
+        )
+        try:
+            started = time.perf_counter()
+            await queue.enqueue([job(job_id)], "alice", queue_limit=10)
+            return time.perf_counter() - started
+        finally:
+            await client.aclose()
+
+    return asyncio.run(timed())
+
+
+def test_an_admission_awaits_a_replica_and_stands_without_one(
+    server: PrivateRedis, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    took_s = enqueue_awaiting_a_replica(server.url, "unreplicated")
+
+    # WAIT's own bound: the primary answers at the timeout, not before, when no replica acks.
+    assert took_s >= REPLICA_ACK_TIMEOUT_MS / 1000
+    assert redis.exists(keys.job_record("unreplicated"))
+    assert "0 of 1 Redis replicas" in caplog.text
+
+
+def in_sync(replica: Redis) -> bool:
+    return bool(replica.info("replication")["master_link_status"] == "up")
+
+
+def test_an_admitted_job_is_on_the_replica_when_the_gateway_answers(
+    server: PrivateRedis, redis: Redis, tmp_path: Path
+) -> None:
+    # A data_dir of its own: the replica writes the primary's snapshot there.
+    with PrivateRedis(data_dir=tmp_path) as replica_server:
+        replica = Redis.from_url(replica_server.url)
+        replica.replicaof("127.0.0.1", server.port)
+        try:
+            deadline = time.monotonic() + 10
+            while not in_sync(replica) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert in_sync(replica)
+
+            took_s = enqueue_awaiting_a_replica(server.url, "replicated")
+
+            assert replica.exists(keys.job_record("replicated"))
+            assert replica.exists(keys.job_image("replicated"))
+            assert took_s < REPLICA_ACK_TIMEOUT_MS / 1000
+        finally:
+            redis.execute_command("CLIENT", "KILL", "TYPE", "replica")
+            replica.close()
