@@ -1,13 +1,12 @@
-"""A load test with locust: the mix of `bench/locustfile.py` at 1× and 2× the stack's capacity.
+"""A load test with locust: the mix of `bench/load_mix.py` at 1× and 2× the stack's capacity.
 
 Starts a private Redis, the gateway (API keys on, result cache off, queue limit `--queue-limit`
-per model) and `--workers` workers on the demo model, then runs locust headless, as a child
-process, four times:
+per model) and `--workers` workers on the demo model, sends one request of each kind to warm it,
+then runs locust headless on `bench/locustfile.py`, as a child process, three times:
 
-1. a warm-up (discarded);
-2. the capacity: `--capacity-users` users sending back to back (a closed loop, fewer users than
+1. the capacity: `--capacity-users` users sending back to back (a closed loop, fewer users than
    the queue limit, so nothing is refused); admitted requests per second, one map each;
-3. 1× and 4. `--factor` × that capacity: each user sends a request every `--pacing` s (raised to
+2. 1× and 3. `--factor` × that capacity: each user sends a request every `--pacing` s (raised to
    twice the time `--queue-limit` jobs take at capacity, so that admitted answers come within
    it), as many users as the rate needs, spawned over `--ramp` s; statistics are reset when the
    ramp ends and cover the `--seconds` after it.
@@ -15,8 +14,7 @@ process, four times:
 For 1× and 2×, prints the admitted (2xx) requests' p50 / p95 / p99, the share answered 429 and
 those answers' p50 / p99, the errors (5xx, invalid bodies, no answer), and the ratio of admitted
 latency at 2× to that at 1×. Locust's percentiles are its own (rounded to two significant
-digits); its CSV files are kept in `--csv-dir`.
-"""
+digits); its CSV files are kept in `--csv-dir`."""
 
 import argparse
 import csv
@@ -29,12 +27,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+
+from bench.load_mix import ADMITTED, MIX, REFUSED
+from schemas.explain import ExplainResponse
 from service.auth import hash_key
 from service.devstack import DevStack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-ADMITTED, REFUSED = "admitted", "refused 429"  # the request names the locustfile records
 STOP_TIMEOUT_S = 60  # users finish the request in hand when the run ends
 
 
@@ -109,9 +110,11 @@ def run_locust(
     pacing: float,
     csv_prefix: Path,
     api_key: str = "",
+    retry_after: bool = False,
 ) -> LoadRun:
     """Run `bench/locustfile.py` headless against `url` for `seconds` after the users are
-    spawned (statistics reset then), and read back its statistics."""
+    spawned (statistics reset then), and read back its statistics. With `retry_after`, a user
+    refused with 429 waits the Retry-After it was given."""
     ramp = users / spawn_rate
     command = [
         sys.executable,
@@ -140,6 +143,7 @@ def run_locust(
         "0",
         "--glimpse-pacing",
         f"{pacing:g}",
+        *(["--glimpse-retry-after"] if retry_after else []),
     ]
     env = {**os.environ, "LOCUST_GLIMPSE_API_KEY": api_key, "PYTHONPATH": str(ROOT)}
     finished = subprocess.run(
@@ -175,6 +179,21 @@ def report(title: str, run: LoadRun) -> None:
         print(f"    {failure['Occurrences']} × {failure['Name']}: {failure['Error']}")
     for exception in run.exceptions:
         print(f"    {exception['Count']} × {exception['Message']}")
+
+
+def warm(url: str, api_key: str) -> None:
+    """One request of each kind of the mix, one after the other, each of them required to come
+    back right: the first of a kind takes the gateway's and the worker's cold paths (imports,
+    first allocations), which a measurement should not see."""
+    headers = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
+        for kind in MIX:
+            answer = client.post("/v1/explanations", json=kind.body())
+            if answer.status_code != 200:
+                raise RuntimeError(f"{kind.label}: {answer.status_code} {answer.text[:500]}")
+            problem = kind.problem(ExplainResponse.model_validate_json(answer.content))
+            if problem is not None:
+                raise RuntimeError(f"{kind.label}: {problem}")
 
 
 def secured_stack(root: Path, workers: int, queue_limit: int, device: str) -> tuple[DevStack, str]:
@@ -220,15 +239,7 @@ def main() -> None:
         stack, key = secured_stack(Path(scratch), args.workers, args.queue_limit, args.device)
         load_before = os.getloadavg()[0]
         with stack.serving():
-            run_locust(
-                stack.url,
-                users=2,
-                spawn_rate=2,
-                seconds=8,
-                pacing=0,
-                csv_prefix=csv_dir / "warmup",
-                api_key=key,
-            )
+            warm(stack.url, key)
             closed = run_locust(
                 stack.url,
                 users=args.capacity_users,
