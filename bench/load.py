@@ -4,8 +4,9 @@ Starts a private Redis, the gateway (API keys on, result cache off, queue limit 
 per model) and `--workers` workers on the demo model, sends one request of each kind to warm it,
 then runs locust headless on `bench/locustfile.py`, as a child process, three times:
 
-1. the capacity: `--capacity-users` users sending back to back (a closed loop, fewer users than
-   the queue limit, so nothing is refused); admitted requests per second, one map each;
+1. the capacity: `--capacity-users` users sending back to back for `--capacity-seconds` (a closed
+   loop, fewer users than the queue limit, so nothing is refused): locust's rate of admitted
+   requests, one map each;
 2. 1× and 3. `--factor` × that capacity: each user sends a request every `--pacing` s (raised to
    twice the time `--queue-limit` jobs take at capacity, so that admitted answers come within
    it), as many users as the rate needs, spawned over `--ramp` s; statistics are reset when the
@@ -45,7 +46,7 @@ class Outcome:
 
     requests: int
     failures: int
-    rate: float
+    rate: float  # locust's: requests over the time from the statistics' reset to the last answer
     p50: float
     p95: float
     p99: float
@@ -161,7 +162,12 @@ def run_locust(
         with Path(f"{csv_prefix}_{suffix}.csv").open(newline="") as table:
             return list(csv.DictReader(table))
 
-    outcomes = {row["Name"]: _outcome(row) for row in rows("stats") if row["Type"] != ""}
+    # Aggregated is the row without a type; a name seen only before the reset has no requests.
+    outcomes = {
+        row["Name"]: _outcome(row)
+        for row in rows("stats")
+        if row["Type"] and int(row["Request Count"])
+    }
     return LoadRun(users, seconds, outcomes, rows("failures"), rows("exceptions"))
 
 
@@ -170,7 +176,8 @@ def report(title: str, run: LoadRun) -> None:
     print(f"{title}: {run.users} users, {offered:.1f} requests/s offered, {run.requests} requests")
     for name, outcome in sorted(run.outcomes.items()):
         print(
-            f"  {name:<12} {outcome.requests:>6} ({outcome.rate:6.1f}/s)  p50 {outcome.p50:6.0f}"
+            f"  {name:<12} {outcome.requests:>6} ({outcome.requests / run.seconds:5.1f}/s)"
+            f"  p50 {outcome.p50:6.0f}"
             f"  p95 {outcome.p95:6.0f}  p99 {outcome.p99:6.0f}  max {outcome.max:6.0f} ms"
             f"  failures {outcome.failures}"
         )
@@ -225,10 +232,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="GLIMPSE_DEVICE of the workers")
     parser.add_argument("--queue-limit", type=int, default=16)
     parser.add_argument("--capacity-users", type=int, default=8)
+    parser.add_argument("--capacity-seconds", type=float, default=20.0)
     parser.add_argument("--factor", type=float, default=2.0)
     parser.add_argument("--pacing", type=float, default=2.0)
     parser.add_argument("--ramp", type=float, default=5.0)
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=45.0)
     parser.add_argument("--csv-dir", type=Path, default=None)
     args = parser.parse_args()
     if args.capacity_users >= args.queue_limit:
@@ -238,13 +246,14 @@ def main() -> None:
         csv_dir.mkdir(parents=True, exist_ok=True)
         stack, key = secured_stack(Path(scratch), args.workers, args.queue_limit, args.device)
         load_before = os.getloadavg()[0]
+        print("mix: " + "; ".join(f"{kind.weight} × {kind.label}" for kind in MIX))
         with stack.serving():
             warm(stack.url, key)
             closed = run_locust(
                 stack.url,
                 users=args.capacity_users,
                 spawn_rate=args.capacity_users,
-                seconds=args.seconds,
+                seconds=args.capacity_seconds,
                 pacing=0,
                 csv_prefix=csv_dir / "capacity",
                 api_key=key,
