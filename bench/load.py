@@ -15,7 +15,10 @@ then runs locust headless on `bench/locustfile.py`, as a child process, three ti
 For 1× and 2×, prints the admitted (2xx) requests' p50 / p95 / p99, the share answered 429 and
 those answers' p50 / p99, the errors (5xx, invalid bodies, no answer), and the ratio of admitted
 latency at 2× to that at 1×. Locust's percentiles are its own (rounded to two significant
-digits); its CSV files are kept in `--csv-dir`."""
+digits); its CSV files are kept in `--csv-dir`.
+
+Run it from the repository root as a module, `.venv/bin/python -m bench.load`, so that it and
+the locustfile find `bench.load_mix`."""
 
 import argparse
 import csv
@@ -146,7 +149,8 @@ def run_locust(
         f"{pacing:g}",
         *(["--glimpse-retry-after"] if retry_after else []),
     ]
-    env = {**os.environ, "LOCUST_GLIMPSE_API_KEY": api_key, "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "LOCUST_GLIMPSE_API_KEY": api_key, "PYTHONPATH": path}
     finished = subprocess.run(
         command,
         env=env,
