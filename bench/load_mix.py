@@ -6,7 +6,7 @@ import base64
 import io
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from schemas.explain import ExplainResponse
+from workers.demo.data import SIZE as DEMO_SIZE
 from workers.demo.data import make_sample, to_png_bytes
 
 IMAGES_PER_KIND = 8  # distinct images per kind, so that batches hold different inputs
@@ -62,16 +63,22 @@ def dicom_image(seed: int, side: int) -> bytes:
 
 @dataclass(frozen=True)
 class RequestKind:
-    """One entry of the mix: a method with its parameters, on one kind of image."""
+    """One entry of the mix: a method with its parameters, on one kind of image, and how the
+    answer comes back; `images` are its distinct inputs, base64."""
 
     label: str
     weight: int
     method: str
-    params: dict[str, Any]
-    image: str  # "png" or "dicom"
+    image_format: Literal["png", "dicom"]
     side: int
     output: dict[str, Any]
-    images: list[str] = field(default_factory=list, compare=False)
+    params: dict[str, Any] = field(default_factory=dict)
+    images: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        make = png_image if self.image_format == "png" else dicom_image
+        images = (make(80_000 + index, self.side) for index in range(IMAGES_PER_KIND))
+        object.__setattr__(self, "images", tuple(base64.b64encode(i).decode() for i in images))
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -84,6 +91,14 @@ class RequestKind:
             body["params"] = {self.method: self.params}
         return body
 
+    def score_shape(self) -> list[int] | None:
+        """The shape of the scores asked for; None when none are."""
+        if self.output.get("scores", "json") == "none":
+            return None
+        if self.output.get("grid") is not None:
+            return [self.output["grid"]] * 2
+        return [DEMO_SIZE] * 2 if self.output.get("size") == "model" else [self.side] * 2
+
     def problem(self, answer: ExplainResponse) -> str | None:
         """Why a valid `ExplainResponse` is not the answer to this request, or None."""
         if [e.method for e in answer.explanations] != [self.method]:
@@ -91,23 +106,14 @@ class RequestKind:
         explanation = answer.explanations[0]
         if self.output.get("overlay", True) and not explanation.overlay_png:
             return "no overlay"
-        if self.output.get("scores", "json") != "none" and explanation.scores is None:
-            return "no scores"
+        shape = explanation.scores.shape if explanation.scores is not None else None
+        if shape != self.score_shape():
+            return f"scores of shape {shape}, not {self.score_shape()}"
         return None
 
 
-def _kind(label: str, weight: int, method: str, image: str, side: int, **extra: Any) -> RequestKind:
-    make = png_image if image == "png" else dicom_image
-    images = [
-        base64.b64encode(make(80_000 + index, side)).decode() for index in range(IMAGES_PER_KIND)
-    ]
-    return RequestKind(
-        label, weight, method, extra.get("params", {}), image, side, extra["output"], images
-    )
-
-
 MIX: tuple[RequestKind, ...] = (
-    _kind(
+    RequestKind(
         "gradcam, 128 px PNG, overlay",
         4,
         "gradcam",
@@ -115,7 +121,7 @@ MIX: tuple[RequestKind, ...] = (
         128,
         output={"overlay": True, "scores": "none"},
     ),
-    _kind(
+    RequestKind(
         "saliency, 512 px PNG, overlay at 512 px",
         3,
         "saliency",
@@ -123,23 +129,23 @@ MIX: tuple[RequestKind, ...] = (
         512,
         output={"overlay": True, "scores": "none"},
     ),
-    _kind(
+    RequestKind(
         "integrated_gradients (8 steps), 256 px DICOM, base64 scores",
         2,
         "integrated_gradients",
         "dicom",
         256,
-        params={"steps": 8, "max_steps": 8},
         output={"overlay": False, "scores": "base64", "size": "model"},
+        params={"steps": 8, "max_steps": 8},
     ),
-    _kind(
+    RequestKind(
         "occlusion (window = stride = 32), 128 px PNG, 16 × 16 JSON scores",
         1,
         "occlusion",
         "png",
         128,
-        params={"window": 32, "stride": 32},
         output={"overlay": False, "scores": "json", "size": "model", "grid": 16},
+        params={"window": 32, "stride": 32},
     ),
 )
 
