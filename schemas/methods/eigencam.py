@@ -2,7 +2,9 @@
 
 from typing import ClassVar
 
-from schemas.methods.contract import LayerParams, Need, register_method
+from typing_extensions import override
+
+from schemas.methods.contract import LayerParams, Need, Workload, register_method
 
 
 @register_method
@@ -20,5 +22,6 @@ class EigenCamParams(LayerParams):
     signed = False
     needs: ClassVar[frozenset[Need]] = frozenset({"cam_layer"})
 
-    def passes(self, height: int, width: int, targets: int) -> int:
+    @override
+    def passes(self, work: Workload) -> int:
         return 1
