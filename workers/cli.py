@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import logging.config
 import socket
 import sys
 import time
@@ -12,6 +13,7 @@ from redis.exceptions import RedisError
 
 from schemas import keys
 from schemas.environment import environment_help
+from schemas.logs import logging_config
 from schemas.sealing import PayloadKeyError, PayloadSealer
 from workers.config import WorkerSettings
 
@@ -43,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.healthcheck:
         sys.exit(healthcheck(settings))
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.config.dictConfig(logging_config(settings.log_format))
+    # Libraries' warnings (torch's among them) become log lines in the same format.
+    logging.captureWarnings(True)
     log = logging.getLogger("glimpse.worker")
     try:
         sealer = PayloadSealer.from_key_file(settings.payload_key_file)

@@ -147,6 +147,7 @@ def explain_jobs(
                     compute_ms=compute_ms,
                     render_ms=render_ms,
                     total_ms=(finished - job.message.enqueued_at) * 1000,
+                    request_id=job.message.request_id,
                 ),
                 provenance=Provenance(
                     model_sha256=model.sha256,
