@@ -422,10 +422,15 @@ class CompletionListener:
         self._task = asyncio.create_task(self._listen(), name="completion-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
+        if self._task is None:
+            return
+        # redis-py can swallow a cancellation that lands in its read (the task then listens on,
+        # and a gateway's shutdown waits for ever), so it is cancelled until it ends.
+        while not self._task.done():
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait({self._task}, timeout=0.1)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     def expect(self, job_id: str) -> asyncio.Future[None]:
         """Register before enqueueing, so that no announcement can be missed."""
