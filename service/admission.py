@@ -16,7 +16,7 @@ from schemas import keys
 from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob, VisualizationJob
-from schemas.logs import log_fields
+from schemas.logs import LogFields, log_fields
 from schemas.methods import PARAMS_BY_METHOD, job_passes
 from schemas.models import FailedModel, ModelInfo
 from schemas.visualizations import ACTIVATION_MAX
@@ -319,13 +319,16 @@ def log_admitted(jobs: Sequence[NewJob], job_ids: Sequence[str]) -> None:
         else:
             outcome = "queued" if job.answer is None else "cached"
         methods = message.methods if isinstance(message, ExplanationJob) else [ACTIVATION_MAX]
+        fields = LogFields(job_id=job_id, model=message.model, methods=methods, status=outcome)
+        if message.request_id is not None:
+            fields["request_id"] = message.request_id
         log.info(
             "job %s %s for %s (%s)",
             job_id,
             outcome,
             message.model,
             ", ".join(methods),
-            extra=log_fields(job_id=job_id, model=message.model, methods=methods, status=outcome),
+            extra=log_fields(**fields),
         )
 
 

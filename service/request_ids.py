@@ -56,27 +56,29 @@ class RequestIds:
                 await self.app(scope, receive, send_with_id)
             finally:
                 if self.enabled_access_log and scope["path"] not in HEALTH_PROBES:
-                    self._log(scope, status, (time.perf_counter() - started) * 1000)
+                    _log(scope, request_id, status, (time.perf_counter() - started) * 1000)
 
-    @staticmethod
-    def _log(scope: Scope, status: int, duration_ms: float) -> None:
-        client = scope.get("client")
-        address = f"{client[0]}:{client[1]}" if client else "-"
-        method, path = scope["method"], scope["path"]
-        version = scope.get("http_version", "1.1")
-        access_log.info(
-            '%s "%s %s HTTP/%s" %d %.1f ms',
-            address,
-            method,
-            path,
-            version,
-            status,
-            duration_ms,
-            extra=log_fields(
-                method=method,
-                path=path,
-                status=status,
-                duration_ms=round(duration_ms, 3),
-                client=address,
-            ),
-        )
+
+def _log(scope: Scope, request_id: str, status: int, duration_ms: float) -> None:
+    """The access line: never the query string, whose values may be secrets."""
+    client = scope.get("client")
+    address = f"{client[0]}:{client[1]}" if client else "-"
+    method, path = scope["method"], scope["path"]
+    version = scope.get("http_version", "1.1")
+    access_log.info(
+        '%s "%s %s HTTP/%s" %d %.1f ms',
+        address,
+        method,
+        path,
+        version,
+        status,
+        duration_ms,
+        extra=log_fields(
+            request_id=request_id,
+            method=method,
+            path=path,
+            status=status,
+            duration_ms=round(duration_ms, 3),
+            client=address,
+        ),
+    )
