@@ -2,13 +2,12 @@
 one request id leads from the gateway's access and admission lines to the worker's line for
 each of its jobs and to the result's `timings`."""
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
+from log_lines import log_lines  # type: ignore[import-not-found]
 from reliability_support import (  # type: ignore[import-not-found]
     build_repository,
     faulty_stack,
@@ -19,8 +18,6 @@ from reliability_support import (  # type: ignore[import-not-found]
 
 from service.devstack import DevStack
 
-LINE_KEYS = {"time", "level", "logger", "event"}
-
 
 @dataclass(frozen=True)
 class Run:
@@ -29,20 +26,6 @@ class Run:
     answers: dict[str, httpx.Response]
     job_ids: dict[str, list[str]]
     lines: dict[str, list[dict[str, object]]]
-
-
-def logged(log_dir: Path) -> dict[str, list[dict[str, object]]]:
-    """Each process's lines, every one parsed as a JSON object."""
-    parsed = {}
-    for path in sorted(log_dir.glob("*.log")):
-        lines = []
-        for number, text in enumerate(path.read_text().splitlines(), 1):
-            line = json.loads(text)  # fails the run on any line that is not JSON
-            assert isinstance(line, dict), f"{path.name}:{number} is not an object: {text}"
-            assert line.keys() >= LINE_KEYS, f"{path.name}:{number} lacks {LINE_KEYS}: {text}"
-            lines.append(line)
-        parsed[path.stem] = lines
-    return parsed
 
 
 def worker_lines_for(stack: DevStack, job_ids: list[str]) -> bool:
@@ -99,7 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         everything = [job_id for ids in job_ids.values() for job_id in ids]
         assert wait_until(lambda: worker_lines_for(stack, everything), timeout_s=30)
     # Read once the stack has stopped: its shutdown lines are in too.
-    yield Run(answers, job_ids, logged(logs))
+    yield Run(answers, job_ids, log_lines(logs))
 
 
 def lines_of(run: Run, process: str, **fields: object) -> list[dict[str, object]]:
