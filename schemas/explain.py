@@ -296,6 +296,11 @@ class Timings(BaseModel):
     compute_ms: float
     render_ms: float
     total_ms: float
+    request_id: str | None = Field(
+        default=None,
+        description="`X-Request-ID` of the request answered: the one that queued the job, or "
+        "the one answered from the result cache",
+    )
 
 
 class Provenance(BaseModel):

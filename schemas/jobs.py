@@ -30,6 +30,9 @@ class QueuedJob(BaseModel):
     model: str
     reply_to: str | None = Field(default=None, description="gateway channel to notify")
     enqueued_at: float = Field(description="unix time in seconds")
+    request_id: str | None = Field(
+        default=None, description="the admitting request's `X-Request-ID`, for the worker's log"
+    )
 
 
 class ExplanationJob(QueuedJob):

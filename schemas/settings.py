@@ -5,6 +5,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.logs import LogFormat
 from schemas.redis_address import sentinel_address
 
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
@@ -34,6 +35,11 @@ class SharedSettings(BaseSettings):
         default=None,
         description="file of the 256-bit key (64 hex digits) that seals every stored image and "
         "result; required",
+    )
+    log_format: LogFormat = Field(
+        default="auto",
+        description="log lines as json (one object per line) or text; auto: text on a "
+        "terminal, else json",
     )
 
     @field_validator("redis_url")

@@ -12,6 +12,9 @@ from pydantic.json_schema import JsonDict
 from schemas.explain import ModelRef
 from schemas.methods import MethodParams, MethodSpec, Seed
 
+ACTIVATION_MAX = "activation_max"
+"""The method id of activation maximisation, which the visualizations endpoint serves."""
+
 DEFAULT_SCALES = [0.95, 0.975, 1.0, 1.025, 1.05]
 # No model has more classes or channels; the worker checks the model's own count.
 MAX_INDEX = 2**31 - 1
@@ -154,7 +157,7 @@ class VisualizationResponse(BaseModel):
 def activation_max_spec() -> MethodSpec:
     """`activation_max` as `GET /v1/methods` lists it (served by the visualizations endpoint)."""
     return MethodSpec(
-        id="activation_max",
+        id=ACTIVATION_MAX,
         name="Activation maximisation",
         description="Synthesises the input that maximises a class logit or a layer channel's "
         "mean activation: POST /v1/models/{id}/visualizations. Fourier parameterisation with "

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ from schemas import keys
 from schemas.dicom import DicomOptions
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob, VisualizationJob
+from schemas.logs import LogFields, log_fields
 from schemas.methods import Workload, job_passes
 from schemas.models import FailedModel, ModelInfo
+from schemas.visualizations import ACTIVATION_MAX
 from service.auth import Principal
 from service.body import check_json_size, parse_json
 from service.concurrency import ConcurrencyLimit
@@ -35,6 +38,8 @@ from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue, NewJob
 
 JSON_FIELDS = ("target", "params", "output", "dicom")
+
+log = logging.getLogger("glimpse.gateway")
 
 
 async def read_explain_request(request: Request) -> tuple[ExplainOptions, bytes]:
@@ -179,11 +184,15 @@ async def admit(
     settings: Settings,
     reply_to: str | None,
     idempotency_key: str | None = None,
+    *,
+    request_id: str | None = None,
 ) -> str:
     """Validate against the model and the queue, then enqueue. Returns the job's id: a new one,
     or the job an earlier request with the same `idempotency_key` created."""
     info = await find_model(queue, options.model, settings)
-    message, stored_image = prepare_job(options, image, info, principal, settings, reply_to)
+    message, stored_image = prepare_job(
+        options, image, info, principal, settings, reply_to, request_id=request_id
+    )
     idempotent = idempotent_request(
         principal, idempotency_key, b"explanation", options.model_dump_json().encode(), image
     )
@@ -200,9 +209,12 @@ def prepare_job(
     principal: Principal,
     settings: Settings,
     reply_to: str | None,
+    *,
+    request_id: str | None = None,
 ) -> tuple[ExplanationJob, bytes]:
     """Check a request against its model and its image, and build its job and the image bytes
-    to store with it (of a DICOM file, only what decoding needs); nothing is queued."""
+    to store with it (of a DICOM file, only what decoding needs); nothing is queued.
+    `request_id` travels with the job to the worker's log and the result's `timings`."""
     check_against_model(options, info)
     if not image:
         raise BadImage("The image is empty.")
@@ -226,6 +238,7 @@ def prepare_job(
         else None,
         reply_to=reply_to,
         enqueued_at=time.time(),
+        request_id=request_id,
     )
     return message, image
 
@@ -245,15 +258,19 @@ async def submit_jobs(
     new_jobs = []
     for message, image in jobs:
         cached = await queue.cached(message.cache_key) if message.cache_key else None
-        answer = reissued(cached, message.job_id) if cached is not None else None
+        answer = (
+            reissued(cached, message.job_id, message.request_id) if cached is not None else None
+        )
         new_jobs.append(NewJob(message, image, answer))
     to_compute = [job.message.job_id for job in new_jobs if job.answer is None]
     if to_compute:
         check_capacity(settings, info)
         await reserve_slots(principal, to_compute, queue, settings)
-    return await queue.enqueue(
+    job_ids = await queue.enqueue(
         new_jobs, principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
     )
+    log_admitted(new_jobs, job_ids)
+    return job_ids
 
 
 async def reserve_slots(
@@ -285,10 +302,35 @@ async def submit_visualization(
         message.visualization.model_dump_json().encode(),
     )
     await reserve_slots(principal, [message.job_id], queue, settings)
+    new_job = NewJob(message)
     (job_id,) = await queue.enqueue(
-        [NewJob(message)], principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
+        [new_job], principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
     )
+    log_admitted([new_job], [job_id])
     return job_id
+
+
+def log_admitted(jobs: Sequence[NewJob], job_ids: Sequence[str]) -> None:
+    """One line per admitted job: queued, answered from the result cache, or replayed (the job
+    an earlier request with the same `Idempotency-Key` created)."""
+    for job, job_id in zip(jobs, job_ids, strict=True):
+        message = job.message
+        if job_id != message.job_id:
+            outcome = "replayed"
+        else:
+            outcome = "queued" if job.answer is None else "cached"
+        methods = message.methods if isinstance(message, ExplanationJob) else [ACTIVATION_MAX]
+        fields = LogFields(job_id=job_id, model=message.model, methods=methods, status=outcome)
+        if message.request_id is not None:
+            fields["request_id"] = message.request_id
+        log.info(
+            "job %s %s for %s (%s)",
+            job_id,
+            outcome,
+            message.model,
+            ", ".join(methods),
+            extra=log_fields(**fields),
+        )
 
 
 def explanation_cache_key(
@@ -316,9 +358,11 @@ def explanation_cache_key(
     return keys.explanation_cache(info.sha256, digest.hexdigest())
 
 
-def reissued(cached: bytes, job_id: str) -> str:
-    """A cached response as the answer to a new job: its id, marked as cached."""
+def reissued(cached: bytes, job_id: str, request_id: str | None = None) -> str:
+    """A cached response as the answer to a new job: its id and its request's, marked as
+    cached."""
     response = json.loads(cached)
     response["job_id"] = job_id
     response["cached"] = True
+    response["timings"]["request_id"] = request_id
     return json.dumps(response, separators=(",", ":"))

@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
 from schemas import SERVICE_VERSION
+from schemas.logs import REQUEST_ID_HEADER
 from schemas.sealing import PayloadSealer
 from service.auth import KeyStore
 from service.config import Settings, get_settings
@@ -25,6 +26,7 @@ from service.openapi import (
 )
 from service.queue import CompletionListener, JobQueue
 from service.redis_connection import gateway_redis
+from service.request_ids import RequestIds
 from service.routes import explanations, health, jobs, kserve, metrics, models, visualizations
 
 log = logging.getLogger("glimpse.gateway")
@@ -117,8 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "Content-Type",
                 "Prefer",
                 "Idempotency-Key",
+                REQUEST_ID_HEADER,
             ],
-            expose_headers=["Location", "Retry-After", "Preference-Applied"],
+            expose_headers=["Location", "Retry-After", "Preference-Applied", REQUEST_ID_HEADER],
         )
     app.add_middleware(RequestMetrics, http_metrics=app.state.http_metrics)
+    # Outermost of all: every answer, whoever gives it, carries the request's id.
+    app.add_middleware(RequestIds, enabled_access_log=settings.access_log)
     return app

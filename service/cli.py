@@ -5,45 +5,24 @@
 """
 
 import argparse
-import copy
-import logging
 import os
 import sys
-from typing import Any
 
 import uvicorn
-from uvicorn.config import LOGGING_CONFIG
 
 from schemas.environment import environment_help, markdown_table
+from schemas.logs import logging_config
 from schemas.settings import SharedSettings
 from service.config import Settings, get_settings
-
-HEALTH_PROBES = ("/healthz", "/readyz")
-
-
-class _WithoutHealthProbes(logging.Filter):
-    """Drops access-log lines of health probes, which would bury the requests."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # uvicorn's access record: (client address, method, path and query, HTTP version, status)
-        args = record.args
-        return not (isinstance(args, tuple) and len(args) == 5 and args[2] in HEALTH_PROBES)
-
-
-def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, with health probes kept out of the access log; as a configuration
-    rather than a filter added here, so that every gateway process applies it."""
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config.setdefault("filters", {})["without_health_probes"] = {
-        "()": "service.cli._WithoutHealthProbes"
-    }
-    config["handlers"]["access"]["filters"] = ["without_health_probes"]
-    return config
 
 
 def serve(host: str | None, port: int | None, access_log: bool = False) -> None:
     """Run the gateway in `GLIMPSE_GATEWAY_PROCESSES` processes; `access_log` adds a line per
-    request (never a body, header or key)."""
+    request (never a body, header or key), as `GLIMPSE_ACCESS_LOG=on` does."""
+    if access_log:
+        # In the environment, so that every gateway process reads it.
+        os.environ["GLIMPSE_ACCESS_LOG"] = "true"
+        get_settings.cache_clear()
     settings = get_settings()
     uvicorn.run(
         "service.app:create_app",
@@ -53,8 +32,10 @@ def serve(host: str | None, port: int | None, access_log: bool = False) -> None:
         workers=settings.gateway_processes,
         http="service.http_protocol:HeaderTimeoutProtocol",
         log_level="info",
-        log_config=_log_config(),
-        access_log=access_log,
+        # uvicorn's own lines go through the root logger's handler; its access log gives way to
+        # `service.request_ids`'s, whose line carries the request id.
+        log_config=logging_config(settings.log_format),
+        access_log=False,
     )
 
 
@@ -86,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument(
-        "--access-log", action="store_true", help="log a line per request (method, path, status)"
+        "--access-log",
+        action="store_true",
+        help="log a line per request, as GLIMPSE_ACCESS_LOG=on",
     )
     commands.add_parser("worker", help="run a worker (same as glimpse-worker)")
     commands.add_parser("run", help="Redis + gateway + one worker, for development")

@@ -56,6 +56,10 @@ class Settings(SharedSettings):
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="seconds a connection has to send a request's headers"
     )
+    access_log: bool = Field(
+        default=False,
+        description="log a line per request (method, path, status, duration, request id)",
+    )
     gateway_processes: int = Field(
         default=1, ge=1, description="gateway processes (uvicorn workers) sharing the port"
     )

@@ -312,7 +312,11 @@ def run_dev_stack() -> int:
     The children's output is shown prefixed with their names; when one dies, the run says which,
     how and its last lines, stops the others and exits 1.
     """
-    settings_env = {"GLIMPSE_AUTH": os.environ.get("GLIMPSE_AUTH", "off")}
+    settings_env = {
+        "GLIMPSE_AUTH": os.environ.get("GLIMPSE_AUTH", "off"),
+        # The children write to pipes, not to the terminal the run shows their lines on.
+        "GLIMPSE_LOG_FORMAT": os.environ.get("GLIMPSE_LOG_FORMAT", "text"),
+    }
     port = int(os.environ.get("GLIMPSE_PORT", "8000"))
     stack = DevStack(
         port=port,

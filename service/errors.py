@@ -12,6 +12,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from schemas import problems
+from schemas.logs import REQUEST_ID_HEADER
 from schemas.problems import (
     MAX_LISTED_ERRORS,
     PROBLEM_MEDIA_TYPE,
@@ -189,6 +190,14 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         # Starlette's 405 carries `Allow`.
         return problem_response(kind.problem(detail), headers=exc.headers)
 
+    async def on_unexpected(request: Request, _: Exception) -> JSONResponse:
+        # Sent from outside every middleware, so the request id is added here.
+        request_id = request.scope.get("state", {}).get("request_id")
+        problem = problems.INTERNAL.problem("The gateway failed; the error is in its log.")
+        return problem_response(
+            problem, headers={REQUEST_ID_HEADER: request_id} if request_id else None
+        )
+
     async def on_redis_down(_: Request, __: Exception) -> JSONResponse:
         problem = Unavailable("The job store (Redis) is unreachable.").problem()
         return problem_response(problem, retry_after_s)
@@ -199,3 +208,4 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisConnectionError, on_redis_down)
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
+    app.add_exception_handler(Exception, on_unexpected)

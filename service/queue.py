@@ -1,6 +1,7 @@
 """The gateway's side of the queue: enqueue jobs, wait for them, read their state."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -424,9 +425,6 @@ class JobQueue:
         return None if previous is None else JobState(previous.decode())
 
 
-_STOP_TIMEOUT_S = 5.0
-
-
 class CompletionListener:
     """Wakes waiting requests when a worker announces that their job has finished.
 
@@ -444,13 +442,15 @@ class CompletionListener:
         self._task = asyncio.create_task(self._listen(), name="completion-listener")
 
     async def stop(self) -> None:
-        """Stop listening; bounded, since closing a pub/sub connection mid-read can stall."""
         if self._task is None:
             return
-        self._task.cancel()
-        done, _ = await asyncio.wait({self._task}, timeout=_STOP_TIMEOUT_S)
-        if not done:
-            log.warning("completion listener did not stop within %.0f s", _STOP_TIMEOUT_S)
+        # redis-py can swallow a cancellation that lands in its read (the task then listens on,
+        # and a gateway's shutdown waits for ever), so it is cancelled until it ends.
+        while not self._task.done():
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=0.1)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
     def expect(self, job_id: str) -> asyncio.Future[None]:
         """Register before enqueueing, so that no announcement can be missed."""

@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import logging.config
 import socket
 import sys
 import time
@@ -11,6 +12,7 @@ from redis.exceptions import RedisError
 
 from schemas import keys
 from schemas.environment import environment_help, markdown_table
+from schemas.logs import logging_config
 from schemas.sealing import PayloadKeyError, PayloadSealer
 from schemas.settings import SharedSettings
 from workers.config import WorkerSettings
@@ -52,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.healthcheck:
         sys.exit(healthcheck(settings))
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.config.dictConfig(logging_config(settings.log_format))
+    # Libraries' warnings (torch's among them) become log lines in the same format.
+    logging.captureWarnings(True)
     log = logging.getLogger("glimpse.worker")
     try:
         sealer = PayloadSealer.from_key_file(settings.payload_key_file)

@@ -192,6 +192,7 @@ def build_response(
             compute_ms=computed.compute_ms,
             render_ms=rendered.render_ms,
             total_ms=(time.time() - message.enqueued_at) * 1000,
+            request_id=message.request_id,
         ),
         provenance=Provenance(
             model_sha256=model.sha256,

@@ -14,11 +14,12 @@ from redis.exceptions import RedisError
 
 from schemas import metrics, problems
 from schemas.explain import ExplainResponse
-from schemas.jobs import JOB_MESSAGE, ExplanationJob, VisualizationJob
+from schemas.jobs import JOB_MESSAGE, ExplanationJob, JobState, VisualizationJob
+from schemas.logs import LogFields, log_fields
 from schemas.models import FailedModel
 from schemas.problems import PROBLEM_TYPE_PREFIX, Problem, ProblemKind
 from schemas.sealing import PayloadSealer, SealedPayloadError
-from schemas.visualizations import VisualizationResponse
+from schemas.visualizations import ACTIVATION_MAX, VisualizationResponse
 from workers.config import WorkerSettings
 from workers.deadline import DeadlineExceeded, deadline
 from workers.decoded import DecodedImage, ImageError
@@ -66,7 +67,7 @@ class Worker:
         self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s, sealer)
         self.stopping = threading.Event()
         self.infos = [
-            model.info([*available_methods(model.module), "activation_max"])
+            model.info([*available_methods(model.module), ACTIVATION_MAX])
             for model in models.values()
         ]
         self._last_claim = 0.0
@@ -342,7 +343,9 @@ class Worker:
             return
         entry = group.members[0].entry
         if not isinstance(exc, MethodParameterError | TargetError | UnsupportedModelError):
-            log.exception("job %s failed", entry.message.job_id)
+            log.exception(
+                "job %s failed", entry.message.job_id, extra=log_fields(**_job_fields(entry))
+            )
         self._fail(entry, _problem_for(exc))
 
     def _too_long(self) -> Problem:
@@ -367,6 +370,7 @@ class Worker:
                 result_json=result_json,
             )
             self.store.count("results_stored" if stored else "duplicates_dropped")
+            _log_finished(entry, JobState.SUCCEEDED if stored else "duplicate", result=result)
 
     def _record(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
         """The batch's size, each job's time in the service and each map's compute time."""
@@ -395,6 +399,7 @@ class Worker:
             entry.message.reply_to,
             error_json=problem.model_dump_json(exclude_none=True),
         )
+        _log_finished(entry, JobState.FAILED, problem=problem)
 
     def _count_failure(self, problem: Problem) -> None:
         self.store.count("jobs_failed")
@@ -403,6 +408,44 @@ class Worker:
             self.store.record([], [(metrics.JOBS_FAILED, kind)])
         except RedisError:
             log.warning("could not record the failure's metrics", exc_info=True)
+
+
+def _job_fields(entry: Entry) -> LogFields:
+    """What a job's log lines name: the job, its request, its model and its methods."""
+    message = entry.message
+    methods = message.methods if isinstance(message, ExplanationJob) else [ACTIVATION_MAX]
+    fields = LogFields(job_id=message.job_id, model=entry.model_id, methods=methods)
+    if message.request_id is not None:
+        fields["request_id"] = message.request_id
+    return fields
+
+
+def _log_finished(
+    entry: Entry, status: str, result: Result | None = None, problem: Problem | None = None
+) -> None:
+    """One line per finished job: how it ended, its timings or its kind of problem (never the
+    problem's text, which may quote the request)."""
+    fields = _job_fields(entry)
+    fields["status"] = status
+    outcome = ""
+    if isinstance(result, ExplainResponse):
+        fields["timings"] = result.timings.model_dump(exclude={"request_id"})
+        outcome = f" in {result.timings.total_ms:.0f} ms"
+    elif isinstance(result, VisualizationResponse):
+        fields["timings"] = {"compute_ms": result.compute_ms}
+        outcome = f" in {result.compute_ms:.0f} ms"
+    if problem is not None:
+        fields["problem"] = problem.type.removeprefix(PROBLEM_TYPE_PREFIX)
+        outcome = f": {fields['problem']}"
+    log.info(
+        "job %s %s on %s (%s)%s",
+        entry.message.job_id,
+        status,
+        entry.model_id,
+        ", ".join(fields["methods"]),
+        outcome,
+        extra=log_fields(**fields),
+    )
 
 
 def _error_text(error: ErrorDetails) -> str:

@@ -7,6 +7,7 @@ from service.admission import admit, read_explain_request
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.idempotency import IdempotencyKeyHeader
 from service.openapi import EXPLAIN_BODY, EXPLAIN_RESPONSES, SUBMIT
+from service.request_ids import request_id_of
 from service.waiting import WaitQuery, accepted_response, answer_when_done, wants_async
 
 router = APIRouter(prefix="/v1", tags=["explanations"])
@@ -29,14 +30,21 @@ async def create_explanation(
 ) -> Response:
     """Waits for the result (`?timeout=`, default 30 s); `Prefer: respond-async` answers 202."""
     options, image = await read_explain_request(request)
-    if wants_async(request):
-        job_id = await admit(options, image, principal, queue, settings, None, idempotency_key)
+    reply_to = None if wants_async(request) else listener.channel
+    job_id = await admit(
+        options,
+        image,
+        principal,
+        queue,
+        settings,
+        reply_to,
+        idempotency_key,
+        request_id=request_id_of(request),
+    )
+    if reply_to is None:
         return accepted_response(request, job_id)
 
     wait_s = min(timeout or settings.sync_timeout_s, settings.max_sync_timeout_s)
-    job_id = await admit(
-        options, image, principal, queue, settings, listener.channel, idempotency_key
-    )
     return await answer_when_done(queue, listener, job_id, principal.name, wait_s)
 
 
@@ -56,5 +64,14 @@ async def create_job(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     options, image = await read_explain_request(request)
-    job_id = await admit(options, image, principal, queue, settings, None, idempotency_key)
+    job_id = await admit(
+        options,
+        image,
+        principal,
+        queue,
+        settings,
+        None,
+        idempotency_key,
+        request_id=request_id_of(request),
+    )
     return accepted_response(request, job_id)

@@ -23,6 +23,7 @@ from service.idempotency import IdempotencyKeyHeader, idempotent_request
 from service.images import decode_base64_image
 from service.openapi import SUBMIT, problems
 from service.queue import StoredJob
+from service.request_ids import request_id_of
 from service.waiting import JOB_PATH, WaitQuery, records_when_done
 
 router = APIRouter(prefix="/v1", tags=["kserve"])
@@ -63,8 +64,9 @@ async def kserve_explain(
     info = await find_model(queue, model_id, settings)
     payload = await _read_request(request)
     wait_s = min(timeout or settings.sync_timeout_s, settings.max_sync_timeout_s)
+    request_id = request_id_of(request)
     jobs = [
-        _prepare_instance(payload, index, info, principal, settings, listener.channel)
+        _prepare_instance(payload, index, info, principal, settings, listener.channel, request_id)
         for index in range(len(payload.instances))
     ]
     body = payload.model_dump_json().encode()
@@ -101,12 +103,15 @@ def _prepare_instance(
     principal: Principal,
     settings: Settings,
     reply_to: str,
+    request_id: str,
 ) -> tuple[ExplanationJob, bytes]:
     instance = payload.instances[index]
     try:
         image = decode_base64_image(instance.image)
         options = payload.options(info.id, instance)
-        return prepare_job(options, image, info, principal, settings, reply_to)
+        return prepare_job(
+            options, image, info, principal, settings, reply_to, request_id=request_id
+        )
     except ApiError as exc:
         exc.detail = f"instances[{index}]: {exc.detail}"
         raise

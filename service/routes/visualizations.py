@@ -15,6 +15,7 @@ from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.errors import InvalidRequest, UnsupportedMedia
 from service.idempotency import IdempotencyKeyHeader
 from service.openapi import VISUALIZATION_BODY, problems
+from service.request_ids import request_id_of
 from service.waiting import WaitQuery, accepted_response, answer_when_done, wants_async
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -65,6 +66,7 @@ async def create_visualization(
         cache_key=cache_key,
         reply_to=None if asynchronous else listener.channel,
         enqueued_at=time.time(),
+        request_id=request_id_of(request),
     )
     job_id = await submit_visualization(message, principal, queue, settings, idempotency_key)
     if asynchronous:

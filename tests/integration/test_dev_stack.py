@@ -147,9 +147,15 @@ def test_run_shows_each_process_output_the_models_and_the_requests() -> None:
         assert re.search(
             r"^Models:\n  demo-lesions +version 1 +safetensors +on cpu$", output, re.MULTILINE
         ), output
-        # One line per request, but not for the health probes that poll the gateway.
-        assert re.search(r'^gateway  \| .*"GET /v1/models HTTP/1.1" 200', output, re.MULTILINE)
+        # One line per request, with its id, but not for the health probes that poll the gateway.
+        assert re.search(
+            r'^gateway  \| .*"GET /v1/models HTTP/1.1" 200 .*  request_id=[0-9a-f]{32}$',
+            output,
+            re.MULTILINE,
+        ), output
         assert "/readyz HTTP" not in output
+        # Plain text for the terminal, although the children write to pipes.
+        assert not re.search(r"^(gateway |worker-0) \| \{", output, re.MULTILINE), output
 
         with urllib.request.urlopen(f"http://127.0.0.1:{run.port}/v1/methods", timeout=5):
             pass

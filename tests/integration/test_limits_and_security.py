@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from log_lines import log_lines, logged_text  # type: ignore[import-not-found]
 from reliability_support import (  # type: ignore[import-not-found]
     build_repository,
     faulty_stack,
@@ -52,6 +53,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevStack
         GLIMPSE_MAX_BATCH="1",
         GLIMPSE_MAX_BODY_BYTES="200000",
         GLIMPSE_CORS_ORIGINS=json.dumps([VIEWER]),
+        GLIMPSE_ACCESS_LOG="on",
     ) as stack:
         yield stack, logs
 
@@ -197,11 +199,25 @@ def test_logs_carry_no_image_body_or_scores(
         headers=key("alice"),
     )
     assert poisoned.status_code == 500  # the worker's failure, logged there with its traceback
+    # Where a caller may put anything: a query string, a wrong key, an idempotency key.
+    queried = client.get(f"/v1/jobs/some-job?token={PLANTED}", headers={"X-API-Key": PLANTED})
+    assert queried.status_code == 401
+    keyed = client.post(
+        f"/v1/jobs?timeout={PLANTED}",
+        json={"model": "fast", "image": image_b64(6)},
+        headers={**key("alice"), "Idempotency-Key": PLANTED},
+    )
+    assert keyed.status_code == 202
 
     time.sleep(0.5)
-    logs = "".join(path.read_text(errors="replace") for path in secured[1].glob("*.log"))
-    assert "worker" in logs  # the logs were captured at all
-    assert PLANTED not in logs
-    assert image[:64] not in logs and image[-64:-40] not in logs
-    assert not re.search(r"(-?\d+\.\d+, ){16}", logs), "a score array reached the logs"
-    assert "alice-secret" not in logs
+    raw = "".join(path.read_text(errors="replace") for path in secured[1].glob("*.log"))
+    # Every line is JSON; what its values say, decoded from JSON's escapes, is searched too.
+    decoded = logged_text(secured[1])
+    worker_ids = [line.get("job_id") for line in log_lines(secured[1])["worker-0"]]
+    assert answer.json()["job_id"] in worker_ids  # the logs were captured at all
+    assert "/v1/jobs/some-job" in decoded  # and the access lines with them
+    for logs in (raw, decoded):
+        assert PLANTED not in logs
+        assert image[:64] not in logs and image[-64:-40] not in logs
+        assert not re.search(r"(-?\d+\.\d+, ){16}", logs), "a score array reached the logs"
+        assert "alice-secret" not in logs

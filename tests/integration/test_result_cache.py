@@ -50,8 +50,11 @@ def test_a_repeated_request_is_answered_from_the_cache_without_a_worker(
     cached, original = again.json(), first.json()
     assert cached["cached"] is True
     assert cached["job_id"] != original["job_id"]
-    for field in ("predictions", "explanations", "provenance", "timings", "model"):
+    for field in ("predictions", "explanations", "provenance", "model"):
         assert cached[field] == original[field], field
+    # The original computation's timings, under the id of the request answered.
+    assert cached["timings"] == {**original["timings"], "request_id": again.headers["x-request-id"]}
+    assert original["timings"]["request_id"] == first.headers["x-request-id"]
     assert polled["status"] == "succeeded"
     assert polled["result"]["job_id"] == queued.json()["job_id"]
     assert polled["result"]["explanations"] == original["explanations"]

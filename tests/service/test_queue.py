@@ -25,7 +25,7 @@ from schemas.sealing import PayloadSealer, result_field
 from service.auth import Principal
 from service.errors import QueueFull
 from service.idempotency import IdempotencyKeyReused, idempotent_request
-from service.queue import REPLICA_ACK_TIMEOUT_MS, JobQueue, NewJob
+from service.queue import REPLICA_ACK_TIMEOUT_MS, CompletionListener, JobQueue, NewJob
 from service.redis_server import PrivateRedis
 from workers.store import JobStore
 
@@ -477,3 +477,31 @@ def test_an_admitted_job_is_on_the_replica_when_the_gateway_answers(
         finally:
             redis.execute_command("CLIENT", "KILL", "TYPE", "replica")
             replica.close()
+
+
+STOP_LIMIT_S = 5.0
+
+
+def test_the_completion_listener_stops_wherever_it_is_cancelled(server: PrivateRedis) -> None:
+    """A cancellation can land while redis-py reads the subscription; the gateway's shutdown
+    must end anyway."""
+
+    async def start_and_stop(rounds: int) -> list[float]:
+        stopped_in = []
+        for round_ in range(rounds):
+            redis = AsyncRedis.from_url(server.url)
+            listener = CompletionListener(redis)
+            await listener.start()
+            # Cancelled before, during and after its subscription, at varied points.
+            await asyncio.sleep(0.0005 * (round_ % 10))
+            started = time.monotonic()
+            await asyncio.wait_for(listener.stop(), timeout=STOP_LIMIT_S)
+            stopped_in.append(time.monotonic() - started)
+            await redis.aclose()
+        return stopped_in
+
+    stopped_in = asyncio.run(start_and_stop(40))
+
+    # A stop takes milliseconds; one that waited out the limit was stuck (a task cancelled
+    # while awaited ends only through that second cancellation).
+    assert len(stopped_in) == 40 and max(stopped_in) < STOP_LIMIT_S
