@@ -28,6 +28,7 @@ from captum.attr import LRP as CaptumLrp
 from torch import nn
 from torchvision.models import densenet121, resnet50
 
+from schemas.methods.lrp import LrpParams
 from workers.methods import explain
 from workers.methods.base import input_gradient
 from workers.methods.lrp import lrp_relevance
@@ -166,9 +167,9 @@ def bench_conservation(folder: Path) -> None:
                     module,
                     images,
                     targets,
-                    composite=composite,  # type: ignore[arg-type]
-                    first_layer=first_layer,  # type: ignore[arg-type]
-                    epsilon=1e-9,
+                    LrpParams.model_validate(
+                        {"composite": composite, "first_layer": first_layer, "epsilon": 1e-9}
+                    ),
                 )
                 error = (relevance.double().sum(dim=(1, 2, 3)) - logits).abs() / logits.abs()
                 print(

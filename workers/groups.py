@@ -6,6 +6,7 @@ from typing import Generic, TypeVar
 
 from schemas.jobs import ExplanationJob, VisualizationJob
 from workers.pipeline import BatchKey, PreparedJob
+from workers.store import StreamJob
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,9 @@ class Entry:
     model_id: str
     entry_id: str
     message: ExplanationJob | VisualizationJob
+
+    def stream_job(self) -> StreamJob:
+        return StreamJob(self.model_id, self.entry_id, self.message.job_id, self.message.reply_to)
 
 
 JobT = TypeVar("JobT", PreparedJob, VisualizationJob)

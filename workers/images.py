@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from schemas.dicom import DicomOptions
 from schemas.dicom_layout import is_dicom
+from schemas.models import InputSpec
 from schemas.settings import DEFAULT_MAX_IMAGE_PIXELS
 from workers.decoded import (
     DecodedImage,
@@ -104,19 +105,14 @@ def decode_image(
     return DecodedImage(pixels=_read_pixels(source, grey_source), display=display)
 
 
-def to_model_input(
-    images: Sequence[DecodedImage],
-    channels: int,
-    height: int,
-    width: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> torch.Tensor:
-    """A normalised (N, channels, height, width) float32 batch for the model, on the CPU.
+def to_model_input(images: Sequence[DecodedImage], spec: InputSpec) -> torch.Tensor:
+    """A normalised (N, channels, height, width) float32 batch for a model of input `spec`, on
+    the CPU.
 
     Grey images are repeated to RGB and colour ones reduced to BT.601 luma as the model needs;
     each is resized with antialiased bilinear interpolation, then normalised as (x - mean) / std.
     """
+    channels, height, width, mean, std = spec.channels, spec.height, spec.width, spec.mean, spec.std
     if not images:
         raise ValueError("no images to batch")
     if len(mean) != channels or len(std) != channels:

@@ -208,9 +208,7 @@ def build_response(
 
 def _model_inputs(model: LoadedModel, jobs: Sequence[PreparedJob]) -> torch.Tensor:
     spec = model.manifest.input
-    return to_model_input(
-        [job.image for job in jobs], spec.channels, spec.height, spec.width, spec.mean, spec.std
-    ).to(model.device)
+    return to_model_input([job.image for job in jobs], spec).to(model.device)
 
 
 def _attribute_rows(

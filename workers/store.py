@@ -3,6 +3,7 @@
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from redis import Redis
@@ -62,6 +63,17 @@ if #pending > 0 then return 0 end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class StreamJob:
+    """A job as the stream delivered it: its model's stream, the entry, the job, and the channel
+    of the gateway waiting for it (None when no one waits)."""
+
+    model_id: str
+    entry_id: str
+    job_id: str
+    reply_to: str | None
 
 
 class JobStore:
@@ -258,10 +270,7 @@ class JobStore:
 
     def complete(
         self,
-        model_id: str,
-        entry_id: str,
-        job_id: str,
-        reply_to: str | None,
+        job: StreamJob,
         *,
         result_json: str | None = None,
         error_json: str | None = None,
@@ -270,17 +279,18 @@ class JobStore:
         payload: bytes | str
         if result_json is not None:
             state, field = JobState.SUCCEEDED, JobRecord.RESULT
-            record_key = keys.job_record(job_id)
+            record_key = keys.job_record(job.job_id)
             payload = self.sealer.seal(result_json.encode(), result_field(record_key, field))
         else:
             # A problem's text is the service's own, never the image's or the scores: in clear.
             assert error_json is not None
             state, field, payload = JobState.FAILED, JobRecord.ERROR, error_json
-        return self.finish(model_id, entry_id, job_id, reply_to, state, field, payload)
+        return self.finish(job, state, field, payload)
 
     def discard(self, model_id: str, entry_id: str, job_id: str) -> None:
         """Acknowledge an entry whose job was cancelled or already finished."""
-        self.finish(model_id, entry_id, job_id, None, JobState.CANCELLED, JobRecord.ERROR, "")
+        job = StreamJob(model_id, entry_id, job_id, reply_to=None)
+        self.finish(job, JobState.CANCELLED, JobRecord.ERROR, "")
 
     def drop(self, model_id: str, entry_id: str) -> None:
         """Acknowledge and delete an entry that names no job."""
@@ -290,18 +300,14 @@ class JobStore:
             pipe.xdel(stream, entry_id)
             pipe.execute()
 
-    def finish(
-        self,
-        model_id: str,
-        entry_id: str,
-        job_id: str,
-        reply_to: str | None,
-        state: JobState,
-        field: str,
-        payload: bytes | str,
-    ) -> bool:
+    def finish(self, job: StreamJob, state: JobState, field: str, payload: bytes | str) -> bool:
+        """End `job` in `state` with `payload` in `field`, unless it already ended: False then."""
         stored = self._complete(
-            keys=[keys.job_record(job_id), keys.job_stream(model_id), keys.job_image(job_id)],
+            keys=[
+                keys.job_record(job.job_id),
+                keys.job_stream(job.model_id),
+                keys.job_image(job.job_id),
+            ],
             args=[
                 JobRecord.STATUS,
                 JobState.QUEUED.value,
@@ -311,9 +317,9 @@ class JobStore:
                 payload,
                 self.result_ttl_s,
                 keys.CONSUMER_GROUP,
-                entry_id,
-                reply_to or "",
-                job_id,
+                job.entry_id,
+                job.reply_to or "",
+                job.job_id,
                 JobRecord.REPLY_TO,
             ],
         )

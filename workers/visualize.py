@@ -96,7 +96,7 @@ def visualize(
     height, width = (settings.size, settings.size) if settings.size else (spec.height, spec.width)
     generators = [torch.Generator().manual_seed(request.seed) for request in requests]
     image = _ImageParameterisation(
-        spec.channels, height, width, settings.decorrelate, generators, device
+        (spec.channels, height, width), settings.decorrelate, generators, device
     )
     mean = torch.tensor(spec.mean, device=device).view(-1, 1, 1)
     std = torch.tensor(spec.std, device=device).view(-1, 1, 1)
@@ -157,17 +157,19 @@ class _ImageParameterisation:
 
     def __init__(
         self,
-        channels: int,
-        height: int,
-        width: int,
+        shape: tuple[int, int, int],
         decorrelate: bool,
         generators: Sequence[torch.Generator],
         device: torch.device,
     ) -> None:
+        """`shape` is the images' (channels, height, width)."""
+        channels, height, width = shape
         self.size = (height, width)
         self.decorrelate = decorrelate
-        shape = (channels, height, width // 2 + 1, 2) if decorrelate else (channels, height, width)
-        initial = torch.stack([torch.randn(shape, generator=g) for g in generators]) * _INITIAL_SD
+        spectrum = (channels, height, width // 2 + 1, 2)
+        optimised = spectrum if decorrelate else shape
+        initial = torch.stack([torch.randn(optimised, generator=g) for g in generators])
+        initial = initial * _INITIAL_SD
         self.parameters = initial.to(device).requires_grad_(True)
         frequencies = torch.sqrt(
             torch.fft.fftfreq(height)[:, None] ** 2 + torch.fft.rfftfreq(width)[None, :] ** 2

@@ -29,7 +29,7 @@ from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.methods.base import UnsupportedModelError
 from workers.pipeline import PreparedJob, explain_jobs
 from workers.repository import LoadedModel, ModelLoadError
-from workers.store import JobStore
+from workers.store import JobStore, StreamJob
 from workers.visualization_jobs import visualization_responses
 
 log = logging.getLogger("glimpse.worker")
@@ -217,10 +217,7 @@ class Worker:
         problem.job_id = job_id
         self._count_failure(problem)
         self.store.complete(
-            model_id,
-            entry_id,
-            job_id,
-            reply_to,
+            StreamJob(model_id, entry_id, job_id, reply_to),
             error_json=problem.model_dump_json(exclude_none=True),
         )
 
@@ -362,13 +359,7 @@ class Worker:
             # Cached first: the client woken by `complete` may repeat its request at once.
             if entry.message.cache_key is not None:
                 self.store.cache(entry.message.cache_key, result_json)
-            stored = self.store.complete(
-                entry.model_id,
-                entry.entry_id,
-                entry.message.job_id,
-                entry.message.reply_to,
-                result_json=result_json,
-            )
+            stored = self.store.complete(entry.stream_job(), result_json=result_json)
             self.store.count("results_stored" if stored else "duplicates_dropped")
             _log_finished(entry, JobState.SUCCEEDED if stored else "duplicate", result=result)
 
@@ -393,11 +384,7 @@ class Worker:
         problem.job_id = entry.message.job_id
         self._count_failure(problem)
         self.store.complete(
-            entry.model_id,
-            entry.entry_id,
-            entry.message.job_id,
-            entry.message.reply_to,
-            error_json=problem.model_dump_json(exclude_none=True),
+            entry.stream_job(), error_json=problem.model_dump_json(exclude_none=True)
         )
         _log_finished(entry, JobState.FAILED, problem=problem)
 

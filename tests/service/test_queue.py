@@ -27,7 +27,7 @@ from service.errors import QueueFull
 from service.idempotency import IdempotencyKeyReused, idempotent_request
 from service.queue import REPLICA_ACK_TIMEOUT_MS, CompletionListener, JobQueue, NewJob
 from service.redis_server import PrivateRedis
-from workers.store import JobStore
+from workers.store import JobStore, StreamJob
 
 T = TypeVar("T")
 
@@ -406,7 +406,7 @@ def test_what_the_gateway_stores_the_worker_opens_and_nothing_is_in_clear(
             assert store.image("j1") == image
             assert image not in (redis.get(keys.job_image("j1")) or b"")
             store.cache(cache_key, result)
-            store.complete("chest", "0-1", "j1", None, result_json=result)
+            store.complete(StreamJob("chest", "0-1", "j1", None), result_json=result)
             stored = await queue.record("j1", "owner")
             return (stored.result_json if stored else None), await queue.cached(cache_key)
         finally:

@@ -71,12 +71,7 @@ def test_matches_captum_on_the_demo_model() -> None:
     module = model.module.double()
     samples = [make_sample(seed) for seed in (1, 2, 3, 4)]
     inputs = to_model_input(
-        [decode_image(to_png_bytes(sample.image)) for sample in samples],
-        1,
-        128,
-        128,
-        model.manifest.input.mean,
-        model.manifest.input.std,
+        [decode_image(to_png_bytes(sample.image)) for sample in samples], model.manifest.input
     ).double()
     targets = torch.tensor([0, 1, 2, 1])
     layer = model.default_cam_layer

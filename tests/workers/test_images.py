@@ -11,6 +11,7 @@ import torch
 from method_checks import EPS32
 from PIL import Image
 
+from schemas.models import InputSpec
 from workers.decoded import (
     DecodedImage,
     ImageDecodeError,
@@ -252,7 +253,9 @@ def decoded(pixels: np.ndarray) -> DecodedImage:
 def test_to_model_input_normalises() -> None:
     grey = decoded(np.full((4, 4, 1), 0.5))
 
-    batch = to_model_input([grey, grey], 1, 4, 4, mean=[0.25], std=[0.5])
+    batch = to_model_input(
+        [grey, grey], InputSpec(channels=1, height=4, width=4, mean=[0.25], std=[0.5])
+    )
 
     assert batch.shape == (2, 1, 4, 4)
     assert batch.dtype == torch.float32
@@ -263,7 +266,9 @@ def test_to_model_input_resizes_each_image_to_the_model_size() -> None:
     small = decoded(RNG.random((6, 9, 3)))
     large = decoded(RNG.random((40, 30, 3)))
 
-    batch = to_model_input([small, large], 3, 8, 8, mean=[0.0] * 3, std=[1.0] * 3)
+    batch = to_model_input(
+        [small, large], InputSpec(channels=3, height=8, width=8, mean=[0.0] * 3, std=[1.0] * 3)
+    )
 
     assert batch.shape == (2, 3, 8, 8)
     assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
@@ -272,7 +277,9 @@ def test_to_model_input_resizes_each_image_to_the_model_size() -> None:
 def test_to_model_input_keeps_a_constant_image_constant_through_resizing() -> None:
     flat = decoded(np.full((33, 17, 3), 0.25))
 
-    batch = to_model_input([flat], 3, 8, 8, mean=[0.0] * 3, std=[1.0] * 3)
+    batch = to_model_input(
+        [flat], InputSpec(channels=3, height=8, width=8, mean=[0.0] * 3, std=[1.0] * 3)
+    )
 
     torch.testing.assert_close(batch, torch.full((1, 3, 8, 8), 0.25))
 
@@ -280,7 +287,7 @@ def test_to_model_input_keeps_a_constant_image_constant_through_resizing() -> No
 def test_rgb_becomes_bt601_luma_for_a_grey_model() -> None:
     rgb = decoded(np.broadcast_to(np.array([1.0, 0.5, 0.25]), (2, 2, 3)).copy())
 
-    batch = to_model_input([rgb], 1, 2, 2, mean=[0.0], std=[1.0])
+    batch = to_model_input([rgb], InputSpec(channels=1, height=2, width=2, mean=[0.0], std=[1.0]))
 
     luma = 0.299 * 1.0 + 0.587 * 0.5 + 0.114 * 0.25
     torch.testing.assert_close(batch, torch.full((1, 1, 2, 2), luma))
@@ -289,7 +296,9 @@ def test_rgb_becomes_bt601_luma_for_a_grey_model() -> None:
 def test_grey_is_repeated_for_an_rgb_model() -> None:
     grey = decoded(RNG.random((3, 3, 1)))
 
-    batch = to_model_input([grey], 3, 3, 3, mean=[0.1, 0.2, 0.3], std=[1.0, 2.0, 4.0])
+    batch = to_model_input(
+        [grey], InputSpec(channels=3, height=3, width=3, mean=[0.1, 0.2, 0.3], std=[1.0, 2.0, 4.0])
+    )
 
     source = torch.from_numpy(grey.pixels[:, :, 0])
     for channel, (mean, std) in enumerate([(0.1, 1.0), (0.2, 2.0), (0.3, 4.0)]):
@@ -299,7 +308,7 @@ def test_grey_is_repeated_for_an_rgb_model() -> None:
 def test_mean_and_std_must_match_the_channels() -> None:
     grey = decoded(np.zeros((2, 2, 1)))
     with pytest.raises(ValueError, match="mean and std"):
-        to_model_input([grey], 3, 2, 2, mean=[0.0], std=[1.0])
+        to_model_input([grey], InputSpec(channels=3, height=2, width=2, mean=[0.0], std=[1.0]))
 
 
 @pytest.mark.parametrize(
@@ -325,7 +334,12 @@ def test_reduction_keeps_the_display_and_feeds_the_model_the_same_picture(
     np.testing.assert_array_equal(full.display, display_of(full.pixels))
     channels = full.pixels.shape[2]
     as_model = [
-        to_model_input([decoded], channels, 16, 16, [0.0] * channels, [1.0] * channels)
+        to_model_input(
+            [decoded],
+            InputSpec(
+                channels=channels, height=16, width=16, mean=[0.0] * channels, std=[1.0] * channels
+            ),
+        )
         for decoded in (full, reduced)
     ]
     # Box averaging by 4, then an antialiased resize, against the antialiased resize alone, on

@@ -23,6 +23,7 @@ from torch import nn
 from torchvision.models import densenet121, resnet50
 
 from schemas.methods import PARAMS_BY_METHOD, method_catalogue
+from schemas.methods.lrp import LrpParams
 from workers.demo.model import build_lesion_net
 from workers.methods import METHODS, explain, resolve_params
 from workers.methods.canonical import canonical_form
@@ -140,9 +141,9 @@ def test_relevance_sums_to_the_target_logit_without_biases(
         model,
         inputs,
         targets,
-        composite=composite,  # type: ignore[arg-type]
-        first_layer=first_layer,  # type: ignore[arg-type]
-        epsilon=1e-9,
+        LrpParams.model_validate(
+            {"composite": composite, "first_layer": first_layer, "epsilon": 1e-9}
+        ),
     )
 
     logits = target_logits(model, inputs, targets)
@@ -169,7 +170,7 @@ def test_epsilon_rule_equals_input_times_gradient_with_biases(
     targets = torch.tensor([1, 0][: len(inputs)])
 
     relevance = lrp_relevance(
-        model, inputs, targets, composite="epsilon", first_layer="same", epsilon=1e-15
+        model, inputs, targets, LrpParams(composite="epsilon", first_layer="same", epsilon=1e-15)
     )
 
     expected = InputXGradient(model).attribute(inputs, target=targets.tolist()).detach()
@@ -182,7 +183,7 @@ def test_epsilon_rule_equals_input_times_gradient_on_the_shipped_onnx_model() ->
     targets = torch.tensor([2, 1])
 
     relevance = lrp_relevance(
-        model, inputs, targets, composite="epsilon", first_layer="same", epsilon=1e-15
+        model, inputs, targets, LrpParams(composite="epsilon", first_layer="same", epsilon=1e-15)
     )
 
     expected = InputXGradient(model).attribute(inputs, target=targets.tolist()).detach()
@@ -270,7 +271,9 @@ def test_z_box_uses_the_given_bounds() -> None:
     inputs = low + (high - low) * torch.rand(2, 3, 2, 2, dtype=torch.float64)
     targets = torch.tensor([2, 0])
 
-    relevance = lrp_relevance(model, inputs, targets, epsilon=0.0, input_bounds=(low, high))
+    relevance = lrp_relevance(
+        model, inputs, targets, LrpParams(epsilon=0.0), input_bounds=(low, high)
+    )
 
     w = linear.weight[targets]
     lo, hi = low.expand(3, 2, 2).flatten(), high.expand(3, 2, 2).flatten()
@@ -289,9 +292,9 @@ def test_alpha_beta_with_alpha_one_is_epsilon_plus() -> None:
     inputs = images(1, count=2, seed=5)
     targets = torch.tensor([1, 2])
 
-    plus = lrp_relevance(model, inputs, targets, composite="epsilon_plus")
-    alpha_one = lrp_relevance(model, inputs, targets, composite="alpha_beta", alpha=1.0)
-    alpha_two = lrp_relevance(model, inputs, targets, composite="alpha_beta", alpha=2.0)
+    plus = lrp_relevance(model, inputs, targets, LrpParams(composite="epsilon_plus"))
+    alpha_one = lrp_relevance(model, inputs, targets, LrpParams(composite="alpha_beta", alpha=1.0))
+    alpha_two = lrp_relevance(model, inputs, targets, LrpParams(composite="alpha_beta", alpha=2.0))
 
     # The two composites give every layer the same rule, so they run the same arithmetic on
     # the same numbers: equal to the bit on any processor.
@@ -375,7 +378,10 @@ def test_sparing_the_terms_of_negative_inputs_changes_nothing(activation: type[n
     targets = torch.tensor([0, 1])
     known, opaque = (
         lrp_relevance(
-            network(flag).double(), inputs, targets, composite="epsilon_plus", first_layer="same"
+            network(flag).double(),
+            inputs,
+            targets,
+            LrpParams(composite="epsilon_plus", first_layer="same"),
         )
         for flag in (False, True)
     )

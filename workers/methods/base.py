@@ -151,7 +151,7 @@ class AttributionMethod(ABC, Generic[P]):
             parsed = parsed.model_copy(update={"layer": cam_layer})
         return cast(P, parsed)
 
-    def supports(self, model: nn.Module) -> bool:
+    def supports(self, model: nn.Module) -> bool:  # noqa: ARG002 - most methods need nothing more
         """Whether the method works on `model`; gradient methods work on any differentiable one."""
         return True
 
@@ -266,7 +266,7 @@ def captured_output(layer: nn.Module) -> Iterator[list[torch.Tensor]]:
     """
     outputs: list[torch.Tensor] = []
 
-    def record(module: nn.Module, args: object, output: object) -> torch.Tensor:
+    def record(_module: nn.Module, _args: object, output: object) -> torch.Tensor:
         if not isinstance(output, torch.Tensor):
             raise MethodParameterError("layer", "the layer must output a single tensor")
         leaf = output.detach().requires_grad_(True)

@@ -173,45 +173,61 @@ def _canonical_call(node: fx.Node, attributes: dict[str, Any]) -> _Rewrite | Non
     """(new module, its preferred name, its arguments, the node an in-place op mutated), or None
     when `node` is not a ReLU, an addition of two computed tensors or a concatenation."""
     if node.op == "call_function" and node.target in _CAT_FUNCTIONS:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
-        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-        if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
-            return None
-        return Concat(dim), "concat", _nodes(tensors), None
+        return _concat_call(node)
     first = node.args[0] if node.args else None
     if not isinstance(first, fx.Node):
         return None
     if node.op == "call_module":
-        module = attributes[str(node.target)]
-        if isinstance(module, nn.ReLU):
-            # The first call of a ReLU module keeps its name, so layer names still find it.
-            return nn.ReLU(), str(node.target), (first,), first if module.inplace else None
-        if (
-            isinstance(module, OnnxBinaryMathOperation)
-            and module.math_op_function is torch.add
-            and module.broadcast != 1
-            and len(node.args) == 2
-        ):
-            return _sum_call(first, node.args[1], None)
-        if isinstance(module, OnnxConcat):
-            return Concat(module.axis), str(node.target), _nodes(node.args), None
-        return None
+        return _module_call(node, first, attributes[str(node.target)])
     if node.op == "call_function":
-        target = node.target
-        mutated = first if target in _INPLACE_FUNCTIONS else None
-        if target in _RELU_FUNCTIONS:
-            if node.kwargs.get("inplace", False) or (len(node.args) > 1 and node.args[1]):
-                mutated = first
-            return nn.ReLU(), "relu", (first,), mutated
-        if target in _ADD_FUNCTIONS and len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1:
-            return _sum_call(first, node.args[1], mutated)
-        return None
+        return _function_call(node, first)
     if node.op == "call_method":
-        mutated = first if str(node.target).endswith("_") else None
-        if node.target in ("relu", "relu_") and len(node.args) == 1:
-            return nn.ReLU(), "relu", (first,), mutated
-        if node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs:
-            return _sum_call(first, node.args[1], mutated)
+        return _method_call(node, first)
+    return None
+
+
+def _concat_call(node: fx.Node) -> _Rewrite | None:
+    tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    if not isinstance(tensors, (list, tuple)) or not isinstance(dim, int):
+        return None
+    return Concat(dim), "concat", _nodes(tensors), None
+
+
+def _module_call(node: fx.Node, first: fx.Node, module: nn.Module) -> _Rewrite | None:
+    if isinstance(module, nn.ReLU):
+        # The first call of a ReLU module keeps its name, so layer names still find it.
+        return nn.ReLU(), str(node.target), (first,), first if module.inplace else None
+    if (
+        isinstance(module, OnnxBinaryMathOperation)
+        and module.math_op_function is torch.add
+        and module.broadcast != 1
+        and len(node.args) == 2
+    ):
+        return _sum_call(first, node.args[1], None)
+    if isinstance(module, OnnxConcat):
+        return Concat(module.axis), str(node.target), _nodes(node.args), None
+    return None
+
+
+def _function_call(node: fx.Node, first: fx.Node) -> _Rewrite | None:
+    target = node.target
+    mutated = first if target in _INPLACE_FUNCTIONS else None
+    if target in _RELU_FUNCTIONS:
+        if node.kwargs.get("inplace", False) or (len(node.args) > 1 and node.args[1]):
+            mutated = first
+        return nn.ReLU(), "relu", (first,), mutated
+    if target in _ADD_FUNCTIONS and len(node.args) == 2 and node.kwargs.get("alpha", 1) == 1:
+        return _sum_call(first, node.args[1], mutated)
+    return None
+
+
+def _method_call(node: fx.Node, first: fx.Node) -> _Rewrite | None:
+    mutated = first if str(node.target).endswith("_") else None
+    if node.target in ("relu", "relu_") and len(node.args) == 1:
+        return nn.ReLU(), "relu", (first,), mutated
+    if node.target in ("add", "add_") and len(node.args) == 2 and not node.kwargs:
+        return _sum_call(first, node.args[1], mutated)
     return None
 
 

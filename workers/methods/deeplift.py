@@ -124,7 +124,7 @@ class RescaleMaxPool2d(nn.Module):
         return _RescaleMaxPool2dFunction.apply(inputs, self.pool)
 
 
-def _rescale(name: str, module: nn.Module) -> nn.Module | None:
+def _rescale(_name: str, module: nn.Module) -> nn.Module | None:
     if isinstance(module, nn.ReLU):
         return RescaleReLU()
     if isinstance(module, nn.MaxPool2d) and not module.return_indices:

@@ -1,6 +1,7 @@
 """Grad-CAM++ (Chattopadhyay et al. 2018): channels weighed by pixel-wise weighted gradients."""
 
 import torch
+from typing_extensions import override
 
 from schemas.methods.gradcam_pp import GradCamPlusPlusParams
 from workers.methods.layer_cam import GradientCam
@@ -17,6 +18,7 @@ class GradCamPlusPlus(GradientCam[GradCamPlusPlusParams]):
     exp(S) that scales every channel alike. α is 0 where its denominator is.
     """
 
+    @override
     def weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         squared = gradient.pow(2)
         denominator = 2 * squared + activation.sum(dim=(2, 3), keepdim=True) * gradient.pow(3)

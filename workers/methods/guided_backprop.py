@@ -33,7 +33,7 @@ class GuidedReLU(nn.Module):
         return _GuidedReLUFunction.apply(inputs)
 
 
-def _guided(name: str, module: nn.Module) -> nn.Module | None:
+def _guided(_name: str, module: nn.Module) -> nn.Module | None:
     return GuidedReLU() if isinstance(module, nn.ReLU) else None
 
 

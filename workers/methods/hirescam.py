@@ -1,6 +1,7 @@
 """HiResCAM (Draelos & Collins 2020): a layer's activations weighed element-wise by the gradient."""
 
 import torch
+from typing_extensions import override
 
 from schemas.methods.hirescam import HiResCamParams
 from workers.methods.layer_cam import GradientCam
@@ -14,5 +15,6 @@ class HiResCam(GradientCam[HiResCamParams]):
     Grad-CAM without the spatial mean of the gradient: each activation keeps its own weight.
     """
 
+    @override
     def weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         return gradient

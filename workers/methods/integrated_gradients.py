@@ -43,9 +43,7 @@ class IntegratedGradients(AttributionMethod[IntegratedGradientsParams]):
             batch.inputs,
             baselines,
             batch.targets,
-            steps=params.steps,
-            tolerance=params.tolerance,
-            max_steps=params.max_steps,
+            params,
         )
         return AttributionMap(
             refined.attributions.sum(dim=1).to(torch.float32),
@@ -68,16 +66,14 @@ def refined_integrated_gradients(
     inputs: torch.Tensor,
     baselines: torch.Tensor,
     targets: torch.Tensor,
-    *,
-    steps: int,
-    tolerance: float,
-    max_steps: int,
+    params: IntegratedGradientsParams,
 ) -> RefinedAttributions:
-    """`integrated_gradients` at `steps`, then again at 2×, 4×, … the steps (at most
+    """`integrated_gradients` at `params.steps`, then again at 2×, 4×, … the steps (at most
     `max_steps`) for the samples whose completeness gap is still above `tolerance`.
 
     A sample's result depends only on its own row, so a batch equals single-image calls.
     """
+    steps, tolerance, max_steps = params.steps, params.tolerance, params.max_steps
     rows = torch.arange(len(targets), device=inputs.device)
     with torch.no_grad():
         change = (model(inputs)[rows, targets] - model(baselines)[rows, targets]).double()

@@ -1,6 +1,7 @@
 """LayerCAM (Jiang et al. 2021): activations weighed element-wise by the positive gradient."""
 
 import torch
+from typing_extensions import override
 
 from schemas.methods.layercam import LayerCamParams
 from workers.methods.layer_cam import GradientCam
@@ -15,5 +16,6 @@ class LayerCam(GradientCam[LayerCamParams]):
     gradient, which keeps the detail of shallow layers.
     """
 
+    @override
     def weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         return torch.relu(gradient)

@@ -33,8 +33,6 @@ from workers.methods.base import (
 from workers.methods.canonical import Concat, Sum, canonical_form, rewritten_form
 from workers.methods.lrp_rules import (
     Composite,
-    CompositeName,
-    FirstLayerRule,
     Rule,
     RuleLayer,
     fold_batch_norm,
@@ -73,20 +71,18 @@ class _LayerPlan:
 
 
 _plans: "weakref.WeakKeyDictionary[fx.GraphModule, _LayerPlan]" = weakref.WeakKeyDictionary()
+_DEFAULT_RULES = LrpParams()
 
 
 def lrp_relevance(
     model: nn.Module,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    *,
-    composite: CompositeName = "epsilon_plus",
-    first_layer: FirstLayerRule = "zbox",
-    epsilon: float = 1e-6,
-    alpha: float = 2.0,
+    rules: LrpParams = _DEFAULT_RULES,
     input_bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """The relevance of each input value for each sample's target logit, shaped like `inputs`.
+    """The relevance of each input value for each sample's target logit, shaped like `inputs`,
+    under `rules` (the composite, the first layer's rule, ε and α).
 
     `input_bounds` (low, high) are the lowest and highest normalised input values, broadcast
     against `inputs` (e.g. the normalised pixel values 0 and 1, per channel) for the z-box rule;
@@ -100,14 +96,16 @@ def lrp_relevance(
     if input_bounds is None:
         input_bounds = _sample_bounds(inputs)
     low, high = (bound.to(inputs).expand_as(inputs) for bound in input_bounds)
-    rules_of = Composite(composite, first_layer, epsilon, alpha, bounds=(low, high))
-    rules = {
-        name: rules_of.rule_for(layer, input_layer=name in plan.input_layers)
+    composite = Composite(
+        rules.composite, rules.first_layer, rules.epsilon, rules.alpha, bounds=(low, high)
+    )
+    layer_rules = {
+        name: composite.rule_for(layer, input_layer=name in plan.input_layers)
         for name, layer in plan.layers.items()
     }
     leaf = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = _RelevancePass(graph, rules, plan, epsilon).run(leaf)
+        logits = _RelevancePass(graph, layer_rules, plan, rules.epsilon).run(leaf)
         # The output relevance is the target logit: y ⊙ one-hot, i.e. the target's gradient.
         (relevance,) = torch.autograd.grad(target_score(logits, targets), leaf)
     return relevance
@@ -159,10 +157,7 @@ class Lrp(AttributionMethod[LrpParams]):
             batch.model,
             inputs,
             batch.targets,
-            composite=params.composite,
-            first_layer=params.first_layer,
-            epsilon=params.epsilon,
-            alpha=params.alpha,
+            params,
             input_bounds=None
             if normalisation is None
             else (normalisation.normalised(0.0, inputs), normalisation.normalised(1.0, inputs)),

@@ -1,6 +1,7 @@
 """XGrad-CAM (Fu et al. 2020): channels weighed by their activation-weighted gradient."""
 
 import torch
+from typing_extensions import override
 
 from schemas.methods.xgradcam import XGradCamParams
 from workers.methods.layer_cam import GradientCam
@@ -16,6 +17,7 @@ class XGradCam(GradientCam[XGradCamParams]):
     pytorch-grad-cam adds 1e-7 to the sum instead, which shifts channels of small sums.
     """
 
+    @override
     def weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
         total = activation.sum(dim=(2, 3))
         nonzero = total != 0
