@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio.to_thread
 from fastapi import Request
@@ -176,45 +177,41 @@ def check_capacity(settings: Settings, info: ModelInfo) -> None:
         raise Unavailable(f"No live worker serves {info.id!r}.", retry_after=settings.retry_after_s)
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request and how its answer reaches them: the key, the channel on which this
+    gateway hears that the job ended (None for an asynchronous request), the request's
+    `X-Request-ID` and its `Idempotency-Key`."""
+
+    principal: Principal
+    reply_to: str | None = None
+    request_id: str | None = None
+    idempotency_key: str | None = None
+
+    def idempotent(self, *parts: bytes) -> IdempotentRequest | None:
+        """The request's idempotency entry, from everything that makes it this request."""
+        return idempotent_request(self.principal, self.idempotency_key, *parts)
+
+
 async def admit(
-    options: ExplainOptions,
-    image: bytes,
-    principal: Principal,
-    queue: JobQueue,
-    settings: Settings,
-    reply_to: str | None,
-    idempotency_key: str | None = None,
-    *,
-    request_id: str | None = None,
+    options: ExplainOptions, image: bytes, caller: Caller, queue: JobQueue, settings: Settings
 ) -> str:
     """Validate against the model and the queue, then enqueue. Returns the job's id: a new one,
-    or the job an earlier request with the same `idempotency_key` created."""
+    or the job an earlier request with the same `Idempotency-Key` created."""
     info = await find_model(queue, options.model, settings)
-    message, stored_image = prepare_job(
-        options, image, info, principal, settings, reply_to, request_id=request_id
-    )
-    idempotent = idempotent_request(
-        principal, idempotency_key, b"explanation", options.model_dump_json().encode(), image
-    )
-    (job_id,) = await submit_jobs(
-        [(message, stored_image)], info, principal, queue, settings, idempotent
-    )
+    message, stored_image = prepare_job(options, image, info, caller, settings)
+    idempotent = caller.idempotent(b"explanation", options.model_dump_json().encode(), image)
+    admission = Admission([(message, stored_image)], idempotent)
+    (job_id,) = await submit_jobs(admission, info, caller.principal, queue, settings)
     return job_id
 
 
 def prepare_job(
-    options: ExplainOptions,
-    image: bytes,
-    info: ModelInfo,
-    principal: Principal,
-    settings: Settings,
-    reply_to: str | None,
-    *,
-    request_id: str | None = None,
+    options: ExplainOptions, image: bytes, info: ModelInfo, caller: Caller, settings: Settings
 ) -> tuple[ExplanationJob, bytes]:
     """Check a request against its model and its image, and build its job and the image bytes
-    to store with it (of a DICOM file, only what decoding needs); nothing is queued.
-    `request_id` travels with the job to the worker's log and the result's `timings`."""
+    to store with it (of a DICOM file, only what decoding needs); nothing is queued. The
+    caller's request id travels with the job to the worker's log and the result's `timings`."""
     check_against_model(options, info)
     if not image:
         raise BadImage("The image is empty.")
@@ -233,30 +230,38 @@ def prepare_job(
         params=params,
         output=options.output,
         dicom=options.dicom,
-        cache_key=explanation_cache_key(options, params, image, info, principal)
+        cache_key=explanation_cache_key(options, params, image, info, caller.principal)
         if settings.result_cache
         else None,
-        reply_to=reply_to,
+        reply_to=caller.reply_to,
         enqueued_at=time.time(),
-        request_id=request_id,
+        request_id=caller.request_id,
     )
     return message, image
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What one request asks to queue: its jobs with the image bytes each stores, and its
+    idempotency entry (None without an `Idempotency-Key`)."""
+
+    jobs: Sequence[tuple[ExplanationJob, bytes]]
+    idempotent: IdempotentRequest | None = None
+
+
 async def submit_jobs(
-    jobs: Sequence[tuple[ExplanationJob, bytes]],
+    admission: Admission,
     info: ModelInfo,
     principal: Principal,
     queue: JobQueue,
     settings: Settings,
-    idempotent: IdempotentRequest | None = None,
 ) -> list[str]:
     """Answer from the result cache the jobs it holds and queue the others, all in one atomic
     step, so that a worker can batch them; 503 (see `check_capacity`) or 429 (the model's queue
     cannot take them) for all of them. Returns the job ids, in order: these jobs', or those of
-    the earlier request that `idempotent` names."""
+    the earlier request that the admission's idempotency entry names."""
     new_jobs = []
-    for message, image in jobs:
+    for message, image in admission.jobs:
         cached = await queue.cached(message.cache_key) if message.cache_key else None
         answer = (
             reissued(cached, message.job_id, message.request_id) if cached is not None else None
@@ -267,7 +272,10 @@ async def submit_jobs(
         check_capacity(settings, info)
         await reserve_slots(principal, to_compute, queue, settings)
     job_ids = await queue.enqueue(
-        new_jobs, principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
+        new_jobs,
+        principal.name,
+        queue_limit=settings.queue_limit,
+        idempotent=admission.idempotent,
     )
     log_admitted(new_jobs, job_ids)
     return job_ids
@@ -285,26 +293,18 @@ async def reserve_slots(
 
 
 async def submit_visualization(
-    message: VisualizationJob,
-    principal: Principal,
-    queue: JobQueue,
-    settings: Settings,
-    idempotency_key: str | None,
+    message: VisualizationJob, caller: Caller, queue: JobQueue, settings: Settings
 ) -> str:
     """Queue an activation maximisation (429 when the model's queue is full or the key holds its
     `max_jobs_per_key`); its job id, or that of the earlier request with the same
-    `idempotency_key`."""
-    idempotent = idempotent_request(
-        principal,
-        idempotency_key,
-        b"visualization",
-        message.model.encode(),
-        message.visualization.model_dump_json().encode(),
+    `Idempotency-Key`."""
+    idempotent = caller.idempotent(
+        b"visualization", message.model.encode(), message.visualization.model_dump_json().encode()
     )
-    await reserve_slots(principal, [message.job_id], queue, settings)
+    await reserve_slots(caller.principal, [message.job_id], queue, settings)
     new_job = NewJob(message)
     (job_id,) = await queue.enqueue(
-        [new_job], principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
+        [new_job], caller.principal.name, queue_limit=settings.queue_limit, idempotent=idempotent
     )
     log_admitted([new_job], [job_id])
     return job_id

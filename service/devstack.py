@@ -302,7 +302,7 @@ def served_models(url: str, redis_url: str, timeout_s: float = 10.0) -> list[str
     ] or ["  (no model registered)"]
 
 
-def _interrupt(signum: int, _: object) -> None:
+def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 

@@ -158,7 +158,7 @@ class JobQueue:
     Images and results are stored sealed by `sealer` (`schemas.sealing`), never in clear.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only settings, each given once from Settings
         self,
         redis: Redis,
         *,

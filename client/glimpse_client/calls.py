@@ -48,7 +48,7 @@ def headers(api_key: str | None) -> dict[str, str]:
     return sent
 
 
-def explain_body(
+def explain_body(  # noqa: PLR0913 - one parameter per field of the request
     image: ImageInput,
     model: str,
     methods: str | Sequence[str],
@@ -93,7 +93,7 @@ def explain_call(body: dict[str, Any], timeout: float | None) -> Call:
     )
 
 
-def visualize_call(
+def visualize_call(  # noqa: PLR0913 - one parameter per field of the request
     model: str,
     target: int | None,
     layer: str | None,

@@ -69,7 +69,7 @@ class Client:
             transport=transport,
         )
 
-    def explain(
+    def explain(  # noqa: PLR0913 - one parameter per field of the request
         self,
         image: ImageInput,
         model: str,
@@ -90,7 +90,7 @@ class Client:
         body = calls.explain_body(image, model, methods, target, params, output, dicom)
         return ExplainResult.from_json(self._send(calls.explain_call(body, timeout)))
 
-    def submit(
+    def submit(  # noqa: PLR0913 - one parameter per field of the request
         self,
         image: ImageInput,
         model: str,
@@ -193,7 +193,7 @@ class AsyncClient:
     One `AsyncClient` serves many concurrent calls; `async with` it, or `await aclose()`.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only connection settings
         self,
         url: str | None = None,
         api_key: str | None = None,
@@ -213,7 +213,7 @@ class AsyncClient:
             limits=httpx.Limits(max_connections=max_connections),
         )
 
-    async def explain(
+    async def explain(  # noqa: PLR0913 - one parameter per field of the request
         self,
         image: ImageInput,
         model: str,
@@ -229,7 +229,7 @@ class AsyncClient:
         body = calls.explain_body(image, model, methods, target, params, output, dicom)
         return ExplainResult.from_json(await self._send(calls.explain_call(body, timeout)))
 
-    async def submit(
+    async def submit(  # noqa: PLR0913 - one parameter per field of the request
         self,
         image: ImageInput,
         model: str,

@@ -32,7 +32,7 @@ class GlimpseError(Exception):
 
     slug = ""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - one parameter per member of an RFC 9457 problem
         self,
         detail: str,
         *,

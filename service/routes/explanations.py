@@ -3,7 +3,7 @@
 from fastapi import APIRouter, Request, Response
 
 from schemas.jobs import JobAccepted
-from service.admission import admit, read_explain_request
+from service.admission import Caller, admit, read_explain_request
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.idempotency import IdempotencyKeyHeader
 from service.openapi import EXPLAIN_BODY, EXPLAIN_RESPONSES, SUBMIT
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["explanations"])
     openapi_extra=EXPLAIN_BODY,
     responses=EXPLAIN_RESPONSES,
 )
-async def create_explanation(
+async def create_explanation(  # noqa: PLR0913 - FastAPI injects each dependency as a parameter
     request: Request,
     principal: SubmitterDep,
     queue: QueueDep,
@@ -31,16 +31,8 @@ async def create_explanation(
     """Waits for the result (`?timeout=`, default 30 s); `Prefer: respond-async` answers 202."""
     options, image = await read_explain_request(request)
     reply_to = None if wants_async(request) else listener.channel
-    job_id = await admit(
-        options,
-        image,
-        principal,
-        queue,
-        settings,
-        reply_to,
-        idempotency_key,
-        request_id=request_id_of(request),
-    )
+    caller = Caller(principal, reply_to, request_id_of(request), idempotency_key)
+    job_id = await admit(options, image, caller, queue, settings)
     if reply_to is None:
         return accepted_response(request, job_id)
 
@@ -64,14 +56,6 @@ async def create_job(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     options, image = await read_explain_request(request)
-    job_id = await admit(
-        options,
-        image,
-        principal,
-        queue,
-        settings,
-        None,
-        idempotency_key,
-        request_id=request_id_of(request),
-    )
+    caller = Caller(principal, None, request_id_of(request), idempotency_key)
+    job_id = await admit(options, image, caller, queue, settings)
     return accepted_response(request, job_id)

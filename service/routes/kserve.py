@@ -13,13 +13,12 @@ from schemas.jobs import ExplanationJob, JobState
 from schemas.kserve import KServeExplainRequest, KServeExplainResponse
 from schemas.models import ModelInfo
 from schemas.problems import Problem
-from service.admission import find_model, prepare_job, submit_jobs
-from service.auth import Principal
+from service.admission import Admission, Caller, find_model, prepare_job, submit_jobs
 from service.body import parse_json
 from service.config import Settings
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.errors import ApiError, InvalidFields, SyncTimeout, UnsupportedMedia, problem_response
-from service.idempotency import IdempotencyKeyHeader, idempotent_request
+from service.idempotency import IdempotencyKeyHeader
 from service.images import decode_base64_image
 from service.openapi import SUBMIT, problems
 from service.queue import StoredJob
@@ -48,7 +47,7 @@ _BODY: dict[str, object] = {
     response_model=KServeExplainResponse,
     responses={**SUBMIT, **problems(504)},
 )
-async def kserve_explain(
+async def kserve_explain(  # noqa: PLR0913 - FastAPI injects each dependency as a parameter
     model_id: str,
     request: Request,
     principal: SubmitterDep,
@@ -64,14 +63,14 @@ async def kserve_explain(
     info = await find_model(queue, model_id, settings)
     payload = await _read_request(request)
     wait_s = min(timeout or settings.sync_timeout_s, settings.max_sync_timeout_s)
-    request_id = request_id_of(request)
+    caller = Caller(principal, listener.channel, request_id_of(request), idempotency_key)
     jobs = [
-        _prepare_instance(payload, index, info, principal, settings, listener.channel, request_id)
+        _prepare_instance(payload, index, info, caller, settings)
         for index in range(len(payload.instances))
     ]
     body = payload.model_dump_json().encode()
-    idempotent = idempotent_request(principal, idempotency_key, b"kserve", model_id.encode(), body)
-    job_ids = await submit_jobs(jobs, info, principal, queue, settings, idempotent)
+    admission = Admission(jobs, caller.idempotent(b"kserve", model_id.encode(), body))
+    job_ids = await submit_jobs(admission, info, principal, queue, settings)
     records = await records_when_done(queue, listener, job_ids, principal.name, wait_s)
     return _answer(job_ids, records)
 
@@ -97,21 +96,13 @@ def _field_path(loc: Sequence[int | str]) -> str:
 
 
 def _prepare_instance(
-    payload: KServeExplainRequest,
-    index: int,
-    info: ModelInfo,
-    principal: Principal,
-    settings: Settings,
-    reply_to: str,
-    request_id: str,
+    payload: KServeExplainRequest, index: int, info: ModelInfo, caller: Caller, settings: Settings
 ) -> tuple[ExplanationJob, bytes]:
     instance = payload.instances[index]
     try:
         image = decode_base64_image(instance.image)
         options = payload.options(info.id, instance)
-        return prepare_job(
-            options, image, info, principal, settings, reply_to, request_id=request_id
-        )
+        return prepare_job(options, image, info, caller, settings)
     except ApiError as exc:
         exc.detail = f"instances[{index}]: {exc.detail}"
         raise

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from schemas import keys
 from schemas.jobs import JobAccepted, VisualizationJob
 from schemas.visualizations import VisualizationParams, VisualizationResponse
-from service.admission import check_capacity, find_model, submit_visualization
+from service.admission import Caller, check_capacity, find_model, submit_visualization
 from service.body import parse_json
 from service.deps import ListenerDep, QueueDep, SettingsDep, SubmitterDep
 from service.errors import InvalidRequest, UnsupportedMedia
@@ -31,7 +31,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
         **problems(400, 401, 403, 404, 413, 415, 422, 429, 503, 504),
     },
 )
-async def create_visualization(
+async def create_visualization(  # noqa: PLR0913 - FastAPI injects each dependency as a parameter
     model_id: str,
     request: Request,
     principal: SubmitterDep,
@@ -68,7 +68,8 @@ async def create_visualization(
         enqueued_at=time.time(),
         request_id=request_id_of(request),
     )
-    job_id = await submit_visualization(message, principal, queue, settings, idempotency_key)
+    caller = Caller(principal, message.reply_to, message.request_id, idempotency_key)
+    job_id = await submit_visualization(message, caller, queue, settings)
     if asynchronous:
         return accepted_response(request, job_id)
     wait_s = min(timeout or settings.sync_timeout_s, settings.max_sync_timeout_s)

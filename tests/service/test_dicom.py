@@ -25,7 +25,7 @@ from pydicom.uid import (
 from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
 from schemas.dicom_layout import DicomLayout
 from schemas.explain import ExplainOptions
-from service.admission import prepare_job
+from service.admission import Caller, prepare_job
 from service.auth import Principal
 from service.config import Settings
 from service.dicom import check_dicom_options, inspect_dicom, minimal_dicom
@@ -226,8 +226,7 @@ def test_a_job_stores_the_rewritten_dicom() -> None:
     options = ExplainOptions(model="m", methods=["gradcam"])
     info = small_model_info()
 
-    _, stored = prepare_job(
-        options, data, info, Principal("k", frozenset({"explain"})), Settings(), reply_to=None
-    )
+    caller = Caller(Principal("k", frozenset({"explain"})))
+    _, stored = prepare_job(options, data, info, caller, Settings())
 
     assert stored == minimal_dicom(data)
