@@ -15,6 +15,7 @@ from method_checks import (
 from method_models import DEMO_MODEL, small_cnn
 from rounding_bounds_cam import RecordingForward, float32_drop_bound
 from torch import nn
+from typing_extensions import override
 
 from workers.methods import MethodParameterError, TargetError, explain
 from workers.methods.baselines import make_baseline
@@ -225,6 +226,7 @@ def test_explain_hands_forward_only_to_forward_only_methods() -> None:
     targets = torch.tensor([1])
 
     class Unusable(nn.Module):
+        @override
         def forward(self, batch: torch.Tensor) -> torch.Tensor:
             raise AssertionError("the module must not run when `forward` is given")
 
@@ -243,7 +245,7 @@ def test_explain_hands_forward_only_to_forward_only_methods() -> None:
     # The same passes and the same float32 arithmetic on the same logits: the same map.
     torch.testing.assert_close(via_forward.values, via_module.values, rtol=0.0, atol=0.0)
 
-    def refuse(batch: torch.Tensor) -> torch.Tensor:
+    def refuse(_batch: torch.Tensor) -> torch.Tensor:
         raise AssertionError("gradient methods must not call `forward`")
 
     explain("saliency", model, inputs, targets, {}, cam_layer="4", forward=refuse)
