@@ -133,7 +133,7 @@ def pixel_bounds(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return ((0 - mean) / std).expand(shape[1:])[None], ((1 - mean) / std).expand(shape[1:])[None]
 
 
-def relevance_through(
+def relevance_through(  # noqa: PLR0913 - Rule.propagate's arguments and the output's gradient
     rule: Rule,
     layer: nn.Conv2d | nn.Linear,
     x: torch.Tensor,

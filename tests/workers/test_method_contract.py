@@ -136,7 +136,6 @@ def layer_magnitude(model: nn.Module, layer: str, inputs: torch.Tensor) -> torch
 
 
 def batch_bound(
-    method: str,
     params: MethodParams,
     singles: torch.Tensor,
     largest_logit: float,
@@ -150,6 +149,7 @@ def batch_bound(
     it is more than the map's final rounding (a rounding of values ~1e-15 apart lands ≤ 1 ulp
     apart, ≤ eps32 · |value|). Per family:
     """
+    method = params.method
     p: Any = params
     if method == "occlusion":
         # Each side within its `float32_drop_bound` of the float64 drops.
@@ -229,7 +229,6 @@ def test_a_batch_with_per_row_targets_equals_single_image_calls(
     assert set(batch.checks) == set(rows[0].checks)
     layer = (params.layer if isinstance(params, LayerParams) else None) or contract.cam_layer
     bound = batch_bound(
-        method,
         params,
         singles,
         recorder.largest_logit,

@@ -17,6 +17,7 @@ from rounding_bounds_cam import RecordingForward, float32_drop_bound
 from torch import nn
 from typing_extensions import override
 
+from schemas.methods.occlusion import OcclusionParams
 from workers.methods import MethodParameterError, TargetError, explain
 from workers.methods.baselines import make_baseline
 from workers.repository import LoadedModel, load_model
@@ -45,14 +46,11 @@ def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 
 def captum_occlusion(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    fill: str,
-    window: int,
-    stride: int,
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, params: OcclusionParams
 ) -> torch.Tensor:
-    """Captum's Occlusion over whole-channel windows, with the fill as its baselines."""
+    """Captum's Occlusion over the whole-channel windows of `params`, with its fill as the
+    baselines."""
+    fill, window, stride = params.fill, params.window, params.stride
     if fill == "black":
         # The method's black: each channel's darkest pixel in the image.
         baselines = inputs.amin(dim=(2, 3), keepdim=True).expand_as(inputs)
@@ -84,7 +82,7 @@ def test_matches_captum_on_a_small_cnn(fill: str, window: int, stride: int) -> N
 
     result = explain("occlusion", model, inputs, targets, params, cam_layer="4", forward=forward)
 
-    expected = captum_occlusion(model, inputs, targets, fill, window, stride)
+    expected = captum_occlusion(model, inputs, targets, OcclusionParams.model_validate(params))
     assert result.values.shape == (3, 16, 16)
     assert result.values.dtype == torch.float32
     assert result.signed
@@ -114,7 +112,9 @@ def test_matches_captum_on_the_demo_model() -> None:
         forward=forward,
     )
 
-    expected = captum_occlusion(demo.module, inputs, targets, fill, window, stride)
+    expected = captum_occlusion(
+        demo.module, inputs, targets, OcclusionParams.model_validate(params)
+    )
     bound = float32_drop_bound(expected, forward.largest_logit, window, stride)
     assert max_relative_deviation(result.values, expected) <= bound
     assert_untouched(demo.module)
