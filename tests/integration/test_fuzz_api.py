@@ -49,7 +49,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from schemas.explain import DEFAULT_METHOD
-from schemas.methods import OcclusionParams
+from schemas.methods.occlusion import OcclusionParams
 from service.app import create_app
 from service.devstack import DevStack
 from workers.demo.data import make_sample
