@@ -105,21 +105,24 @@ def _outcome(row: dict[str, str]) -> Outcome:
     )
 
 
-def run_locust(
-    url: str,
-    *,
-    users: int,
-    spawn_rate: float,
-    seconds: float,
-    pacing: float,
-    csv_prefix: Path,
-    api_key: str = "",
-    retry_after: bool = False,
-) -> LoadRun:
-    """Run `bench/locustfile.py` headless against `url` for `seconds` after the users are
-    spawned (statistics reset then), and read back its statistics. With `retry_after`, a user
-    refused with 429 waits the Retry-After it was given."""
-    ramp = users / spawn_rate
+@dataclass(frozen=True)
+class LoadShape:
+    """The load locust offers: `users` users spawned at `spawn_rate` per second, then measured
+    for `seconds`; each waits `pacing` s between its requests (0: back to back) and, with
+    `retry_after`, waits the Retry-After of a 429 it was given."""
+
+    users: int
+    spawn_rate: float
+    seconds: float
+    pacing: float = 0.0
+    retry_after: bool = False
+
+
+def run_locust(url: str, shape: LoadShape, *, csv_prefix: Path, api_key: str = "") -> LoadRun:
+    """Run `bench/locustfile.py` headless against `url` for `shape.seconds` after the users are
+    spawned (statistics reset then), and read back its statistics."""
+    users, seconds = shape.users, shape.seconds
+    ramp = users / shape.spawn_rate
     command = [
         sys.executable,
         "-m",
@@ -132,7 +135,7 @@ def run_locust(
         "-u",
         str(users),
         "-r",
-        f"{spawn_rate:g}",
+        f"{shape.spawn_rate:g}",
         "-t",
         f"{ramp + seconds:.0f}s",
         "--reset-stats",
@@ -146,8 +149,8 @@ def run_locust(
         "--exit-code-on-error",
         "0",
         "--glimpse-pacing",
-        f"{pacing:g}",
-        *(["--glimpse-retry-after"] if retry_after else []),
+        f"{shape.pacing:g}",
+        *(["--glimpse-retry-after"] if shape.retry_after else []),
     ]
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "LOCUST_GLIMPSE_API_KEY": api_key, "PYTHONPATH": path}
@@ -255,10 +258,11 @@ def main() -> None:
             warm(stack.url, key)
             closed = run_locust(
                 stack.url,
-                users=args.capacity_users,
-                spawn_rate=args.capacity_users,
-                seconds=args.capacity_seconds,
-                pacing=0,
+                LoadShape(
+                    users=args.capacity_users,
+                    spawn_rate=args.capacity_users,
+                    seconds=args.capacity_seconds,
+                ),
                 csv_prefix=csv_dir / "capacity",
                 api_key=key,
             )
@@ -276,10 +280,12 @@ def main() -> None:
                 users = max(1, round(factor * capacity * pacing))
                 runs[factor] = run_locust(
                     stack.url,
-                    users=users,
-                    spawn_rate=users / args.ramp,
-                    seconds=args.seconds,
-                    pacing=pacing,
+                    LoadShape(
+                        users=users,
+                        spawn_rate=users / args.ramp,
+                        seconds=args.seconds,
+                        pacing=pacing,
+                    ),
                     csv_prefix=csv_dir / f"load-{factor:g}x",
                     api_key=key,
                 )

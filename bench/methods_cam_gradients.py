@@ -165,15 +165,15 @@ class Bench:
             f"max |ours - Captum| {relative_difference(values, captum_values):.1e} of range"
         )
 
-    def compare_cam(self, ms: float, values: torch.Tensor) -> str:
+    def compare_cam(self, ms: float, _values: torch.Tensor) -> str:
         bare = self.rows_ms(self.forward, 1, 1)
         return f"1 forward {bare:.1f} ms, ratio {ms / bare:.2f}"
 
-    def compare_gradcam_pp(self, ms: float, values: torch.Tensor) -> str:
+    def compare_gradcam_pp(self, ms: float, _values: torch.Tensor) -> str:
         bare = self.rows_ms(self.gradient, 1, 1)
         return f"1 forward+backward {bare:.1f} ms, ratio {ms / bare:.2f}"
 
-    def compare_scorecam(self, ms: float, values: torch.Tensor) -> str:
+    def compare_scorecam(self, ms: float, _values: torch.Tensor) -> str:
         rows = _layer_channels(self.model, self.image, self.cam_layer) + 2
         bare = self.rows_ms(self.forward, rows, ScoreCamParams().batch_size)
         return f"{rows} forward rows {bare:.1f} ms, ratio {ms / bare:.2f}"

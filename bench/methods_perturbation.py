@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -92,14 +93,17 @@ def captum_occlusion(
     )
 
 
-def measure(
-    name: str,
-    module: nn.Module,
-    forward: Forward,
-    image: torch.Tensor,
-    methods: list[str],
-    with_captum: bool,
-) -> None:
+@dataclass(frozen=True)
+class Subject:
+    """A model under measurement: its name in the table, its module and its forward pass."""
+
+    name: str
+    module: nn.Module
+    forward: Forward
+
+
+def measure(subject: Subject, image: torch.Tensor, methods: list[str], with_captum: bool) -> None:
+    name, module, forward = subject.name, subject.module, subject.forward
     target = torch.tensor([0], device=image.device)
     occlusion, rise = OcclusionParams(), RiseParams()
     runs = {
@@ -140,9 +144,7 @@ def main() -> None:
     if "demo" in args.models:
         demo = load_model(DEMO, device)
         measure(
-            "demo-lesions",
-            demo.module,
-            demo.forward_logits,
+            Subject("demo-lesions", demo.module, demo.forward_logits),
             gray,
             args.methods,
             not args.skip_captum,
@@ -151,9 +153,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             twin = load_model(onnx_twin(Path(folder)), device)
             measure(
-                "demo-lesions (ONNX RT)",
-                twin.module,
-                twin.forward_logits,
+                Subject("demo-lesions (ONNX RT)", twin.module, twin.forward_logits),
                 gray,
                 args.methods,
                 False,
@@ -166,7 +166,9 @@ def main() -> None:
             with torch.no_grad():
                 return model(batch)
 
-        measure("resnet50 (random)", model, forward, rgb, args.methods, not args.skip_captum)
+        measure(
+            Subject("resnet50 (random)", model, forward), rgb, args.methods, not args.skip_captum
+        )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ PLANTED_INSTITUTION = "INST-PLANTED-Wq4z"
 PLANTED_VALUES = ("PLANTED", "Dcm7Q2x", "93k1", PLANTED_BIRTH_DATE, "Wq4z")
 
 
-def dicom_file(
+def dicom_file(  # noqa: PLR0913 - each keyword is an independent DICOM attribute, defaulted
     pixels: np.ndarray,
     *,
     photometric: str = "MONOCHROME2",

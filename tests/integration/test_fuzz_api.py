@@ -292,7 +292,7 @@ def clamp_sync_wait(case: Case) -> None:
         case.query = {**query, "timeout": min(max(timeout, low), high)}
 
 
-def after_call(context: HookContext, case: Case, response: Response) -> None:
+def after_call(_context: HookContext, case: Case, response: Response) -> None:
     """Count each answer by operation and status, for the summary at the end of the module."""
     SENT[(case.operation.label, response.status_code)] += 1
 
@@ -358,9 +358,8 @@ def test_the_fuzzed_schema_is_the_one_the_gateway_serves(client: httpx.Client) -
 
 @schema.parametrize()
 @settings(deadline=timedelta(seconds=30))
-def test_gateway_answers_as_its_schema_says(
-    case: Case, stack: DevStack, queued_job: str, summary: None
-) -> None:
+@pytest.mark.usefixtures("summary")
+def test_gateway_answers_as_its_schema_says(case: Case, stack: DevStack, queued_job: str) -> None:
     if case.path_parameters and case.path_parameters.get("job_id") == JOB_PLACEHOLDER:
         case.path_parameters = {**case.path_parameters, "job_id": queued_job}
     if case.operation.path == "/v1/explanations" and carries_real_image(case):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -168,9 +167,7 @@ def wait_for_healthz(gateway: DevStack, timeout_s: float = 30) -> None:
     raise AssertionError("the gateway never answered /healthz")
 
 
-def test_a_large_body_without_a_key_is_refused_before_it_is_read(
-    keyed_gateway: str, tmp_path: Path
-) -> None:
+def test_a_large_body_without_a_key_is_refused_before_it_is_read(keyed_gateway: str) -> None:
     # 30 MB of two million fields, as the probe sent: refused with 401 on its headers.
     body = b'{"model":"demo-lesions",' + b",".join(b'"f%d":0' % i for i in range(2_400_000)) + b"}"
     assert len(body) > 25_000_000

@@ -163,7 +163,7 @@ def test_routes_with_and_without_the_colon_stay_apart(client: httpx.Client) -> N
         ([{"image": lesion_b64(5), "target": -1}], 422, "instances[1].target", None),
     ],
 )
-def test_a_bad_instance_is_named_and_nothing_is_queued(
+def test_a_bad_instance_is_named_and_nothing_is_queued(  # noqa: PLR0913 - 2 fixtures, 4 params
     client: httpx.Client,
     redis_url: str,
     instances: list[dict[str, object]],

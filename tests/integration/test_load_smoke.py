@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.load import LoadRun, run_locust, secured_stack, warm
+from bench.load import LoadRun, LoadShape, run_locust, secured_stack, warm
 from bench.load_mix import ADMITTED, REFUSED
 
 QUEUE_LIMIT = 2
@@ -35,13 +35,15 @@ def load_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadRun]:
         warm(stack.url, key)  # the first request of a kind takes cold paths, as bench/load.py
         yield run_locust(
             stack.url,
-            users=USERS,
-            spawn_rate=100 * USERS,  # all at once
-            seconds=SECONDS,
-            pacing=0,
+            LoadShape(
+                users=USERS,
+                spawn_rate=100 * USERS,  # all at once
+                seconds=SECONDS,
+                pacing=0,
+                retry_after=True,
+            ),
             csv_prefix=root / "smoke",
             api_key=key,
-            retry_after=True,
         )
 
 

@@ -197,9 +197,7 @@ def test_a_request_for_a_broken_model_is_503_with_its_reason(
     assert unknown.status_code == 404
 
 
-def test_the_worker_logs_one_line_per_broken_folder(
-    stack: DevStack, broken: dict[str, Path], repository: Path, client: httpx.Client
-) -> None:
+def test_the_worker_logs_one_line_per_broken_folder(stack: DevStack, repository: Path) -> None:
     lines = worker_log(stack).splitlines()
 
     for model_id, reason in REASONS.items():

@@ -138,7 +138,7 @@ def test_no_header_value_pixel_or_score_is_on_disk_in_clear(
     [["workers.cli"], ["service.cli", "serve", "--port", "0"]],
     ids=["worker", "gateway"],
 )
-def test_without_a_payload_key_neither_side_starts(command: list[str], redis_dir: Path) -> None:
+def test_without_a_payload_key_neither_side_starts(command: list[str]) -> None:
     env = {k: v for k, v in os.environ.items() if k != KEY_FILE_VARIABLE}
     env.update(GLIMPSE_MODEL_REPOSITORY=str(ROOT / "models"), GLIMPSE_DEVICE="cpu")
 

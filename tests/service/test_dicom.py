@@ -40,7 +40,7 @@ FRAMES = RNG.integers(0, 255, (3, 8, 6), dtype=np.uint8)
 RGB = RNG.integers(0, 255, (4, 5, 3), dtype=np.uint8)
 
 
-def layout(
+def layout(  # noqa: PLR0913 - one keyword default per DicomLayout field the tests vary
     rows: int,
     columns: int,
     *,

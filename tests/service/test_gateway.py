@@ -50,7 +50,7 @@ def test_keys_are_required_and_scoped(gateway: TestClient) -> None:
     assert gateway.get("/healthz").status_code == 200
 
 
-def test_redis_unreachable_is_a_fast_503(keys_file: Path) -> None:
+def test_redis_unreachable_is_a_fast_503() -> None:
     settings = Settings(redis_url="redis://127.0.0.1:1/0", auth=False)
     with TestClient(create_app(settings)) as client:
         answer = client.get("/v1/models")
@@ -101,7 +101,7 @@ def test_metrics_need_the_admin_scope_and_count_requests_by_route(gateway: TestC
     assert samples[("glimpse_redis_up", ())] == 1
 
 
-def test_metrics_without_redis_still_report_the_gateway(keys_file: Path) -> None:
+def test_metrics_without_redis_still_report_the_gateway() -> None:
     settings = Settings(redis_url="redis://127.0.0.1:1/0", auth=False)
     with TestClient(create_app(settings)) as client:
         client.get("/v1/models")

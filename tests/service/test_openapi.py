@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from typing_extensions import override
 
 from service.app import create_app
 from service.auth import hash_key
@@ -26,6 +27,7 @@ class AssetUrls(HTMLParser):
         super().__init__()
         self.urls: list[str] = []
 
+    @override
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.urls += [value for name, value in attrs if name in ("src", "href") and value]
 

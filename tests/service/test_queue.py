@@ -113,7 +113,7 @@ def test_a_model_one_live_worker_serves_is_ready_whatever_another_reports(
     assert catalogue == [one]
 
 
-def test_loading_a_fixed_folder_clears_its_failure(server: PrivateRedis, redis: Redis) -> None:
+def test_loading_a_fixed_folder_clears_its_failure(redis: Redis) -> None:
     store = JobStore(redis, "w1", 60, SEALER)
     store.register_models([], [failure("chest", time.time())])
 
@@ -276,7 +276,8 @@ def test_a_repeated_idempotency_key_returns_the_first_jobs(
     assert len(stored) == 2 and not any(b"retry-me" in k or b"alice" in k for k in stored)
 
 
-def test_a_full_queue_still_replays_an_admitted_request(server: PrivateRedis, redis: Redis) -> None:
+@pytest.mark.usefixtures("redis")  # an empty database
+def test_a_full_queue_still_replays_an_admitted_request(server: PrivateRedis) -> None:
     request = idempotent_request(ALICE_KEY, "k", b"the request")
 
     async def admit_then_retry(queue: JobQueue) -> list[str]:
@@ -325,7 +326,7 @@ class FaultyLink:
             client_writer.close()
 
 
-def enqueue_through(server: PrivateRedis, link: FaultyLink, job_id: str) -> object:
+def enqueue_through(link: FaultyLink, job_id: str) -> object:
     """The outcome of enqueueing `job_id` through `link`: its ids, or the error it raised."""
 
     async def through_link() -> object:
@@ -352,7 +353,7 @@ def enqueue_through(server: PrivateRedis, link: FaultyLink, job_id: str) -> obje
 def test_a_lost_reply_to_the_enqueue_is_an_admission(server: PrivateRedis, redis: Redis) -> None:
     link = FaultyLink(server.port, lose="reply")
 
-    outcome = enqueue_through(server, link, "ran")
+    outcome = enqueue_through(link, "ran")
 
     assert link.broken == 3, "the client tried, and retried, in vain"
     assert outcome == ["ran"], "the record exists: the job was admitted"
@@ -362,7 +363,7 @@ def test_a_lost_reply_to_the_enqueue_is_an_admission(server: PrivateRedis, redis
 def test_a_lost_request_to_enqueue_stays_an_error(server: PrivateRedis, redis: Redis) -> None:
     link = FaultyLink(server.port, lose="request")
 
-    outcome = enqueue_through(server, link, "never-ran")
+    outcome = enqueue_through(link, "never-ran")
 
     assert link.broken == 3
     assert isinstance(outcome, RedisConnectionError)

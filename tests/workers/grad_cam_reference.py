@@ -44,7 +44,7 @@ def pytorch_grad_cam_layer_map(
     calls: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
     get_cam_image = cam.get_cam_image
 
-    def recorded(
+    def recorded(  # noqa: PLR0913 - the signature of get_cam_image, which it wraps
         input_tensor: torch.Tensor,
         target_layer: nn.Module,
         targets: list[ClassifierOutputTarget],

@@ -44,7 +44,7 @@ def assert_same_function(canonical: nn.Module, model: nn.Module, inputs: torch.T
     assert inputs.dtype == torch.float64
     largest = [0.0]
 
-    def record(module: nn.Module, args: object, output: object) -> None:
+    def record(_module: nn.Module, _args: object, output: object) -> None:
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             largest[0] = max(largest[0], float(output.abs().max()))
 
@@ -301,7 +301,7 @@ def test_a_rewritten_form_swaps_modules_only_in_its_own_copy() -> None:
     canonical = canonical_form(model)
     relus = activation_nodes(canonical)
 
-    def silence(name: str, module: nn.Module) -> nn.Module | None:
+    def silence(_name: str, module: nn.Module) -> nn.Module | None:
         return nn.Identity() if isinstance(module, nn.ReLU) else None
 
     rewritten = rewritten_form(model, "identity", silence)

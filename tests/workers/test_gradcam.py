@@ -10,6 +10,7 @@ from method_checks import DEVICES, assert_untouched, float32_rounding, max_relat
 from method_models import DEMO_MODEL, small_cnn
 from method_models import calibrated_resnet18 as build_calibrated_resnet18
 from torch import nn
+from typing_extensions import override
 
 from workers.demo.data import make_sample, to_png_bytes
 from workers.images import decode_image, to_model_input
@@ -132,6 +133,7 @@ def test_an_inplace_relu_after_the_layer_does_not_change_the_map() -> None:
 
 
 class Failing(nn.Module):
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("boom")
 

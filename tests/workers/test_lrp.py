@@ -125,7 +125,7 @@ def sample_count(name: str) -> int:
 @pytest.mark.parametrize(
     ("composite", "first_layer"), [("epsilon", "same"), ("epsilon_plus", "zbox")]
 )
-def test_relevance_sums_to_the_target_logit_without_biases(
+def test_relevance_sums_to_the_target_logit_without_biases(  # noqa: PLR0913 - 2 fixtures, 4 params
     unbiased: dict[tuple[str, str], nn.Module],
     networks: dict[str, tuple[nn.Module, int]],
     name: str,

@@ -133,7 +133,7 @@ def pixel_bounds(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return ((0 - mean) / std).expand(shape[1:])[None], ((1 - mean) / std).expand(shape[1:])[None]
 
 
-def relevance_through(
+def relevance_through(  # noqa: PLR0913 - Rule.propagate's arguments and the output's gradient
     rule: Rule,
     layer: nn.Conv2d | nn.Linear,
     x: torch.Tensor,
@@ -226,7 +226,7 @@ def test_z_box_with_the_bounds_of_normalised_pixels(kind: str) -> None:
     pixels = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     x = low + pixels * (high - low)
 
-    def reference(m: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[Part]:
+    def reference(m: np.ndarray, _b: np.ndarray, x: np.ndarray) -> list[Part]:
         lo, hi = low.flatten().numpy(), high.flatten().numpy()
         contributions = (
             m * x[None, :] - np.maximum(m, 0) * lo[None, :] - np.minimum(m, 0) * hi[None, :]
@@ -259,7 +259,7 @@ def test_z_box_bounds_broadcast_per_channel() -> None:
 def test_flat(kind: str) -> None:
     layer = make_layer(kind)
 
-    def reference(m: np.ndarray, b: np.ndarray, x: np.ndarray) -> list[Part]:
+    def reference(_m: np.ndarray, _b: np.ndarray, _x: np.ndarray) -> list[Part]:
         return [(1.0, dense_matrix(layer, torch.ones_like(layer.weight)), 0.0)]
 
     check_rule(Flat(1e-9), reference, kind, signed_input(kind), relevance_form=True)

@@ -23,6 +23,7 @@ from method_checks import DEVICES, assert_untouched, float32_rounding, max_relat
 from method_models import data_dependent, pooled_2x2, residual_net, small_cnn
 from rounding_bounds_cam import float32_drop_bound, float32_rise_bound, float32_softmax_bound
 from torch import nn
+from typing_extensions import override
 
 from schemas.methods import LayerParams, MethodParams, Need
 from schemas.methods.saliency import SaliencyParams
@@ -108,7 +109,7 @@ class LogitRecorder:
 
     @contextmanager
     def recording(self, model: nn.Module) -> Iterator[None]:
-        def record(module: nn.Module, args: object, output: torch.Tensor) -> None:
+        def record(_module: nn.Module, _args: object, output: torch.Tensor) -> None:
             self.largest_logit = max(self.largest_logit, float(output.detach().abs().max()))
 
         handle = model.register_forward_hook(record)
@@ -122,7 +123,7 @@ def layer_magnitude(model: nn.Module, layer: str, inputs: torch.Tensor) -> torch
     """Σ_k |A_k| of the layer's output on `inputs`, upsampled bilinearly to them: (N, H, W)."""
     outputs: list[torch.Tensor] = []
     handle = model.get_submodule(layer).register_forward_hook(
-        lambda module, args, output: outputs.append(output.detach())
+        lambda _module, _args, output: outputs.append(output.detach())
     )
     try:
         with torch.no_grad():
@@ -135,7 +136,6 @@ def layer_magnitude(model: nn.Module, layer: str, inputs: torch.Tensor) -> torch
 
 
 def batch_bound(
-    method: str,
     params: MethodParams,
     singles: torch.Tensor,
     largest_logit: float,
@@ -149,6 +149,7 @@ def batch_bound(
     it is more than the map's final rounding (a rounding of values ~1e-15 apart lands ≤ 1 ulp
     apart, ≤ eps32 · |value|). Per family:
     """
+    method = params.method
     p: Any = params
     if method == "occlusion":
         # Each side within its `float32_drop_bound` of the float64 drops.
@@ -228,7 +229,6 @@ def test_a_batch_with_per_row_targets_equals_single_image_calls(
     assert set(batch.checks) == set(rows[0].checks)
     layer = (params.layer if isinstance(params, LayerParams) else None) or contract.cam_layer
     bound = batch_bound(
-        method,
         params,
         singles,
         recorder.largest_logit,
@@ -255,7 +255,7 @@ def parameters_watched(model: nn.Module) -> Iterator[list[str]]:
     names = {id(parameter): name for name, parameter in model.named_parameters()}
     leaks: list[str] = []
 
-    def check(module: nn.Module, args: object) -> None:
+    def check(module: nn.Module, _args: object) -> None:
         for parameter in module.parameters(recurse=False):
             if parameter.requires_grad or parameter.grad is not None:
                 leaks.append(names.get(id(parameter), "?"))
@@ -309,6 +309,7 @@ class TidyParameterGradient(AttributionMethod[SaliencyParams]):
     """A bad method: it takes the gradient with respect to the parameters too, then undoes every
     trace of it, so that nothing is left for `assert_untouched` to see."""
 
+    @override
     def attribute(self, batch: Batch, params: SaliencyParams) -> AttributionMap:
         parameters = list(batch.model.parameters())
         for parameter in parameters:

@@ -192,7 +192,7 @@ def test_a_method_reaches_its_implementation_with_its_typed_parameters() -> None
     saliency = METHODS["saliency"]
     original = type(saliency).attribute
 
-    def spy(self: object, batch: Batch, params: SaliencyParams) -> AttributionMap:
+    def spy(_self: object, batch: Batch, params: SaliencyParams) -> AttributionMap:
         seen.append(params)
         return original(saliency, batch, params)
 

@@ -187,7 +187,7 @@ INPUTS = images(3)
 TARGETS = torch.tensor([2, 0, 1])
 
 
-def run(
+def run(  # noqa: PLR0913 - method, model, path, batch, parameters: each varies by test
     method: str,
     loaded: LoadedModel,
     path: str,

@@ -15,7 +15,9 @@ from method_checks import (
 from method_models import DEMO_MODEL, small_cnn
 from rounding_bounds_cam import RecordingForward, float32_drop_bound
 from torch import nn
+from typing_extensions import override
 
+from schemas.methods.occlusion import OcclusionParams
 from workers.methods import MethodParameterError, TargetError, explain
 from workers.methods.baselines import make_baseline
 from workers.repository import LoadedModel, load_model
@@ -44,14 +46,11 @@ def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 
 def captum_occlusion(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    fill: str,
-    window: int,
-    stride: int,
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, params: OcclusionParams
 ) -> torch.Tensor:
-    """Captum's Occlusion over whole-channel windows, with the fill as its baselines."""
+    """Captum's Occlusion over the whole-channel windows of `params`, with its fill as the
+    baselines."""
+    fill, window, stride = params.fill, params.window, params.stride
     if fill == "black":
         # The method's black: each channel's darkest pixel in the image.
         baselines = inputs.amin(dim=(2, 3), keepdim=True).expand_as(inputs)
@@ -83,7 +82,7 @@ def test_matches_captum_on_a_small_cnn(fill: str, window: int, stride: int) -> N
 
     result = explain("occlusion", model, inputs, targets, params, cam_layer="4", forward=forward)
 
-    expected = captum_occlusion(model, inputs, targets, fill, window, stride)
+    expected = captum_occlusion(model, inputs, targets, OcclusionParams.model_validate(params))
     assert result.values.shape == (3, 16, 16)
     assert result.values.dtype == torch.float32
     assert result.signed
@@ -113,7 +112,9 @@ def test_matches_captum_on_the_demo_model() -> None:
         forward=forward,
     )
 
-    expected = captum_occlusion(demo.module, inputs, targets, fill, window, stride)
+    expected = captum_occlusion(
+        demo.module, inputs, targets, OcclusionParams.model_validate(params)
+    )
     bound = float32_drop_bound(expected, forward.largest_logit, window, stride)
     assert max_relative_deviation(result.values, expected) <= bound
     assert_untouched(demo.module)
@@ -225,6 +226,7 @@ def test_explain_hands_forward_only_to_forward_only_methods() -> None:
     targets = torch.tensor([1])
 
     class Unusable(nn.Module):
+        @override
         def forward(self, batch: torch.Tensor) -> torch.Tensor:
             raise AssertionError("the module must not run when `forward` is given")
 
@@ -243,7 +245,7 @@ def test_explain_hands_forward_only_to_forward_only_methods() -> None:
     # The same passes and the same float32 arithmetic on the same logits: the same map.
     torch.testing.assert_close(via_forward.values, via_module.values, rtol=0.0, atol=0.0)
 
-    def refuse(batch: torch.Tensor) -> torch.Tensor:
+    def refuse(_batch: torch.Tensor) -> torch.Tensor:
         raise AssertionError("gradient methods must not call `forward`")
 
     explain("saliency", model, inputs, targets, {}, cam_layer="4", forward=refuse)

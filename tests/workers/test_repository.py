@@ -168,7 +168,7 @@ def largest_activation(net: torch.nn.Module, images: torch.Tensor) -> float:
     """The largest |value| any module of `net` outputs for `images`."""
     largest = [0.0]
 
-    def record(module: torch.nn.Module, args: object, output: object) -> None:
+    def record(_module: torch.nn.Module, _args: object, output: object) -> None:
         if isinstance(output, torch.Tensor) and output.is_floating_point():
             largest[0] = max(largest[0], float(output.abs().max()))
 

@@ -19,6 +19,7 @@ from method_models import DEMO_MODEL, small_cnn
 from rounding_bounds_cam import RecordingForward, float32_rise_bound
 from torch import nn
 
+from schemas.methods.rise import RiseParams
 from workers.methods import TargetError, explain
 from workers.methods.rise import draw_masks, smooth_masks
 from workers.repository import LoadedModel, load_model
@@ -52,17 +53,12 @@ def mask_gap_bound(
     return float(((gap / p + through_model) / spans).max())
 
 
-def chunked_masks(
-    count: int, cell: int, p: float, size: int, seed: int, batch_size: int
-) -> torch.Tensor:
-    """The masks as the method makes them: drawn at once, smoothed `batch_size` at a time."""
-    grids, shifts = draw_masks(count, cell, p, (size, size), seed=seed)
-    return torch.cat(
-        [
-            smooth_masks(grid, shift, (size, size))
-            for grid, shift in zip(grids.split(batch_size), shifts.split(batch_size), strict=True)
-        ]
-    )
+def chunked_masks(params: RiseParams, size: int) -> torch.Tensor:
+    """The masks of `params` for a `size` × `size` image as the method makes them: drawn at
+    once, smoothed `params.batch_size` at a time."""
+    grids, shifts = draw_masks(params.masks, params.cell, params.p, (size, size), seed=params.seed)
+    chunks = zip(grids.split(params.batch_size), shifts.split(params.batch_size), strict=True)
+    return torch.cat([smooth_masks(grid, shift, (size, size)) for grid, shift in chunks])
 
 
 class AffineProbabilities(nn.Module):
@@ -173,7 +169,7 @@ def test_equals_a_plain_loop_over_the_same_masks() -> None:
 
     result = explain("rise", model, inputs, targets, params, cam_layer="4", forward=forward)
 
-    masks = chunked_masks(50, 3, 0.4, 20, seed=7, batch_size=16)
+    masks = chunked_masks(RiseParams.model_validate(params), 20)
     expected = torch.stack(
         [loop_rise(model, inputs[i], int(targets[i]), masks, 0.4) for i in range(3)]
     )
@@ -242,8 +238,8 @@ def test_the_same_seed_gives_the_same_map_and_another_seed_another() -> None:
     # sides' float32 arithmetic on logits ~1e-16 apart can make.
     gap = float(
         (
-            chunked_masks(40, 4, 0.5, 16, seed=11, batch_size=7)
-            - chunked_masks(40, 4, 0.5, 16, seed=11, batch_size=40)
+            chunked_masks(RiseParams.model_validate(params | {"batch_size": 7}), 16)
+            - chunked_masks(RiseParams.model_validate(params), 16)
         )
         .abs()
         .max()

@@ -45,18 +45,17 @@ def captum_mean_over_noise(
     attribute: Callable[[torch.Tensor, int], torch.Tensor],
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    noise: float,
-    samples: int,
-    seed: int,
+    params: SmoothGradParams,
 ) -> torch.Tensor:
-    """For each row, the mean over the same noisy copies of a Captum attribution (C, H, W)."""
-    draws = same_noise(seed, samples, inputs.shape[1:]).double()
+    """For each row, the mean of a Captum attribution (C, H, W) over the same noisy copies as
+    the method draws for `params`."""
+    draws = same_noise(params.seed, params.samples, inputs.shape[1:]).double()
     return torch.stack(
         [
             torch.stack(
                 [
                     attribute(
-                        (image + sigma(noise, image) * draw)[None].requires_grad_(True),
+                        (image + sigma(params.noise, image) * draw)[None].requires_grad_(True),
                         int(target),
                     )[0].detach()
                     for draw in draws
@@ -122,9 +121,7 @@ def test_over_saliency_on_colour_images_averages_the_max_over_channels() -> None
         lambda x, target: saliency.attribute(x, target=target, abs=True).amax(dim=1, keepdim=True),
         inputs,
         targets,
-        0.1,
-        8,
-        3,
+        SmoothGradParams.model_validate(params),
     )
     assert not result.signed
     # 8 float32 maps summed, each map and the mean rounded: 8 + 2 roundings of values ≤ the mean's.
@@ -148,9 +145,7 @@ def test_over_integrated_gradients_equals_captum_over_the_same_noise() -> None:
         ).sum(dim=1, keepdim=True),
         inputs,
         targets,
-        0.15,
-        4,
-        0,
+        SmoothGradParams.model_validate(params),
     )
     assert result.signed
     # 4 float32 maps summed, each map and the mean rounded: 4 + 2 roundings of values up to the
@@ -174,9 +169,7 @@ def test_over_guided_backprop_equals_captum_over_the_same_noise() -> None:
         lambda x, target: guided.attribute(x, target=target).abs().amax(dim=1, keepdim=True),
         inputs,
         targets,
-        0.15,
-        6,
-        1,
+        SmoothGradParams.model_validate(params),
     )
     assert not result.signed
     # 6 float32 maps summed, each map and the mean rounded: 6 + 2 roundings.
