@@ -64,6 +64,9 @@ class MethodParams(BaseModel):
     signed: ClassVar[bool]
     """Whether the map's sign carries meaning, with the default parameters."""
     needs: ClassVar[frozenset[Need]] = frozenset({"gradients"})
+    class_specific: ClassVar[bool] = True
+    """Whether the map depends on the target class; False for a method that explains what the
+    model sees whatever the class (every target gets the same map)."""
 
     def is_signed(self) -> bool:
         """Whether the map these parameters give is signed; `signed` unless a parameter says."""
@@ -95,6 +98,9 @@ class MethodSpec(BaseModel):
     passes: str = Field(description="cost in forward/backward passes per target")
     signed: bool = Field(description="whether the map's sign carries meaning")
     needs: list[Need] = Field(default_factory=list, description="what the method needs of a model")
+    class_specific: bool = Field(
+        default=True, description="whether the map depends on the target (false: one map for all)"
+    )
     parameters: dict[str, object] = Field(description="JSON Schema of `params.<id>`")
     endpoint: str = Field(
         default="POST /v1/explanations", description="where the method is requested"
@@ -130,6 +136,7 @@ def method_spec(params: type[MethodParams]) -> MethodSpec:
         passes=params.cost,
         signed=params().is_signed(),
         needs=sorted(params.needs),
+        class_specific=params.class_specific,
         parameters=params.model_json_schema(),
     )
 

@@ -21,6 +21,7 @@ class EigenCamParams(LayerParams):
     cost = "1 forward per image, shared by its targets"
     signed = False
     needs: ClassVar[frozenset[Need]] = frozenset({"cam_layer"})
+    class_specific: ClassVar[bool] = False
 
     @override
     def passes(self, work: Workload) -> int:
