@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 
 RATE_WINDOW_S = 60
+AMBIGUITY_RECHECK_S = 3.0
+"""How long, after an ambiguous Redis error, the gateway keeps asking whether the job exists."""
 # How long an admission waits for its replicas (`replica_acks`) before it is answered anyway.
 REPLICA_ACK_TIMEOUT_MS = 1000
 
@@ -324,23 +326,25 @@ class JobQueue:
                 b"" if job.image is None else self.sealer.seal(job.image, image_key),
             ]
         stream = keys.job_stream(model)
+        script_keys = [
+            stream,
+            idempotent.redis_key if idempotent else stream,
+            *(keys.job_record(job_id) for job_id in job_ids),
+            *(keys.job_image(job_id) for job_id in job_ids),
+        ]
         try:
-            # One connection for both: WAIT counts the replicas holding this connection's writes.
-            async with self.redis.client() as connection:
-                outcome = await self._enqueue(
-                    keys=[
-                        stream,
-                        idempotent.redis_key if idempotent else stream,
-                        *(keys.job_record(job_id) for job_id in job_ids),
-                        *(keys.job_image(job_id) for job_id in job_ids),
-                    ],
-                    args=args,
-                    client=connection,
-                )
-                if self.replica_acks and outcome[0] == _ADMITTED:
-                    await self._await_replicas(connection)
+            if self.replica_acks:
+                # One connection for both: WAIT counts the replicas holding its own writes.
+                async with self.redis.client() as connection:
+                    outcome = await self._enqueue(keys=script_keys, args=args, client=connection)
+                    if outcome[0] == _ADMITTED:
+                        await self._await_replicas(connection)
+            else:
+                # The pool's connection: a client of its own per request would cost a tenth
+                # of an admission.
+                outcome = await self._enqueue(keys=script_keys, args=args)
         except (RedisConnectionError, RedisTimeoutError):
-            if await self.exists(job_ids[0]):
+            if await self._enqueued_after_all(job_ids[0]):
                 return job_ids
             raise
         verdict = outcome[0].decode()
@@ -375,6 +379,21 @@ class JobQueue:
                 acked,
                 self.replica_acks,
             )
+
+    async def _enqueued_after_all(self, job_id: str) -> bool:
+        """After an ambiguous error, whether the enqueue ran: asked again while Redis is still
+        unreachable, for up to `AMBIGUITY_RECHECK_S`, so that a brief outage (a restart, a
+        failover) does not answer 503 for a job that exists. False when it cannot tell."""
+        deadline = time.monotonic() + AMBIGUITY_RECHECK_S
+        delay = 0.05
+        while True:
+            try:
+                return await self.exists(job_id)
+            except (RedisConnectionError, RedisTimeoutError):
+                if time.monotonic() + delay > deadline:
+                    return False
+                await asyncio.sleep(delay)
+                delay *= 2
 
     async def exists(self, job_id: str) -> bool:
         """Whether the job has a record: after an ambiguous error, whether its enqueue ran.

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Query, Request, Response
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from schemas.jobs import JobAccepted, JobState
 from schemas.problems import Problem
@@ -82,13 +84,29 @@ async def records_when_done(
     try:
         for job_id in job_ids:
             # Read after registering: a job that finished before then sent its note to no one.
-            stored = await queue.record(job_id, owner)
+            stored = await _record(queue, job_id, owner, deadline)
             if stored is None or not stored.state.finished:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(finished[job_id], timeout=deadline - loop.time())
-                stored = await queue.record(job_id, owner)
+                stored = await _record(queue, job_id, owner, deadline)
             records.append(stored)
     finally:
         for job_id in job_ids:
             listener.forget(job_id)
     return records
+
+
+async def _record(queue: JobQueue, job_id: str, owner: str, deadline: float) -> StoredJob | None:
+    """The job's record, asked again while Redis is unreachable until `deadline` (loop time);
+    None when it never answers: the job exists, so the caller answers 504 with its id, never a
+    503 that would have a client submit it again."""
+    loop = asyncio.get_running_loop()
+    delay = 0.05
+    while True:
+        try:
+            return await queue.record(job_id, owner)
+        except (RedisConnectionError, RedisTimeoutError):
+            if loop.time() + delay > deadline:
+                return None
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
