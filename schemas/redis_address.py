@@ -8,6 +8,7 @@ are asked without any.
 """
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -25,6 +26,14 @@ class SentinelAddress:
     db: int = 0
     username: str | None = None
     password: str | None = None
+
+    def sentinel_options(self) -> dict[str, float]:
+        """How a client talks to the Sentinels themselves (redis-py's `sentinel_kwargs`)."""
+        return {"socket_connect_timeout": SENTINEL_TIMEOUT_S, "socket_timeout": SENTINEL_TIMEOUT_S}
+
+    def primary_options(self) -> dict[str, Any]:
+        """How a client logs in to the primary the Sentinels name (`master_for`'s keywords)."""
+        return {"db": self.db, "username": self.username, "password": self.password}
 
 
 def sentinel_address(url: str) -> SentinelAddress | None:

@@ -9,7 +9,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.sentinel import Sentinel
 
-from schemas.redis_address import SENTINEL_TIMEOUT_S, sentinel_address
+from schemas.redis_address import sentinel_address
 
 
 def gateway_redis(url: str, **options: Any) -> aioredis.Redis:
@@ -18,20 +18,8 @@ def gateway_redis(url: str, **options: Any) -> aioredis.Redis:
     address = sentinel_address(url)
     if address is None:
         return aioredis.Redis.from_url(url, **options)
-    sentinels = AsyncSentinel(
-        list(address.sentinels),
-        sentinel_kwargs={
-            "socket_connect_timeout": SENTINEL_TIMEOUT_S,
-            "socket_timeout": SENTINEL_TIMEOUT_S,
-        },
-    )
-    return sentinels.master_for(
-        address.primary,
-        db=address.db,
-        username=address.username,
-        password=address.password,
-        **options,
-    )
+    sentinels = AsyncSentinel(list(address.sentinels), sentinel_kwargs=address.sentinel_options())
+    return sentinels.master_for(address.primary, **address.primary_options(), **options)
 
 
 def sync_redis(url: str, **options: Any) -> redis.Redis:
@@ -39,17 +27,5 @@ def sync_redis(url: str, **options: Any) -> redis.Redis:
     address = sentinel_address(url)
     if address is None:
         return redis.Redis.from_url(url, **options)
-    sentinels = Sentinel(
-        list(address.sentinels),
-        sentinel_kwargs={
-            "socket_connect_timeout": SENTINEL_TIMEOUT_S,
-            "socket_timeout": SENTINEL_TIMEOUT_S,
-        },
-    )
-    return sentinels.master_for(
-        address.primary,
-        db=address.db,
-        username=address.username,
-        password=address.password,
-        **options,
-    )
+    sentinels = Sentinel(list(address.sentinels), sentinel_kwargs=address.sentinel_options())
+    return sentinels.master_for(address.primary, **address.primary_options(), **options)

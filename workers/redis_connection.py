@@ -7,7 +7,7 @@ from typing import Any
 from redis import Redis
 from redis.sentinel import Sentinel
 
-from schemas.redis_address import SENTINEL_TIMEOUT_S, sentinel_address
+from schemas.redis_address import sentinel_address
 
 
 def worker_redis(url: str, **options: Any) -> Redis:
@@ -15,17 +15,5 @@ def worker_redis(url: str, **options: Any) -> Redis:
     address = sentinel_address(url)
     if address is None:
         return Redis.from_url(url, **options)
-    sentinels = Sentinel(
-        list(address.sentinels),
-        sentinel_kwargs={
-            "socket_connect_timeout": SENTINEL_TIMEOUT_S,
-            "socket_timeout": SENTINEL_TIMEOUT_S,
-        },
-    )
-    return sentinels.master_for(
-        address.primary,
-        db=address.db,
-        username=address.username,
-        password=address.password,
-        **options,
-    )
+    sentinels = Sentinel(list(address.sentinels), sentinel_kwargs=address.sentinel_options())
+    return sentinels.master_for(address.primary, **address.primary_options(), **options)
