@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from workers.config import WorkerSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -224,6 +226,25 @@ def test_compose_file_has_the_production_shape() -> None:
         assert services[name]["environment"]["REDIS_URL"].startswith("redis://redis:")
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["healthcheck"]["test"]
+
+
+def _duration_s(duration: str | int | float) -> float:
+    """Seconds of a Compose duration, as written (`41m`, `90s`) or as `config` prints it (a Go
+    duration such as `41m0s`, or a number of nanoseconds)."""
+    if isinstance(duration, int | float):
+        return duration / 1e9
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3}
+    parts = re.findall(r"([0-9.]+)(ms|h|m|s)", duration)
+    assert parts and "".join(value + unit for value, unit in parts) == duration, duration
+    return sum(float(value) * units[unit] for value, unit in parts)
+
+
+def test_compose_lets_a_worker_finish_its_longest_batch_before_it_is_killed() -> None:
+    worker = _compose_config()["services"]["worker"]
+    defaults = WorkerSettings.model_fields
+    longest_batch_s = defaults["max_batch"].default * defaults["max_job_seconds"].default
+
+    assert _duration_s(worker["stop_grace_period"]) > longest_batch_s
 
 
 def test_every_path_the_dockerfile_copies_exists_and_reaches_the_build_context() -> None:
