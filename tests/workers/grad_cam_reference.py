@@ -12,10 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pytorch_grad_cam import HiResCAM, LayerCAM, XGradCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from torchvision.models import resnet18
+
+from workers.methods import AttributionMap, explain
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,40 @@ def pytorch_grad_cam_layer_map(
         activations=torch.from_numpy(np.asarray(activations, dtype=np.float64)),
         gradients=None if grads is None else torch.from_numpy(np.asarray(grads, dtype=np.float64)),
     )
+
+
+REFERENCES: dict[str, type[BaseCAM]] = {
+    "hirescam": HiResCAM,
+    "layercam": LayerCAM,
+    "xgradcam": XGradCAM,
+}
+"""pytorch-grad-cam's class for each gradient-weighted CAM variant compared with it."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A method's maps beside pytorch-grad-cam's at the same layer, for the three rows of
+    `batch_with_a_repeated_image(size, seed=1)`: its result, pytorch-grad-cam's layer map, and
+    that map rectified and upsampled to the input, as the method's map should be."""
+
+    result: AttributionMap
+    reference: LayerMap
+    expected: torch.Tensor
+
+
+def compared_with_pytorch_grad_cam(
+    method: str, model: nn.Module, layer: str, size: int, targets: list[int]
+) -> Comparison:
+    """Run `method` and its pytorch-grad-cam twin on the same batch and targets; the method's
+    map is (3, size, size) float32 and unsigned."""
+    inputs = batch_with_a_repeated_image(size, seed=1)
+    rows = torch.tensor(targets)
+    result = explain(method, model, inputs, rows, {}, cam_layer=layer)
+    reference = pytorch_grad_cam_layer_map(REFERENCES[method], model, layer, inputs, rows)
+    assert result.values.shape == (3, size, size)
+    assert result.values.dtype == torch.float32
+    assert not result.signed
+    return Comparison(result, reference, rectified_upsampled(reference.values, (size, size)))
 
 
 def rectified_upsampled(layer_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -3,14 +3,11 @@
 import pytest
 import torch
 from grad_cam_reference import (
-    batch_with_a_repeated_image,
     calibrated_resnet18,
-    pytorch_grad_cam_layer_map,
-    rectified_upsampled,
+    compared_with_pytorch_grad_cam,
     small_cnn,
 )
 from method_checks import assert_untouched, float32_rounding, max_relative_deviation
-from pytorch_grad_cam import LayerCAM
 from torch import nn
 
 from workers.methods import explain
@@ -34,16 +31,10 @@ def test_matches_pytorch_grad_cam(
     model_name: str, layer: str, size: int, targets: list[int], request: pytest.FixtureRequest
 ) -> None:
     model = small_cnn() if model_name == "small_cnn" else request.getfixturevalue("resnet")
-    inputs = batch_with_a_repeated_image(size, seed=1)
-    rows = torch.tensor(targets)
 
-    result = explain("layercam", model, inputs, rows, {}, cam_layer=layer)
+    compared = compared_with_pytorch_grad_cam("layercam", model, layer, size, targets)
 
-    reference = pytorch_grad_cam_layer_map(LayerCAM, model, layer, inputs, rows)
-    expected = rectified_upsampled(reference.values, (size, size))
-    assert result.values.shape == (3, size, size)
-    assert result.values.dtype == torch.float32
-    assert not result.signed
+    result, expected = compared.result, compared.expected
     # Both in float64, pytorch-grad-cam's too: the map's rounding to float32, ≤ eps32/2 of each
     # value, and float64's ~1e-15 more; far inside 1e-4 of the range.
     assert max_relative_deviation(result.values, expected) <= float32_rounding(expected, 1)

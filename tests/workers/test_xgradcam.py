@@ -4,10 +4,9 @@ negligible, and against the published formula by hand where it is not."""
 import pytest
 import torch
 from grad_cam_reference import (
-    batch_with_a_repeated_image,
     calibrated_resnet18,
+    compared_with_pytorch_grad_cam,
     pytorch_grad_cam_layer_map,
-    rectified_upsampled,
     small_cnn,
 )
 from method_checks import EPS32, assert_untouched, float32_rounding, max_relative_deviation
@@ -58,17 +57,11 @@ def test_matches_pytorch_grad_cam(
     # Every layer here is a ReLU's output: each channel's activations sum to 0 (a dead channel,
     # weight 0 either way) or to far more than pytorch-grad-cam's epsilon.
     model = small_cnn() if model_name == "small_cnn" else request.getfixturevalue("resnet")
-    inputs = batch_with_a_repeated_image(size, seed=1)
-    rows = torch.tensor(targets)
 
-    result = explain("xgradcam", model, inputs, rows, {}, cam_layer=layer)
+    compared = compared_with_pytorch_grad_cam("xgradcam", model, layer, size, targets)
 
-    reference = pytorch_grad_cam_layer_map(XGradCAM, model, layer, inputs, rows)
+    result, reference, expected = compared.result, compared.reference, compared.expected
     assert reference.gradients is not None
-    expected = rectified_upsampled(reference.values, (size, size))
-    assert result.values.shape == (3, size, size)
-    assert result.values.dtype == torch.float32
-    assert not result.signed
     spans = expected.flatten(1).amax(1) - expected.flatten(1).amin(1)
     shift = float((epsilon_shift(reference.activations, reference.gradients) / spans).max())
     # The epsilon must not be what the comparison measures: its shift stays below a tenth of 1e-4.
