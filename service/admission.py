@@ -25,7 +25,12 @@ from service.auth import Principal
 from service.body import check_json_size, parse_json
 from service.concurrency import ConcurrencyLimit
 from service.config import Settings
-from service.dicom import check_dicom_options, minimal_dicom
+from service.dicom import (
+    check_dicom_options,
+    check_dicom_output,
+    kept_dicom_elements,
+    minimal_dicom,
+)
 from service.errors import (
     BadImage,
     InvalidFields,
@@ -217,9 +222,10 @@ def prepare_job(
         raise BadImage("The image is empty.")
     header = inspect_image(image, settings.max_image_pixels)
     check_dicom_options(options.dicom, header.dicom)
+    check_dicom_output(options.output, header.dicom)
     check_output(options, info, header, settings)
     if header.dicom is not None:
-        image = minimal_dicom(image)
+        image = minimal_dicom(image, kept_dicom_elements(options.output))
     params = options.applied_params()
     check_cost(options, info, settings)
     message = ExplanationJob(
