@@ -196,7 +196,10 @@ def fit_positive_case(case: Case) -> None:
         return
     case.body = integral_floats_as_ints(case.body)
     parameters = case.body.get("parameters")  # KServe's shared options
-    fit_occlusion((parameters if isinstance(parameters, dict) else case.body).get("params"))
+    options = parameters if isinstance(parameters, dict) else case.body
+    fit_occlusion(options.get("params"))
+    if isinstance(output := options.get("output"), dict):
+        output.pop("dicom", None)  # derived DICOM objects only of a DICOM file: none is sent
     if case.operation.path in EXPLAIN_PATHS:
         fit_params_to_methods(case.body)
     if case.operation.path in EXPLAIN_PATHS and carries_real_image(case):

@@ -14,7 +14,14 @@ from pydicom.dataset import Dataset
 from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 
 from schemas.explain import DicomKind
-from workers.dicom_objects import DerivedDescription, derived_objects, top_share_mask
+from workers.decoded import DicomOptionError
+from workers.demo.data import make_sample, to_png_bytes
+from workers.dicom_objects import (
+    DerivedDescription,
+    derived_objects,
+    source_header,
+    top_share_mask,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from dicom_files import (  # type: ignore[import-not-found]  # noqa: E402
@@ -242,3 +249,29 @@ def test_an_unsigned_map_maps_onto_zero_to_one(tmp_path: Path) -> None:
     )
     np.testing.assert_array_equal(derived.FloatPixelData, scores.astype("<f4").tobytes())
     assert [line for line in dciodvfy(path) if line.startswith("Error")] == []
+
+
+def test_descriptions_keep_to_their_value_representations() -> None:
+    long = DerivedDescription(
+        method="guided_gradcam",
+        class_index=12,
+        label="a label far longer than any Long String could hold, by design of this test",
+        model_id="m" * 64,
+        model_version="2026.12",
+        weights_sha256=SHA256,
+        threshold=0.1,
+    )
+
+    assert long.content_label() == "GUIDED_GRADCAM"
+    for text in (
+        long.series_description("segmentation"),
+        long.content_description(),
+        description(0, False).series_description("parametric_map"),
+    ):
+        assert 0 < len(text) <= 64
+    assert SHA256 in long.derivation() and len(long.derivation()) <= 1024
+
+
+def test_a_png_has_no_header_to_derive_from() -> None:
+    with pytest.raises(DicomOptionError, match="output.dicom"):
+        source_header(to_png_bytes(make_sample(3).image))
