@@ -43,6 +43,7 @@ _SERIES_NUMBERS: dict[DicomKind, int] = {
 _CS_LENGTH = 16
 _LO_LENGTH = 64
 _NOT_CS = re.compile(r"[^A-Z0-9_ ]")
+_NOT_LO = re.compile(r"[\\\x00-\x1f\x7f]")
 # Patient directions (PS3.3 C.7.6.1.1.1) along +x, −x, +y, −y, +z, −z of the patient system.
 _DIRECTIONS = "LRPAHF"
 # Source elements a derived object carries over as they are: the rest of the patient and study
@@ -138,11 +139,12 @@ class DerivedDescription:
 
     def derivation(self) -> str:
         """ST (≤ 1024): everything, the weights' full SHA-256 included."""
-        return (
+        text = (
             f"Glimpse {SERVICE_VERSION}: {self.method} attribution for class {self.class_index} "
             f"({self.label}) of model {self.model_id} version {self.model_version}, weights "
             f"sha256 {self.weights_sha256}"
-        )[:1024]
+        )
+        return _NOT_LO.sub("/", text)[:1024]
 
 
 _TAGS: dict[DicomKind, str] = {
@@ -225,7 +227,7 @@ def top_share_mask(scores: np.ndarray, share: float) -> np.ndarray:
 def _single_frame_reference(source: Dataset, frame: int) -> Dataset:
     """The source header as highdicom reads a single-frame source image: an enhanced multi-frame
     file's geometry of the frame explained moved to the top level, the frame itself referenced
-    afterwards by its number (`_reference_frame`)."""
+    afterwards by its number (`_reference_source`)."""
     reference = deepcopy(source)
     _lift_frame_geometry(reference, frame)
     for keyword in _MULTI_FRAME_ELEMENTS:
@@ -402,7 +404,7 @@ def _reference_source(derived: Dataset, source: Dataset, frame: int) -> None:
     """Reference the source as it is: its own SOP Class (a multi-frame source was built upon as a
     single-frame one) and, in each Source Image Sequence item, the frame explained; and list the
     source in the object's own Source Image Sequence where highdicom did not."""
-    multi_frame = "NumberOfFrames" in source
+    multi_frame = int(source.get("NumberOfFrames") or 1) > 1
     for item in _references_to(derived, source.SOPInstanceUID):
         item.ReferencedSOPClassUID = source.SOPClassUID
     if "SourceImageSequence" not in derived and "SharedFunctionalGroupsSequence" not in derived:
@@ -452,4 +454,6 @@ def _part10(dataset: Dataset) -> bytes:
 
 
 def _lo(text: str) -> str:
-    return text[:_LO_LENGTH].rstrip()
+    """`text` as one Long String value: no backslash (the value separator) or control
+    character, at most 64 characters."""
+    return _NOT_LO.sub("/", text)[:_LO_LENGTH].rstrip()

@@ -255,7 +255,7 @@ def test_descriptions_keep_to_their_value_representations() -> None:
     long = DerivedDescription(
         method="guided_gradcam",
         class_index=12,
-        label="a label far longer than any Long String could hold, by design of this test",
+        label="a label\\with a backslash, far longer than any Long String could hold",
         model_id="m" * 64,
         model_version="2026.12",
         weights_sha256=SHA256,
@@ -269,6 +269,7 @@ def test_descriptions_keep_to_their_value_representations() -> None:
         description(0, False).series_description("parametric_map"),
     ):
         assert 0 < len(text) <= 64
+        assert "\\" not in text  # DICOM's value separator
     assert SHA256 in long.derivation() and len(long.derivation()) <= 1024
 
 
