@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 
 from schemas.explain import DicomKind
@@ -73,7 +74,42 @@ def _sources() -> dict[str, tuple[bytes, int]]:
     }
 
 
-SOURCES = _sources()
+def _functional_groups(frames: int) -> dict[str, object]:
+    """Shared and per-frame geometry as an enhanced multi-frame file holds it: frame k at
+    z = 5 k mm."""
+    shared = Dataset()
+    measures, orientation = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.5, 0.5], 5.0
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    per_frame = []
+    for k in range(frames):
+        group, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
+        group.PlanePositionSequence = DicomSequence([position])
+        per_frame.append(group)
+    return {
+        "FrameOfReferenceUID": "1.2.826.0.1.3680043.8.498.2",
+        "SharedFunctionalGroupsSequence": DicomSequence([shared]),
+        "PerFrameFunctionalGroupsSequence": DicomSequence(per_frame),
+    }
+
+
+def _enhanced_source() -> tuple[bytes, int]:
+    pixels = np.random.default_rng(8).integers(0, 4096, (4, ROWS, COLUMNS), np.uint16)
+    data = dicom_file(
+        pixels,
+        bits_stored=12,
+        sop_class=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        FrameIncrementPointer=0x00181063,
+        FrameTime=40.0,
+        **_functional_groups(4),
+    )
+    return data, 1
+
+
+SOURCES = {**_sources(), "functional-groups": _enhanced_source()}
 
 
 def description(frame: int, signed: bool) -> DerivedDescription:
@@ -203,6 +239,26 @@ def test_the_parametric_map_holds_the_scores_as_float32(built: dict) -> None:
     )
     voi = derived.SharedFunctionalGroupsSequence[0].FrameVOILUTSequence[0]
     assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (0.0, 2.0)
+
+
+def test_the_frame_explained_keeps_its_place_in_the_frame_of_reference() -> None:
+    data, frame = SOURCES["functional-groups"]
+    source = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    scores = np.abs(signed_map(4))
+    overlay = np.zeros((ROWS, COLUMNS, 3), np.uint8)
+
+    objects = derived_objects(
+        source, overlay, scores, description(frame, False), ["parametric_map", "segmentation"]
+    )
+
+    for encoded in objects.values():
+        derived = dcmread(io.BytesIO(encoded))
+        assert derived.FrameOfReferenceUID == source.FrameOfReferenceUID
+        (group,) = derived.PerFrameFunctionalGroupsSequence
+        position = group.PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in position] == [0.0, 0.0, 5.0 * frame]
+        measures = derived.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        assert [float(v) for v in measures.PixelSpacing] == [0.5, 0.5]
 
 
 def test_the_segmentation_marks_the_top_share_of_the_map(built: dict) -> None:
