@@ -2,14 +2,16 @@
 and read back by pydicom and highdicom, for three kinds of source."""
 
 import io
+import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
@@ -32,6 +34,7 @@ from dicom_files import (  # type: ignore[import-not-found]  # noqa: E402
     PLANTED_NAME,
     ct_file,
     dicom_file,
+    without,
 )
 
 ROWS, COLUMNS = 24, 30
@@ -332,3 +335,43 @@ def test_descriptions_keep_to_their_value_representations() -> None:
 def test_a_png_has_no_header_to_derive_from() -> None:
     with pytest.raises(DicomOptionError, match="output.dicom"):
         source_header(to_png_bytes(make_sample(3).image))
+
+
+def test_malformed_header_values_are_left_out_and_never_quoted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    malformed = {
+        "PatientBirthDate": "1923-04-05Q7",
+        "StudyDate": "Q7yday",
+        "PatientSex": "Q7X",
+    }
+    with config.disable_value_validation():
+        data = ct_file(np.zeros((ROWS, COLUMNS)), **malformed)
+    caplog.set_level(logging.DEBUG)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        objects = derived_objects(
+            source_header(data),
+            np.zeros((ROWS, COLUMNS, 3), np.uint8),
+            signed_map(2),
+            description(0, True),
+            KINDS,
+        )
+
+    said = [str(warning.message) for warning in caught] + [r.getMessage() for r in caplog.records]
+    assert [line for line in said if "Q7" in line] == []
+    for kind, encoded in objects.items():
+        derived = dcmread(io.BytesIO(encoded))
+        assert (derived.PatientBirthDate, derived.StudyDate, derived.PatientSex) == ("", "", "")
+        assert derived.PatientName == PLANTED_NAME
+        path = tmp_path / f"{kind}.dcm"
+        path.write_bytes(encoded)
+        assert [line for line in dciodvfy(path) if line.startswith("Error")] == []
+
+
+def test_a_source_without_its_uids_cannot_be_referenced() -> None:
+    data = ct_file(np.zeros((ROWS, COLUMNS)))
+
+    with pytest.raises(DicomOptionError, match="StudyInstanceUID"):
+        source_header(without(data, "StudyInstanceUID"))
