@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from schemas import problems
 from schemas.dicom import (
     DICOM_BITS_ALLOCATED,
+    DICOM_ENCAPSULATED_SYNTAXES,
+    DICOM_MONOCHROME,
     DICOM_PHOTOMETRIC_INTERPRETATIONS,
     DICOM_PHOTOMETRIC_TERMS,
     DICOM_TRANSFER_SYNTAXES,
@@ -21,6 +23,7 @@ from schemas.problems import ProblemKind
 DICOM_PREAMBLE_BYTES = 128
 DICOM_MAGIC = b"DICM"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+ONE_SAMPLE = (*DICOM_MONOCHROME, "PALETTE COLOR")
 DICOM_LAYOUT_ELEMENTS = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
@@ -95,7 +98,7 @@ def check_dicom_layout(
         photometric=photometric,
         transfer_syntax=syntax,
     )
-    expected_samples = 3 if photometric == "RGB" else 1
+    expected_samples = 1 if photometric in ONE_SAMPLE else 3
     if min(layout.rows, layout.columns, layout.frames) < 1 or (
         layout.samples_per_pixel != expected_samples
     ):
@@ -121,9 +124,10 @@ def check_dicom_options(options: DicomOptions, layout: DicomLayout) -> None:
             f"dicom.frame {options.frame} is out of range: the file has {layout.frames} "
             f"frame(s) (0–{layout.frames - 1}).",
         )
-    if options.window is not None and layout.photometric == "RGB":
+    if options.window is not None and layout.photometric not in DICOM_MONOCHROME:
         raise DicomLayoutError(
-            problems.INVALID_REQUEST, "dicom.window applies to MONOCHROME images, not to RGB ones."
+            problems.INVALID_REQUEST,
+            f"dicom.window applies to MONOCHROME images, not to {layout.photometric} ones.",
         )
 
 
@@ -169,8 +173,8 @@ def _number(elements: Mapping[str, object], keyword: str, default: int | None = 
 def _check_pixel_data(pixel_data: object, layout: DicomLayout) -> None:
     if not isinstance(pixel_data, bytes) or not pixel_data:
         raise _malformed("The DICOM file has no PixelData.")
-    # RLE frames are compressed: only decoding them can tell whether one is short.
-    if layout.transfer_syntax == RLE_LOSSLESS:
+    # Compressed frames: only decoding them can tell whether one is short.
+    if layout.transfer_syntax in DICOM_ENCAPSULATED_SYNTAXES:
         return
     frame_bytes = layout.rows * layout.columns * layout.samples_per_pixel * layout.bits_allocated
     if len(pixel_data) < layout.frames * frame_bytes // 8:

@@ -219,7 +219,7 @@ def prepare_job(
     check_dicom_options(options.dicom, header.dicom)
     check_output(options, info, header, settings)
     if header.dicom is not None:
-        image = minimal_dicom(image)
+        image = minimal_dicom(image, settings.max_image_pixels)
     params = options.applied_params()
     check_cost(options, info, settings)
     message = ExplanationJob(

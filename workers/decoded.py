@@ -6,7 +6,7 @@ from typing import ClassVar
 import numpy as np
 
 from schemas import problems
-from schemas.dicom import DicomOptions
+from schemas.dicom import AppliedDicom
 from schemas.problems import ProblemKind
 
 
@@ -50,7 +50,7 @@ class DecodedImage:
 
     pixels: np.ndarray
     display: np.ndarray
-    dicom: DicomOptions | None = None
+    dicom: AppliedDicom | None = None
 
 
 def display_of(pixels: np.ndarray) -> np.ndarray:
