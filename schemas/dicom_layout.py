@@ -176,7 +176,9 @@ def _check_pixel_data(pixel_data: object, layout: DicomLayout) -> None:
     # Compressed frames: only decoding them can tell whether one is short.
     if layout.transfer_syntax in DICOM_ENCAPSULATED_SYNTAXES:
         return
-    frame_bytes = layout.rows * layout.columns * layout.samples_per_pixel * layout.bits_allocated
+    # Native YBR_FULL_422 holds two luminance samples and one pair of chroma per two pixels.
+    samples = 2 if layout.photometric == "YBR_FULL_422" else layout.samples_per_pixel
+    frame_bytes = layout.rows * layout.columns * samples * layout.bits_allocated
     if len(pixel_data) < layout.frames * frame_bytes // 8:
         raise _malformed("The DICOM file's pixel data is shorter than its header says.")
 

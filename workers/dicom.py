@@ -112,8 +112,9 @@ def _voi(
 def _palette_rgb(indices: np.ndarray, dataset: Dataset) -> np.ndarray:
     """Palette colour indices through the file's red, green and blue tables, onto [0, 1]."""
     rgb = apply_color_lut(indices, dataset)
-    full_scale = 255 if rgb.dtype == np.uint8 else 65535
-    return np.clip(rgb.astype(np.float64) / full_scale, 0.0, 1.0)
+    # The tables' entries have the bit depth their descriptors' third value gives (8 or 16).
+    bits = int(dataset.RedPaletteColorLookupTableDescriptor[2])
+    return np.clip(rgb.astype(np.float64) / (2**bits - 1), 0.0, 1.0)
 
 
 def _read_image_elements(data: bytes, max_pixels: int) -> Dataset:

@@ -1,12 +1,16 @@
 """Which of pydicom's pixel-data plug-ins decodes each compressed transfer syntax.
 
-Chosen by bench/dicom_decode.py on 512 × 512 16-bit CT-like frames: pylibjpeg's plug-ins
-(pylibjpeg-libjpeg, -openjpeg) for JPEG lossless and JPEG 2000, where they are as fast as GDCM or
-faster; pydicom's own RLE decoder, which is slower than pylibjpeg-rle (about 2 ms a frame against
-0.4) but answers a malformed frame with an error where pylibjpeg-rle can panic; pyjpegls (CharLS) for JPEG-LS, four times
-faster than libjpeg's; Pillow for 8-bit JPEG baseline and extended, several times faster than
-libjpeg and GDCM. Pillow reads no 12-bit JPEG, so 12-bit extended goes to pylibjpeg. Naming the
-plug-in makes the decoder the same on every worker, whatever else is installed.
+Chosen by bench/dicom_decode.py on 512 × 512 16-bit CT-like frames:
+
+- JPEG lossless and JPEG 2000: pylibjpeg (pylibjpeg-libjpeg, -openjpeg), as fast as GDCM or
+  faster;
+- JPEG-LS: pyjpegls (CharLS), about four times faster than libjpeg's JPEG-LS;
+- 8-bit JPEG baseline and extended: Pillow, several times faster than libjpeg and GDCM; Pillow
+  reads no 12-bit JPEG, so 12-bit extended goes to pylibjpeg;
+- RLE: pydicom's own decoder, slower than pylibjpeg-rle (about 2 ms a frame against 0.4) but it
+  answers a malformed frame with an error where pylibjpeg-rle can panic.
+
+Naming the plug-in makes the decoder the same on every worker, whatever else is installed.
 """
 
 from schemas.dicom import DICOM_ENCAPSULATED_SYNTAXES

@@ -40,7 +40,7 @@ def dicom_file(  # noqa: PLR0913 - each keyword is an independent DICOM attribut
     """A DICOM file of `pixels`: rows × columns (× 3 for colour), with a leading frame axis for a
     multi-frame file. The dtype sets Bits Allocated and Pixel Representation; `elements` are
     further data elements by keyword (RescaleSlope=…, WindowCenter=…, NumberOfFrames=…)."""
-    colour = not photometric.startswith("MONOCHROME")
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
     frame_axes = pixels.ndim - (3 if colour else 2)
     dataset = _dataset(transfer_syntax, sop_class)
     dataset.SamplesPerPixel = 3 if colour else 1
