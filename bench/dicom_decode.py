@@ -33,7 +33,7 @@ from dicom_codecs import compressed  # noqa: E402
 from dicom_files import dicom_file  # noqa: E402
 
 from schemas.dicom import DICOM_NATIVE_SYNTAXES, DICOM_TRANSFER_SYNTAXES  # noqa: E402
-from workers.dicom_codecs import DECODING_PLUGINS  # noqa: E402
+from workers.dicom_codecs import decoding_plugin  # noqa: E402
 
 EIGHT_BIT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")
 SIZE = 512
@@ -66,30 +66,33 @@ def read_pixels(data: bytes) -> np.ndarray:
     return pydicom.dcmread(io.BytesIO(data)).pixel_array
 
 
-def median_ms(decode: Callable[[], object], repeats: int) -> float:
-    decode()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def medians_ms(decoders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The median time of each decoder, their calls interleaved round by round so that the load
+    of a shared machine falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in decoders}
+    for decode in decoders.values():
         decode()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    for _ in range(repeats):
+        for name, decode in decoders.items():
+            start = time.perf_counter()
+            decode()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(spent) * 1000 for name, spent in times.items()}
 
 
-def rows(repeats: int) -> list[tuple[str, str, str, float, bool]]:
+def rows(repeats: int) -> list[tuple[str, str, str, float, float]]:
+    """(syntax, name, decoder, ms, ms / fastest decoder's ms) for each syntax and decoder."""
     out = []
     for syntax, name in DICOM_TRANSFER_SYNTAXES.items():
         data = encoded_file(syntax)
         dataset = pydicom.dcmread(io.BytesIO(data))
-        plugins = sorted(get_decoder(syntax).available_plugins) or ["(native)"]
-        for plugin in plugins:
-            if plugin == "(native)":
-                decode = partial(read_pixels, data)
-            else:
-                decode = partial(pixel_array, dataset, decoding_plugin=plugin)
-            ms = median_ms(decode, repeats)
-            chosen = DECODING_PLUGINS.get(syntax, "(native)") == plugin
-            out.append((syntax, name, plugin, ms, chosen))
+        plugins = sorted(get_decoder(syntax).available_plugins)
+        decoders: dict[str, Callable[[], object]] = {
+            plugin: partial(pixel_array, dataset, decoding_plugin=plugin) for plugin in plugins
+        } or {"(native)": partial(read_pixels, data)}
+        medians = medians_ms(decoders, repeats)
+        fastest = min(medians.values())
+        out.extend((syntax, name, plugin, ms, ms / fastest) for plugin, ms in medians.items())
     return out
 
 
@@ -98,10 +101,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
     print(f"decode of one {SIZE}×{SIZE} frame, median of {args.repeats} (ms)")
-    print(f"{'transfer syntax':<60} {'decoder':<10} {'ms':>8}")
-    for syntax, name, plugin, ms, chosen in rows(args.repeats):
-        mark = " *" if chosen else ""
-        print(f"{name[:45] + ' ' + syntax.split('10008.')[1]:<60} {plugin:<10} {ms:8.2f}{mark}")
+    print(f"{'transfer syntax':<40} {'UID':<24} {'decoder':<10} {'ms':>8} {'/ fastest':>9}")
+    for syntax, name, plugin, ms, ratio in rows(args.repeats):
+        chosen = decoding_plugin(syntax, 8 if syntax in EIGHT_BIT else 12) or "(native)"
+        mark = " *" if chosen == plugin else ""
+        print(f"{name[:40]:<40} {syntax:<24} {plugin:<10} {ms:8.2f} {ratio:9.2f}{mark}")
     print("* the worker's choice (workers/dicom_codecs.py)")
 
 
