@@ -4,6 +4,7 @@ and checked against the uncompressed original, the standard's formulas, or pydic
 and colour functions as an independent reference; the gateway accepts each at the door."""
 
 import io
+import struct
 import tracemalloc
 
 import numpy as np
@@ -18,6 +19,7 @@ from dicom_files import dicom_file  # type: ignore[import-not-found]
 from method_checks import EPS32
 from pydicom import dcmread, dcmwrite
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, get_frame
 from pydicom.pixels import apply_voi_lut
 from pydicom.uid import (
     JPEG2000,
@@ -40,7 +42,7 @@ from schemas.dicom_read import inflated_limit
 from service.dicom import minimal_dicom
 from service.errors import PayloadTooLarge
 from service.images import inspect_image
-from workers.decoded import ImageTooLargeError
+from workers.decoded import ImageDecodeError, ImageTooLargeError
 from workers.dicom import apply_window
 from workers.images import decode_image
 
@@ -344,3 +346,44 @@ def test_a_compressed_frame_over_the_pixel_limit_is_refused_from_its_header(synt
         decode_image(data, limit)
     with pytest.raises(PayloadTooLarge, match="40×48"):
         inspect_image(data, limit)
+
+
+def declaring(data: bytes, lines: int, samples: int) -> bytes:
+    """The compressed file `data` with its frame's codestream rewritten to declare `lines` ×
+    `samples` (its start-of-frame or SIZ segment patched in place), the DICOM header untouched."""
+    dataset = dcmread(io.BytesIO(data))
+    frame = bytearray(get_frame(dataset.PixelData, 0, number_of_frames=1))
+    siz = frame.find(b"\xff\x4f\xff\x51")
+    if siz >= 0:  # JPEG 2000: Xsiz, Ysiz after SOC, SIZ, Lsiz and Rsiz; the offsets are 0
+        frame[siz + 8 : siz + 16] = struct.pack(">II", samples, lines)
+    else:  # JPEG and JPEG-LS: lines and samples follow the SOF marker, its length and precision
+        sof = next(
+            i for i in range(len(frame) - 1) if frame[i] == 0xFF and frame[i + 1] in SOF_MARKERS
+        )
+        frame[sof + 5 : sof + 9] = struct.pack(">HH", lines, samples)
+    dataset.PixelData = encapsulate([bytes(frame)])
+    out = io.BytesIO()
+    dcmwrite(out, dataset, enforce_file_format=True)
+    return out.getvalue()
+
+
+SOF_MARKERS = (0xC0, 0xC1, 0xC3, 0xF7)  # baseline, extended, lossless, JPEG-LS
+CODESTREAM_SYNTAXES = [
+    syntax for syntax in DICOM_ENCAPSULATED_SYNTAXES if syntax != "1.2.840.10008.1.2.5"
+]
+
+
+@pytest.mark.parametrize(
+    "syntax", CODESTREAM_SYNTAXES, ids=[DICOM_TRANSFER_SYNTAXES[s] for s in CODESTREAM_SYNTAXES]
+)
+def test_a_frame_whose_codestream_declares_another_size_is_refused_before_decoding(
+    syntax: str,
+) -> None:
+    data = compressed(dicom_file(GREY8), syntax)
+    assert decode_image(data).pixels.shape == (48, 40, 1)  # its true size, 48 × 40, decodes
+
+    # 60000 × 60000 would be 7 GB of samples: refused from the codestream's header. A decoder
+    # given it would allocate that before finding the data short.
+    for lines, samples in ((60000, 60000), (48, 41), (24, 40)):
+        with pytest.raises(ImageDecodeError, match="declares another size than the header's"):
+            decode_image(declaring(data, lines, samples))

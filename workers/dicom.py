@@ -7,12 +7,14 @@ unread, so none of them can reach a result, an error or a log.
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import UID
 
 from schemas.dicom import (
     DICOM_DECODING_ELEMENTS,
+    DICOM_ENCAPSULATED_SYNTAXES,
     DICOM_MONOCHROME,
     AppliedDicom,
     DicomOptions,
@@ -38,6 +40,7 @@ from workers.decoded import (
     display_of,
 )
 from workers.dicom_codecs import decoding_plugin
+from workers.dicom_frames import check_frame_size
 from workers.dicom_voi import (
     apply_lut,
     apply_window,
@@ -73,6 +76,7 @@ def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> Decoded
     """
     dataset = _read_image_elements(data, max_pixels)
     layout = _checked_layout(dataset, options, max_pixels)
+    _check_compressed_frame(dataset, layout, options.frame)
     try:
         with pydicom.config.disable_value_validation():
             stored = pixel_array(
@@ -97,6 +101,17 @@ def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> Decoded
     if layout.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return _decoded(pixels[:, :, None], applied)
+
+
+def _check_compressed_frame(dataset: Dataset, layout: DicomLayout, index: int) -> None:
+    """The frame's codestream must declare the header's size (`workers.dicom_frames`)."""
+    if layout.transfer_syntax not in DICOM_ENCAPSULATED_SYNTAXES:
+        return
+    try:
+        frame = get_frame(dataset.PixelData, index, number_of_frames=layout.frames)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed fragments
+        raise ImageDecodeError("the DICOM pixel data cannot be decoded") from exc
+    check_frame_size(frame, layout.transfer_syntax, layout.rows, layout.columns)
 
 
 def _voi(
