@@ -24,6 +24,8 @@ DICOM_PREAMBLE_BYTES = 128
 DICOM_MAGIC = b"DICM"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 ONE_SAMPLE = (*DICOM_MONOCHROME, "PALETTE COLOR")
+JPEG_2000_COLOUR = ("YBR_ICT", "YBR_RCT")
+JPEG_2000_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 DICOM_LAYOUT_ELEMENTS = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
@@ -84,6 +86,9 @@ def check_dicom_layout(
     """
     syntax = _transfer_syntax(elements["TransferSyntaxUID"], transfer_syntax_name)
     photometric = _photometric(elements["PhotometricInterpretation"])
+    if photometric in JPEG_2000_COLOUR and syntax not in JPEG_2000_SYNTAXES:
+        # Only a JPEG 2000 decoder undoes these transforms; elsewhere the standard forbids them.
+        raise _unsupported(f"DICOM {photometric} is supported in JPEG 2000 files only.")
     bits = _number(elements, "BitsAllocated")
     if bits not in DICOM_BITS_ALLOCATED:
         raise _unsupported(f"DICOM pixels of {bits} bits are not supported; send 8 or 16.")

@@ -40,9 +40,9 @@ from schemas.dicom import (
 )
 from schemas.dicom_read import inflated_limit
 from service.dicom import minimal_dicom
-from service.errors import PayloadTooLarge
+from service.errors import PayloadTooLarge, UnsupportedMedia
 from service.images import inspect_image
-from workers.decoded import ImageDecodeError, ImageTooLargeError
+from workers.decoded import ImageDecodeError, ImageTooLargeError, UnsupportedImageError
 from workers.dicom import apply_window
 from workers.images import decode_image
 
@@ -387,3 +387,12 @@ def test_a_frame_whose_codestream_declares_another_size_is_refused_before_decodi
     for lines, samples in ((60000, 60000), (48, 41), (24, 40)):
         with pytest.raises(ImageDecodeError, match="declares another size than the header's"):
             decode_image(declaring(data, lines, samples))
+
+
+def test_jpeg_2000s_colour_transforms_outside_jpeg_2000_are_refused_on_both_sides() -> None:
+    data = dicom_file(RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8), photometric="YBR_ICT")
+
+    with pytest.raises(UnsupportedImageError, match="YBR_ICT is supported in JPEG 2000"):
+        decode_image(data)
+    with pytest.raises(UnsupportedMedia, match="YBR_ICT is supported in JPEG 2000"):
+        inspect_image(data, 10_000)

@@ -50,7 +50,7 @@ def voi_lut(dataset: Dataset) -> tuple[np.ndarray, int, int] | None:
     try:
         entries, first, bits = (int(number) for number in item.LUTDescriptor)
         data = item.LUTData
-    except (AttributeError, TypeError, ValueError) as exc:
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
         raise ImageDecodeError("the DICOM file's VOI LUT is malformed") from exc
     if isinstance(data, bytes):
         order = "<" if dataset.original_encoding[1] is not False else ">"
