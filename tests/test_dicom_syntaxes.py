@@ -396,3 +396,18 @@ def test_jpeg_2000s_colour_transforms_outside_jpeg_2000_are_refused_on_both_side
         decode_image(data)
     with pytest.raises(UnsupportedMedia, match="YBR_ICT is supported in JPEG 2000"):
         inspect_image(data, 10_000)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["emri_small_RLE.dcm", "emri_small_jpeg_ls_lossless.dcm", "emri_small_jpeg_2k_lossless.dcm"],
+)
+def test_each_frame_of_a_compressed_multi_frame_file_is_its_uncompressed_twins(name: str) -> None:
+    data, twin = bundled_file(name), bundled_file("emri_small.dcm")
+
+    for frame in (0, 7, 9):
+        options = DicomOptions(frame=frame)
+        decoded, original = decode_image(data, dicom=options), decode_image(twin, dicom=options)
+        np.testing.assert_array_equal(decoded.pixels, original.pixels)
+    first, last = (decode_image(data, dicom=DicomOptions(frame=f)).pixels for f in (0, 9))
+    assert not np.array_equal(first, last)  # the frames are told apart
