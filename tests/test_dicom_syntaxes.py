@@ -110,10 +110,10 @@ def test_each_lossy_syntax_decodes_within_its_codecs_loss(
     if max_error is not None:
         # Each pixel is within eps32 / 2 of its float64 value: × 4095 at most, 1e-3 of a unit.
         assert error.max() <= max_error + 1e-3
-        assert error.max() > 0  # the codec was lossy indeed
     else:
         psnr = 10 * np.log10((width - 1) ** 2 / max(float(np.mean(error**2)), 1e-12))
         assert psnr >= 40
+    assert error.max() >= 1  # the codec was lossy indeed: the test compares across a loss
     assert inspect_image(data, 10_000).dicom is not None
 
 
