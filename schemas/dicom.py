@@ -26,7 +26,8 @@ DICOM_ENCAPSULATED_SYNTAXES = {
     "1.2.840.10008.1.2.5": "RLE Lossless",
 }
 """The compressed syntaxes: each frame is an encapsulated fragment whose length says nothing of
-its pixels, so Rows × Columns × frames is the only size checked before decoding."""
+its pixels. Rows × Columns × frames is held to the pixel limit from the header, and the worker
+holds each frame's codestream to that size before decoding it (workers/dicom_frames.py)."""
 DICOM_TRANSFER_SYNTAXES = {
     **DICOM_NATIVE_SYNTAXES,
     DICOM_DEFLATED: "Deflated Explicit VR Little Endian",
@@ -43,13 +44,8 @@ VoiFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
 # one of them, since a malformed file can put any bytes in its place.
 DICOM_PHOTOMETRIC_TERMS = (
     *DICOM_PHOTOMETRIC_INTERPRETATIONS,
-    "PALETTE COLOR",
-    "YBR_FULL",
-    "YBR_FULL_422",
     "YBR_PARTIAL_422",
     "YBR_PARTIAL_420",
-    "YBR_ICT",
-    "YBR_RCT",
     "HSV",
     "ARGB",
     "CMYK",
