@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser promtool dciodvfy run test fuzz lint bench clean
+.PHONY: install browser promtool dciodvfy dcmtk run test fuzz lint bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 run: install
 	$(BIN)/glimpse run
 
-test: install browser promtool dciodvfy
+test: install browser promtool dciodvfy dcmtk
 	$(BIN)/python -m pytest -q
 
 # Schemathesis at depth: 400 generated cases per operation (over 5,000 in all), against a real
@@ -52,6 +52,15 @@ dciodvfy:
 	  $$SUDO apt-get install -y -q dicom3tools >/dev/null 2>&1 || { \
 	    $$SUDO apt-get update -q >/dev/null && \
 	    $$SUDO apt-get install -y -q dicom3tools >/dev/null; }; }
+
+# The DICOM decoding tests write JPEG-compressed files with DCMTK's dcmcjpeg.
+dcmtk:
+	@command -v dcmcjpeg >/dev/null || { \
+	  echo "installing Debian's dcmtk for dcmcjpeg (the DICOM decoding tests)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q dcmtk >/dev/null 2>&1 || { \
+	    $$SUDO apt-get update -q >/dev/null && \
+	    $$SUDO apt-get install -y -q dcmtk >/dev/null; }; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from schemas import problems
 from schemas.dicom import (
     DICOM_BITS_ALLOCATED,
+    DICOM_ENCAPSULATED_SYNTAXES,
+    DICOM_MONOCHROME,
     DICOM_PHOTOMETRIC_INTERPRETATIONS,
     DICOM_PHOTOMETRIC_TERMS,
     DICOM_TRANSFER_SYNTAXES,
@@ -21,6 +23,9 @@ from schemas.problems import ProblemKind
 DICOM_PREAMBLE_BYTES = 128
 DICOM_MAGIC = b"DICM"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+ONE_SAMPLE = (*DICOM_MONOCHROME, "PALETTE COLOR")
+JPEG_2000_COLOUR = ("YBR_ICT", "YBR_RCT")
+JPEG_2000_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 DICOM_LAYOUT_ELEMENTS = (
     "SamplesPerPixel",
     "PhotometricInterpretation",
@@ -81,6 +86,9 @@ def check_dicom_layout(
     """
     syntax = _transfer_syntax(elements["TransferSyntaxUID"], transfer_syntax_name)
     photometric = _photometric(elements["PhotometricInterpretation"])
+    if photometric in JPEG_2000_COLOUR and syntax not in JPEG_2000_SYNTAXES:
+        # Only a JPEG 2000 decoder undoes these transforms; elsewhere the standard forbids them.
+        raise _unsupported(f"DICOM {photometric} is supported in JPEG 2000 files only.")
     bits = _number(elements, "BitsAllocated")
     if bits not in DICOM_BITS_ALLOCATED:
         raise _unsupported(f"DICOM pixels of {bits} bits are not supported; send 8 or 16.")
@@ -95,7 +103,7 @@ def check_dicom_layout(
         photometric=photometric,
         transfer_syntax=syntax,
     )
-    expected_samples = 3 if photometric == "RGB" else 1
+    expected_samples = 1 if photometric in ONE_SAMPLE else 3
     if min(layout.rows, layout.columns, layout.frames) < 1 or (
         layout.samples_per_pixel != expected_samples
     ):
@@ -121,9 +129,10 @@ def check_dicom_options(options: DicomOptions, layout: DicomLayout) -> None:
             f"dicom.frame {options.frame} is out of range: the file has {layout.frames} "
             f"frame(s) (0–{layout.frames - 1}).",
         )
-    if options.window is not None and layout.photometric == "RGB":
+    if options.window is not None and layout.photometric not in DICOM_MONOCHROME:
         raise DicomLayoutError(
-            problems.INVALID_REQUEST, "dicom.window applies to MONOCHROME images, not to RGB ones."
+            problems.INVALID_REQUEST,
+            f"dicom.window applies to MONOCHROME images, not to {layout.photometric} ones.",
         )
 
 
@@ -169,10 +178,12 @@ def _number(elements: Mapping[str, object], keyword: str, default: int | None = 
 def _check_pixel_data(pixel_data: object, layout: DicomLayout) -> None:
     if not isinstance(pixel_data, bytes) or not pixel_data:
         raise _malformed("The DICOM file has no PixelData.")
-    # RLE frames are compressed: only decoding them can tell whether one is short.
-    if layout.transfer_syntax == RLE_LOSSLESS:
+    # Compressed frames: only decoding them can tell whether one is short.
+    if layout.transfer_syntax in DICOM_ENCAPSULATED_SYNTAXES:
         return
-    frame_bytes = layout.rows * layout.columns * layout.samples_per_pixel * layout.bits_allocated
+    # Native YBR_FULL_422 holds two luminance samples and one pair of chroma per two pixels.
+    samples = 2 if layout.photometric == "YBR_FULL_422" else layout.samples_per_pixel
+    frame_bytes = layout.rows * layout.columns * samples * layout.bits_allocated
     if len(pixel_data) < layout.frames * frame_bytes // 8:
         raise _malformed("The DICOM file's pixel data is shorter than its header says.")
 

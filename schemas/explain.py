@@ -18,7 +18,7 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonDict
 
-from schemas.dicom import DicomOptions
+from schemas.dicom import AppliedDicom, DicomOptions
 from schemas.methods import PARAMS_BY_METHOD, MethodParams
 
 MAX_TOP_K = 5
@@ -340,10 +340,11 @@ class Provenance(BaseModel):
     params: dict[str, dict[str, object]]
     target: Target
     output: OutputOptions
-    dicom: DicomOptions | None = Field(
+    dicom: AppliedDicom | None = Field(
         default=None,
-        description="for a DICOM image: the frame and the window as applied (from the request, "
-        "the file, or the full range of its values); none for a colour image",
+        description="for a DICOM image: the frame and the VOI transformation as applied (the "
+        "request's window, the file's VOI LUT or window, or the full range of its values); no "
+        "window for a colour image",
     )
 
 

@@ -225,7 +225,7 @@ def prepare_job(
     check_dicom_output(options.output, header.dicom)
     check_output(options, info, header, settings)
     if header.dicom is not None:
-        image = minimal_dicom(image, kept_dicom_elements(options.output))
+        image = minimal_dicom(image, kept_dicom_elements(options.output), settings.max_image_pixels)
     params = options.applied_params()
     check_cost(options, info, settings)
     message = ExplanationJob(

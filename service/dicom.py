@@ -19,8 +19,10 @@ from schemas.dicom_layout import (
     check_dicom_layout,
 )
 from schemas.dicom_layout import check_dicom_options as check_options_fit
+from schemas.dicom_read import read_dicom
 from schemas.explain import OutputOptions
 from schemas.problems import ProblemKind
+from schemas.settings import DEFAULT_MAX_IMAGE_PIXELS
 from service.errors import ApiError, BadImage, InvalidRequest, PayloadTooLarge, UnsupportedMedia
 
 # The gateway's error for each kind of problem the layout rules name.
@@ -42,9 +44,11 @@ def inspect_dicom(data: bytes, max_pixels: int) -> DicomLayout:
     try:
         # pydicom's validation warnings quote element values into the log; none is validated.
         with pydicom.config.disable_value_validation():
-            dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_LAYOUT_ELEMENTS))
+            dataset = read_dicom(data, DICOM_LAYOUT_ELEMENTS, max_pixels)
             elements = {keyword: dataset.get(keyword) for keyword in DICOM_LAYOUT_ELEMENTS}
             syntax = dataset.file_meta.get("TransferSyntaxUID")
+    except DicomLayoutError as refused:
+        raise _REFUSALS[refused.kind](refused.detail) from refused
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
         raise BadImage(DICOM_UNREADABLE) from exc
     elements["TransferSyntaxUID"] = syntax
@@ -56,12 +60,17 @@ def inspect_dicom(data: bytes, max_pixels: int) -> DicomLayout:
         raise _REFUSALS[refused.kind](refused.detail) from refused
 
 
-def minimal_dicom(data: bytes, elements: Sequence[str] = DICOM_DECODING_ELEMENTS) -> bytes:
+def minimal_dicom(
+    data: bytes,
+    elements: Sequence[str] = DICOM_DECODING_ELEMENTS,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> bytes:
     """The file rewritten with only `elements` (by default `DICOM_DECODING_ELEMENTS`) and, in
     its file meta, the transfer syntax: what the worker decodes the same way, without a patient,
     study or equipment element unless `elements` names it. Pixel data is copied as it is
-    (encapsulated frames stay encapsulated). BadImage for a file whose kept elements cannot be
-    read back."""
+    (encapsulated frames stay encapsulated); a deflated file is stored inflated, in Explicit VR
+    Little Endian. BadImage for a file whose kept elements cannot be read back,
+    PayloadTooLarge for one that inflates past what `max_pixels` allows."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -70,7 +79,7 @@ def minimal_dicom(data: bytes, elements: Sequence[str] = DICOM_DECODING_ELEMENTS
     kept.preamble = bytes(DICOM_PREAMBLE_BYTES)
     try:
         with pydicom.config.disable_value_validation():
-            source = pydicom.dcmread(io.BytesIO(data), specific_tags=list(elements))
+            source = read_dicom(data, list(elements), max_pixels)
             for keyword in elements:
                 if keyword in source:
                     # Unconverted: the value's bytes are copied, never parsed.
@@ -78,6 +87,8 @@ def minimal_dicom(data: bytes, elements: Sequence[str] = DICOM_DECODING_ELEMENTS
             kept.file_meta.TransferSyntaxUID = source.file_meta.TransferSyntaxUID
             out = io.BytesIO()
             pydicom.dcmwrite(out, kept, enforce_file_format=False)
+    except DicomLayoutError as refused:
+        raise _REFUSALS[refused.kind](refused.detail) from refused
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
         raise BadImage(DICOM_UNREADABLE) from exc
     return out.getvalue()

@@ -6,10 +6,10 @@ import pytest
 from dicom_files import (  # type: ignore[import-not-found]
     PLANTED_VALUES,
     dicom_file,
-    jpeg_dicom_file,
+    unsupported_syntax_file,
     without,
 )
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian
 
 from schemas import problems
 from schemas.dicom import DicomOptions, DicomWindow
@@ -37,16 +37,12 @@ def private_transfer_syntax(data: bytes) -> bytes:
 
 MALFORMED_HEADERS = {
     # Encodings, colour models and bit depths neither side reads: 415.
-    "jpeg-baseline": (jpeg_dicom_file(GREY[0]), problems.UNSUPPORTED_MEDIA),
-    "deflated": (
-        dicom_file(CT, transfer_syntax=DeflatedExplicitVRLittleEndian),
-        problems.UNSUPPORTED_MEDIA,
-    ),
+    "htj2k": (unsupported_syntax_file(CT), problems.UNSUPPORTED_MEDIA),
     "private-transfer-syntax": (
         private_transfer_syntax(dicom_file(CT)),
         problems.UNSUPPORTED_MEDIA,
     ),
-    "ybr-full": (dicom_file(RGB, photometric="YBR_FULL"), problems.UNSUPPORTED_MEDIA),
+    "ybr-partial": (dicom_file(RGB, photometric="YBR_PARTIAL_422"), problems.UNSUPPORTED_MEDIA),
     "unknown-photometric": (
         dicom_file(CT, PhotometricInterpretation="PLANTED"),
         problems.UNSUPPORTED_MEDIA,

@@ -27,7 +27,12 @@ def imported_packages(package: str) -> set[str]:
     ("package", "forbidden"),
     [
         ("schemas", {"service", "workers", "torch", "redis", "fastapi"}),
-        ("service", {"workers", "torch", "torchvision", "onnxruntime"}),
+        # The gateway reads DICOM headers only: no pixel decoder.
+        (
+            "service",
+            {"workers", "torch", "torchvision", "onnxruntime", "pylibjpeg", "libjpeg"}
+            | {"openjpeg", "jpeg_ls", "gdcm"},
+        ),
         ("workers", {"service", "fastapi"}),
     ],
 )

@@ -7,7 +7,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from schemas import problems
-from schemas.dicom import DicomOptions
+from schemas.dicom import AppliedDicom
 from schemas.problems import ProblemKind
 
 
@@ -53,7 +53,7 @@ class DecodedImage:
 
     pixels: np.ndarray
     display: np.ndarray
-    dicom: DicomOptions | None = None
+    dicom: AppliedDicom | None = None
     source: Dataset | None = field(default=None, repr=False)
 
 

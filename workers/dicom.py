@@ -4,16 +4,22 @@ Only the elements that describe the pixels are parsed; patient and study element
 unread, so none of them can reach a result, an error or a log.
 """
 
-import io
-
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
 from pydicom.multival import MultiValue
-from pydicom.pixels import pixel_array
+from pydicom.pixels import apply_color_lut, pixel_array
 from pydicom.uid import UID
 
-from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
+from schemas.dicom import (
+    DICOM_DECODING_ELEMENTS,
+    DICOM_ENCAPSULATED_SYNTAXES,
+    DICOM_MONOCHROME,
+    AppliedDicom,
+    DicomOptions,
+    DicomWindow,
+)
 from schemas.dicom_layout import (
     DICOM_LAYOUT_ELEMENTS,
     DICOM_UNREADABLE,
@@ -22,6 +28,7 @@ from schemas.dicom_layout import (
     check_dicom_layout,
     check_dicom_options,
 )
+from schemas.dicom_read import read_dicom
 from schemas.problems import ProblemKind
 from workers.decoded import (
     DecodedImage,
@@ -32,6 +39,17 @@ from workers.decoded import (
     UnsupportedImageError,
     display_of,
 )
+from workers.dicom_codecs import decoding_plugin
+from workers.dicom_frames import check_frame_size
+from workers.dicom_voi import (
+    apply_lut,
+    apply_window,
+    file_voi_function,
+    full_range_window,
+    voi_lut,
+)
+
+__all__ = ["apply_window", "decode_dicom", "full_range_window"]
 
 # The worker's error for each kind of problem the layout rules name.
 _REFUSALS: dict[ProblemKind, type[ImageError]] = {
@@ -41,61 +59,88 @@ _REFUSALS: dict[ProblemKind, type[ImageError]] = {
 
 
 def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> DecodedImage:
-    """Decode one frame of a MONOCHROME1, MONOCHROME2 or RGB DICOM file (8 or 16 bits, signed
-    or unsigned) in an uncompressed or RLE transfer syntax.
+    """Decode one frame of a DICOM file in any of `DICOM_TRANSFER_SYNTAXES` (8 or 16 bits,
+    signed or unsigned), monochrome or colour.
 
-    Monochrome values are rescaled (slope, intercept) and windowed: with the request's window,
-    else the file's first Window Center/Width, else the full range of the frame's values;
-    MONOCHROME1 is inverted so that high values show bright. RGB values are scaled by their
-    bit depth. `DecodedImage.dicom` holds the frame and the window as applied.
+    Monochrome values are rescaled (slope, intercept) and mapped to [0, 1]: by the request's
+    window, else the file's first VOI LUT, else its first Window Center/Width with its VOI LUT
+    Function, else the full range of the frame's values; MONOCHROME1 is inverted so that high
+    values show bright. Colour becomes RGB (YBR by the standard's equations, palette colour
+    through the file's tables), scaled by its bit depth. `DecodedImage.dicom` holds the frame
+    and the VOI transformation as applied.
 
     Raises `UnsupportedImageError` for other encodings, colour models and bit depths,
     `ImageTooLargeError` when Rows × Columns × frames exceeds `max_pixels` (from the header,
-    before any pixel is decoded), `DicomOptionError` for a frame the file lacks or a window on an
-    RGB image, and `ImageDecodeError` for malformed files.
+    before any pixel is decoded), `DicomOptionError` for a frame the file lacks or a window on a
+    colour image, and `ImageDecodeError` for malformed files.
     """
-    dataset = _read_image_elements(data)
+    dataset = _read_image_elements(data, max_pixels)
     layout = _checked_layout(dataset, options, max_pixels)
+    _check_compressed_frame(dataset, layout, options.frame)
     try:
         with pydicom.config.disable_value_validation():
-            stored = pixel_array(dataset, index=options.frame)
+            stored = pixel_array(
+                dataset,
+                index=options.frame,
+                decoding_plugin=decoding_plugin(layout.transfer_syntax, layout.bits_stored),
+            )
+            if layout.photometric == "PALETTE COLOR":
+                return _decoded(_palette_rgb(stored, dataset), AppliedDicom(frame=options.frame))
+    except ImageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed pixel data
         raise ImageDecodeError("the DICOM pixel data cannot be decoded") from exc
-    if layout.photometric == "RGB":
+    if layout.photometric not in DICOM_MONOCHROME:
         full_scale = 2**layout.bits_stored - 1
         pixels = np.clip(stored.astype(np.float64) / full_scale, 0.0, 1.0)
-        return _decoded(pixels, DicomOptions(frame=options.frame))
+        return _decoded(pixels, AppliedDicom(frame=options.frame))
     values = stored.astype(np.float64) * _decimal(dataset, "RescaleSlope", 1.0) + _decimal(
         dataset, "RescaleIntercept", 0.0
     )
-    window = options.window or _file_window(dataset) or full_range_window(values)
-    pixels = apply_window(values, window)
+    pixels, applied = _voi(values, dataset, options)
     if layout.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
-    return _decoded(pixels[:, :, None], DicomOptions(frame=options.frame, window=window))
+    return _decoded(pixels[:, :, None], applied)
 
 
-def apply_window(values: np.ndarray, window: DicomWindow) -> np.ndarray:
-    """DICOM's linear VOI function (PS3.3 C.11.2.1.2.1) onto [0, 1]."""
-    if window.width == 1:
-        return (values > window.center - 0.5).astype(np.float64)
-    scaled = (values - (window.center - 0.5)) / (window.width - 1) + 0.5
-    return np.clip(scaled, 0.0, 1.0)
+def _check_compressed_frame(dataset: Dataset, layout: DicomLayout, index: int) -> None:
+    """The frame's codestream must declare the header's size (`workers.dicom_frames`)."""
+    if layout.transfer_syntax not in DICOM_ENCAPSULATED_SYNTAXES:
+        return
+    try:
+        frame = get_frame(dataset.PixelData, index, number_of_frames=layout.frames)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed fragments
+        raise ImageDecodeError("the DICOM pixel data cannot be decoded") from exc
+    check_frame_size(frame, layout.transfer_syntax, layout.rows, layout.columns)
 
 
-def full_range_window(values: np.ndarray) -> DicomWindow:
-    """The window that maps the lowest value to 0 and the highest to 1."""
-    low, high = float(values.min()), float(values.max())
-    return DicomWindow(center=low + 0.5 + (high - low) / 2, width=high - low + 1)
+def _voi(
+    values: np.ndarray, dataset: Dataset, options: DicomOptions
+) -> tuple[np.ndarray, AppliedDicom]:
+    """The VOI transformation of the rescaled values, and what was applied."""
+    if options.window is None and (lut := voi_lut(dataset)) is not None:
+        return apply_lut(values, lut), AppliedDicom(frame=options.frame, voi_lut=True)
+    window = options.window or _file_window(dataset) or full_range_window(values)
+    return apply_window(values, window), AppliedDicom(frame=options.frame, window=window)
 
 
-def _read_image_elements(data: bytes) -> Dataset:
+def _palette_rgb(indices: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """Palette colour indices through the file's red, green and blue tables, onto [0, 1]."""
+    rgb = apply_color_lut(indices, dataset)
+    # The tables' entries have the bit depth their descriptors' third value gives (8 or 16).
+    bits = int(dataset.RedPaletteColorLookupTableDescriptor[2])
+    return np.clip(rgb.astype(np.float64) / (2**bits - 1), 0.0, 1.0)
+
+
+def _read_image_elements(data: bytes, max_pixels: int) -> Dataset:
     try:
         # pydicom's validation warnings quote element values into the log; none is validated.
         with pydicom.config.disable_value_validation():
-            dataset = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_DECODING_ELEMENTS))
+            dataset = read_dicom(data, DICOM_DECODING_ELEMENTS, max_pixels)
             for keyword in DICOM_DECODING_ELEMENTS:
                 dataset.get(keyword)  # converts the raw value here, where errors are caught
+    except DicomLayoutError as refused:
+        raise _REFUSALS[refused.kind](refused.detail) from refused
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
         raise ImageDecodeError(DICOM_UNREADABLE) from exc
     return dataset
@@ -121,7 +166,7 @@ def _file_window(dataset: Dataset) -> DicomWindow | None:
     center, width = _first(dataset.get("WindowCenter")), _first(dataset.get("WindowWidth"))
     if center is None or width is None or not np.isfinite([center, width]).all() or width < 1:
         return None
-    return DicomWindow(center=center, width=width)
+    return DicomWindow(center=center, width=width, function=file_voi_function(dataset))
 
 
 def _first(value: object) -> float | None:
@@ -144,6 +189,6 @@ def _decimal(dataset: Dataset, keyword: str, default: float) -> float:
     return number
 
 
-def _decoded(pixels: np.ndarray, applied: DicomOptions) -> DecodedImage:
+def _decoded(pixels: np.ndarray, applied: AppliedDicom) -> DecodedImage:
     grey_or_rgb = np.ascontiguousarray(pixels, dtype=np.float32)
     return DecodedImage(pixels=grey_or_rgb, display=display_of(grey_or_rgb), dicom=applied)

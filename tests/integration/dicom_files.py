@@ -12,6 +12,7 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     JPEGBaseline8Bit,
     RLELossless,
     SecondaryCaptureImageStorage,
@@ -39,7 +40,7 @@ def dicom_file(  # noqa: PLR0913 - each keyword is an independent DICOM attribut
     """A DICOM file of `pixels`: rows × columns (× 3 for colour), with a leading frame axis for a
     multi-frame file. The dtype sets Bits Allocated and Pixel Representation; `elements` are
     further data elements by keyword (RescaleSlope=…, WindowCenter=…, NumberOfFrames=…)."""
-    colour = not photometric.startswith("MONOCHROME")
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2", "PALETTE COLOR")
     frame_axes = pixels.ndim - (3 if colour else 2)
     dataset = _dataset(transfer_syntax, sop_class)
     dataset.SamplesPerPixel = 3 if colour else 1
@@ -142,3 +143,13 @@ def _written(dataset: Dataset) -> bytes:
     out = io.BytesIO()
     dcmwrite(out, dataset, enforce_file_format=True)
     return out.getvalue()
+
+
+def unsupported_syntax_file(pixels: np.ndarray, syntax: UID = HTJ2KLossless) -> bytes:
+    """A file of `pixels` that names a compressed transfer syntax the service does not read
+    (by default HTJ2K, which it does not list), its frame encapsulated as the syntax requires."""
+    dataset = dcmread(io.BytesIO(dicom_file(pixels)))
+    dataset.file_meta.TransferSyntaxUID = syntax
+    dataset.PixelData = encapsulate([dataset.PixelData])
+    dataset["PixelData"].VR = "OB"
+    return _written(dataset)

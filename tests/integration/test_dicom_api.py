@@ -11,8 +11,8 @@ import pytest
 from dicom_files import (  # type: ignore[import-not-found]
     PLANTED_VALUES,
     ct_file,
-    jpeg_dicom_file,
     short_rle_file,
+    unsupported_syntax_file,
 )
 from log_lines import logged_text  # type: ignore[import-not-found]
 
@@ -24,7 +24,7 @@ METHODS = ["gradcam", "saliency"]
 SEED = 17
 LUNG_WINDOW = {"center": -600, "width": 1500}
 # The CT fixture's window: it maps the Hounsfield-like values back onto the demo's grey levels.
-GREY_WINDOW = {"center": -513.5, "width": 1021}
+GREY_WINDOW = {"center": -513.5, "width": 1021, "function": "LINEAR"}
 
 
 def b64(data: bytes) -> str:
@@ -70,7 +70,7 @@ def test_a_ct_file_is_explained_through_its_own_window_like_the_png(
         # test_dicom.py), so the model sees the same input and computes the same map, bit for bit.
         np.testing.assert_array_equal(values, png_maps[method])
     assert all(e["overlay_png"] for e in result["explanations"])
-    assert result["provenance"]["dicom"] == {"frame": 0, "window": GREY_WINDOW}
+    assert result["provenance"]["dicom"] == {"frame": 0, "window": GREY_WINDOW, "voi_lut": False}
 
 
 def test_multipart_picks_a_frame_and_overrides_the_files_window(
@@ -94,7 +94,7 @@ def test_multipart_picks_a_frame_and_overrides_the_files_window(
     for method, values in maps(answer).items():
         # The same float32 pixels as the PNG's, as above: the same map, bit for bit.
         np.testing.assert_array_equal(values, png_maps[method])
-    assert answer.json()["provenance"]["dicom"] == dicom
+    assert answer.json()["provenance"]["dicom"] == dicom | {"voi_lut": False}
 
 
 def test_a_frame_the_file_lacks_is_422_naming_its_frame_count(client: httpx.Client) -> None:
@@ -113,14 +113,14 @@ def test_dicom_options_with_a_png_are_422(client: httpx.Client) -> None:
     assert answer.status_code == 422, answer.text
 
 
-def test_a_jpeg_compressed_file_is_415_naming_its_transfer_syntax(client: httpx.Client) -> None:
+def test_a_transfer_syntax_it_does_not_read_is_415_naming_it(client: httpx.Client) -> None:
     levels = np.round(make_sample(SEED).image * 255).astype(np.uint8)
 
-    answer = explain_json(client, jpeg_dicom_file(levels))
+    answer = explain_json(client, unsupported_syntax_file(levels))
 
     assert answer.status_code == 415, answer.text
     assert answer.headers["content-type"].startswith("application/problem+json")
-    assert "JPEG Baseline" in answer.json()["detail"]
+    assert "High-Throughput JPEG 2000" in answer.json()["detail"]
 
 
 def test_a_corrupt_rle_frame_fails_in_the_worker_as_400(client: httpx.Client) -> None:
@@ -140,7 +140,7 @@ def test_no_patient_value_reaches_a_response_or_a_log(
     answers = [
         explain_json(client, ct_file(image), output={"heatmap": True, "scores": "base64"}),
         explain_json(client, ct_file(np.stack([image, image])), dicom={"frame": 5}),
-        explain_json(client, jpeg_dicom_file(levels)),
+        explain_json(client, unsupported_syntax_file(levels)),
         explain_json(client, short_rle_file(levels.astype(np.int16))),
         explain_json(client, ct_file(image)[:-300]),
     ]

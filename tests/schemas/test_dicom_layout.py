@@ -19,7 +19,7 @@ from schemas.problems import ProblemKind
 
 EXPLICIT_LITTLE = "1.2.840.10008.1.2.1"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
 MAX_PIXELS = 1_000
 
 
@@ -86,15 +86,20 @@ def test_rgb_takes_three_samples_and_their_bytes() -> None:
     [
         ({"TransferSyntaxUID": None}, None, problems.BAD_IMAGE, "names no TransferSyntaxUID"),
         (
-            {"TransferSyntaxUID": JPEG_BASELINE},
-            "JPEG Baseline",
+            {"TransferSyntaxUID": HTJ2K_LOSSLESS},
+            "High-Throughput JPEG 2000 Image Compression (Lossless Only)",
             problems.UNSUPPORTED_MEDIA,
-            "JPEG Baseline is not",
+            r"\(Lossless Only\) is not",
         ),
         ({"TransferSyntaxUID": "1.2.3.4"}, None, problems.UNSUPPORTED_MEDIA, r"\(unrecognised\)"),
         ({"PhotometricInterpretation": " "}, None, problems.BAD_IMAGE, "no Photometric"),
         ({"PhotometricInterpretation": ["RGB"]}, None, problems.BAD_IMAGE, "no Photometric"),
-        ({"PhotometricInterpretation": "YBR_FULL"}, None, problems.UNSUPPORTED_MEDIA, "YBR_FULL"),
+        (
+            {"PhotometricInterpretation": "YBR_PARTIAL_422"},
+            None,
+            problems.UNSUPPORTED_MEDIA,
+            "YBR_PARTIAL_422",
+        ),
         (
             {"PhotometricInterpretation": "Q9"},
             None,

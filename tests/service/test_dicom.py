@@ -9,14 +9,13 @@ import pytest
 from dicom_files import (  # type: ignore[import-not-found]
     PLANTED_VALUES,
     dicom_file,
-    jpeg_dicom_file,
     short_rle_file,
+    unsupported_syntax_file,
 )
 from model_infos import small_model_info  # type: ignore[import-not-found]
 from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -124,12 +123,11 @@ def test_huge_claimed_dimensions_are_too_large_not_short_of_pixel_data() -> None
 @pytest.mark.parametrize(
     ("data", "named"),
     [
-        (jpeg_dicom_file(FRAMES[0]), "JPEG Baseline"),
-        (dicom_file(CT, transfer_syntax=DeflatedExplicitVRLittleEndian), "Deflated"),
-        (dicom_file(RGB, photometric="YBR_FULL"), "YBR_FULL"),
+        (unsupported_syntax_file(CT), "High-Throughput JPEG 2000"),
+        (dicom_file(RGB, photometric="YBR_PARTIAL_422"), "YBR_PARTIAL_422"),
         (dicom_file(CT.astype(np.int32)), "32 bits"),
     ],
-    ids=["jpeg-baseline", "deflated", "ybr-full", "32-bit"],
+    ids=["htj2k", "ybr-partial", "32-bit"],
 )
 def test_encodings_and_layouts_it_does_not_read_are_unsupported(data: bytes, named: str) -> None:
     with pytest.raises(UnsupportedMedia, match=named) as refused:
