@@ -13,6 +13,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from schemas import metrics, problems
+from schemas.dicomweb import load_dicomweb_servers
 from schemas.explain import ExplainResponse
 from schemas.jobs import JOB_MESSAGE, ExplanationJob, JobState, VisualizationJob
 from schemas.logs import LogFields, log_fields
@@ -23,6 +24,7 @@ from schemas.visualizations import ACTIVATION_MAX, VisualizationResponse
 from workers.config import WorkerSettings
 from workers.deadline import DeadlineExceeded, deadline
 from workers.decoded import DecodedImage, ImageError
+from workers.dicomweb import DicomwebError, DicomwebServerCall
 from workers.groups import BatchGroups, Entry, JobGroup, JobT
 from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
@@ -64,6 +66,7 @@ class Worker:
         self.settings = settings
         self.models = models
         self.failures = list(failures)
+        self.dicomweb = load_dicomweb_servers(settings.dicomweb_servers)
         self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s, sealer)
         self.stopping = threading.Event()
         self.infos = [
@@ -278,14 +281,7 @@ class Worker:
         return visualization_responses(model, jobs)
 
     def _decode(self, message: ExplanationJob) -> DecodedImage:
-        try:
-            data = self.store.image(message.job_id)
-        except SealedPayloadError as exc:
-            raise JobFailed(
-                problems.INTERNAL, "The job's image does not open with this worker's payload key."
-            ) from exc
-        if data is None:
-            raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
+        data = self._stored_image(message) if message.source is None else self._fetched(message)
         model = self.models.get(message.model)
         # Decoded no larger than the model needs, as far as whole-factor reduction allows.
         reduce_to = (
@@ -299,6 +295,25 @@ class Worker:
             raise JobFailed(exc.kind, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files
             raise JobFailed(problems.BAD_IMAGE, "The image is corrupt.") from exc
+
+    def _stored_image(self, message: ExplanationJob) -> bytes:
+        try:
+            data = self.store.image(message.job_id)
+        except SealedPayloadError as exc:
+            raise JobFailed(
+                problems.INTERNAL, "The job's image does not open with this worker's payload key."
+            ) from exc
+        if data is None:
+            raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
+        return data
+
+    def _fetched(self, message: ExplanationJob) -> bytes:
+        """The job's `source` instance, fetched by WADO-RS (kept in memory only)."""
+        assert message.source is not None
+        try:
+            return DicomwebServerCall(self.dicomweb, message.source.dicomweb).fetch(message.source)
+        except DicomwebError as exc:
+            raise JobFailed(exc.kind, str(exc)) from exc
 
     def _run_group(
         self,
