@@ -5,6 +5,7 @@ Secrets are read from their files at each connection, so that a rotated one is t
 a restart; neither a secret nor a header value reaches a log line or an error.
 """
 
+import base64
 import io
 import logging
 import time
@@ -23,10 +24,13 @@ from schemas.dicomweb import (
     DicomwebServer,
     DicomwebServers,
     DicomwebSource,
+    DicomwebStore,
     StoredInstance,
     StoredObjects,
 )
+from schemas.explain import ExplainResponse, OutputOptions
 from schemas.problems import ProblemKind
+from workers.decoded import DicomOptionError
 
 # Its info lines quote the UIDs it fetches, and its warnings the server's headers.
 logging.getLogger("dicomweb_client").setLevel(logging.ERROR)
@@ -187,3 +191,47 @@ def _secret(name: str, path: Path) -> str:
             problems.DICOMWEB_FAILED,
             f"The credentials file of DICOMweb server {name!r} is unreadable.",
         ) from exc
+
+
+def stored_response(
+    servers: DicomwebServers, store: DicomwebStore, response: ExplainResponse
+) -> ExplainResponse:
+    """`response` once its derived DICOM objects are stored by STOW-RS, listing them in
+    `stored`; DicomwebError (422) when it has none to store."""
+    objects = derived_objects(response)
+    if not objects:
+        raise DicomwebError(
+            problems.INVALID_REQUEST,
+            "`store` sends the derived DICOM objects: ask for them in `output.dicom`.",
+        )
+    stored = DicomwebServerCall(servers, store.dicomweb).store(objects)
+    return response.model_copy(update={"stored": stored})
+
+
+def derived_objects(response: ExplainResponse) -> list[tuple[DerivedKind, bytes]]:
+    """The Part 10 bytes of every derived object in the response, with its kind."""
+    return [
+        (kind, base64.b64decode(encoded))
+        for explanation in response.explanations
+        for kind, encoded in (getattr(explanation, "dicom", None) or {}).items()
+    ]
+
+
+def check_grid_fits(output: OutputOptions, data: bytes, model_size: tuple[int, int]) -> None:
+    """The gateway's check of an upload's `output.grid`, for a fetched instance: the grid must
+    fit the map (the instance's Rows × Columns, or the model's input size); DicomOptionError
+    (422) when it does not. A header that does not read is left to the decoder to refuse."""
+    if output.grid is None:
+        return
+    height, width = model_size
+    if output.size == "original":
+        try:
+            header = pydicom.dcmread(io.BytesIO(data), specific_tags=["Rows", "Columns"])
+            height, width = int(header.Rows), int(header.Columns)
+        except (AttributeError, TypeError, ValueError, pydicom.errors.InvalidDicomError):
+            return
+    if output.grid > min(height, width):
+        raise DicomOptionError(
+            f"output.grid {output.grid} exceeds the {height}×{width} map; "
+            f"at most {min(height, width)}."
+        )

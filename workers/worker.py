@@ -24,7 +24,12 @@ from schemas.visualizations import ACTIVATION_MAX, VisualizationResponse
 from workers.config import WorkerSettings
 from workers.deadline import DeadlineExceeded, deadline
 from workers.decoded import DecodedImage, ImageError
-from workers.dicomweb import DicomwebError, DicomwebServerCall
+from workers.dicomweb import (
+    DicomwebError,
+    DicomwebServerCall,
+    check_grid_fits,
+    stored_response,
+)
 from workers.groups import BatchGroups, Entry, JobGroup, JobT
 from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
@@ -310,10 +315,13 @@ class Worker:
     def _fetched(self, message: ExplanationJob) -> bytes:
         """The job's `source` instance, fetched by WADO-RS (kept in memory only)."""
         assert message.source is not None
+        spec = self.models[message.model].manifest.input  # its stream is this worker's
         try:
-            return DicomwebServerCall(self.dicomweb, message.source.dicomweb).fetch(message.source)
-        except DicomwebError as exc:
+            data = DicomwebServerCall(self.dicomweb, message.source.dicomweb).fetch(message.source)
+            check_grid_fits(message.output, data, (spec.height, spec.width))
+        except (DicomwebError, ImageError) as exc:
             raise JobFailed(exc.kind, str(exc)) from exc
+        return data
 
     def _run_group(
         self,
@@ -368,8 +376,13 @@ class Worker:
         )
 
     def _store_results(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
-        for member, result in zip(group.members, results, strict=True):
+        for member, computed in zip(group.members, results, strict=True):
             entry = member.entry
+            try:
+                result = self._sent_to_store(entry.message, computed)
+            except JobFailed as failure:
+                self._fail(entry, failure.problem)
+                continue
             result_json = result.model_dump_json()
             # Cached first: the client woken by `complete` may repeat its request at once.
             if entry.message.cache_key is not None:
@@ -377,6 +390,16 @@ class Worker:
             stored = self.store.complete(entry.stream_job(), result_json=result_json)
             self.store.count("results_stored" if stored else "duplicates_dropped")
             _log_finished(entry, JobState.SUCCEEDED if stored else "duplicate", result=result)
+
+    def _sent_to_store(self, message: ExplanationJob | VisualizationJob, result: Result) -> Result:
+        """The result of a `store` job, once its derived objects are stored, listing them."""
+        if not isinstance(message, ExplanationJob) or message.store is None:
+            return result
+        assert isinstance(result, ExplainResponse)
+        try:
+            return stored_response(self.dicomweb, message.store, result)
+        except DicomwebError as exc:
+            raise JobFailed(exc.kind, str(exc)) from exc
 
     def _record(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
         """The batch's size, each job's time in the service and each map's compute time."""

@@ -347,3 +347,23 @@ def test_no_header_value_of_a_fetched_instance_reaches_a_log(
     for logs in (raw, decoded):
         assert not any(value in logs for value in PLANTED_VALUES)
         assert PASSWORD not in logs
+
+
+def test_store_without_derived_objects_fails_and_stores_nothing(
+    client: httpx.Client, pacs: PrivateOrthanc, rle: bytes
+) -> None:
+    study = uids(rle)["study"]
+    before = pacs_client(pacs).search_for_series(study_instance_uid=study)
+    answer = explain(client, source=source_of(rle), store={"dicomweb": "pacs"})
+    assert answer.status_code == 422, answer.text
+    assert "output.dicom" in answer.json()["detail"]
+    assert pacs_client(pacs).search_for_series(study_instance_uid=study) == before
+
+
+def test_a_grid_larger_than_the_fetched_image_is_422(client: httpx.Client, ct: bytes) -> None:
+    rows = pydicom.dcmread(io.BytesIO(ct), stop_before_pixels=True).Rows
+    answer = explain(client, source=source_of(ct), output={"grid": rows + 1})
+    assert answer.status_code == 422, answer.text
+    assert f"output.grid {rows + 1}" in answer.json()["detail"]
+    fitting = explain(client, source=source_of(ct), output={"grid": rows})
+    assert np.array(fitting.json()["explanations"][0]["scores"]["values"]).shape == (rows, rows)
