@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser promtool orthanc run test fuzz lint bench clean
+.PHONY: install browser promtool dciodvfy orthanc run test fuzz lint bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 run: install
 	$(BIN)/glimpse run
 
-test: install browser promtool orthanc
+test: install browser promtool dciodvfy orthanc
 	$(BIN)/python -m pytest -q
 
 # Schemathesis at depth: 400 generated cases per operation (over 5,000 in all), against a real
@@ -43,6 +43,15 @@ promtool:
 	  $$SUDO apt-get install -y -q prometheus >/dev/null 2>&1 || { \
 	    $$SUDO apt-get update -q >/dev/null && \
 	    $$SUDO apt-get install -y -q prometheus >/dev/null; }; }
+
+# The derived DICOM objects' test checks them with dciodvfy, which Debian's dicom3tools carries.
+dciodvfy:
+	@command -v dciodvfy >/dev/null || { \
+	  echo "installing Debian's dicom3tools for dciodvfy (the derived DICOM objects' test)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q dicom3tools >/dev/null 2>&1 || { \
+	    $$SUDO apt-get update -q >/dev/null && \
+	    $$SUDO apt-get install -y -q dicom3tools >/dev/null; }; }
 
 # The DICOMweb test runs a private Orthanc with its DICOMweb plugin, Debian's orthanc and
 # orthanc-dicomweb packages.

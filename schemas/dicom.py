@@ -47,11 +47,51 @@ DICOM_DECODING_ELEMENTS = (
 )
 """The data elements the worker's decoder reads, by keyword. Of an uploaded file the gateway
 stores only these and the transfer syntax, so that no patient, study or equipment element is
-ever stored. Derived DICOM objects (§3 `output.dicom`, not built yet) will need more of the
-source, kept for the derived object alone: PatientName, PatientID, PatientBirthDate, PatientSex,
-StudyInstanceUID, StudyDate, StudyTime, StudyID, AccessionNumber, ReferringPhysicianName,
-SeriesInstanceUID and SOPInstanceUID (to reference the source), FrameOfReferenceUID, Modality,
-Manufacturer and InstitutionName."""
+stored, unless the request asks for derived DICOM objects (`DICOM_DERIVED_ELEMENTS`)."""
+DICOM_DERIVED_ELEMENTS = (
+    "SpecificCharacterSet",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "SeriesInstanceUID",
+    "Modality",
+    "Laterality",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "FrameOfReferenceUID",
+    "PositionReferenceIndicator",
+    "PatientOrientation",
+    "PixelSpacing",
+    "SliceThickness",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)
+"""The further data elements the gateway keeps of a file whose request asks for derived DICOM
+objects (§3 `output.dicom`): what they copy (the patient and study modules, the source's
+equipment) or reference (its UIDs, frame of reference and plane geometry). The worker reads them
+into the derived objects alone; they are stored only sealed, in the job's image, for its TTL."""
 
 
 class DicomWindow(BaseModel):

@@ -123,6 +123,11 @@ def resolve_target(target: Target, probabilities: Sequence[float]) -> list[int]:
     return classes if classes is not None else most_probable(probabilities, target_top_k(target))
 
 
+DicomKind = Literal["secondary_capture", "parametric_map", "segmentation"]
+"""A derived DICOM object a DICOM input can also be answered with (`output.dicom`)."""
+DEFAULT_SEGMENTATION_THRESHOLD = 0.1
+
+
 class OutputOptions(BaseModel):
     """How the maps come back: overlays for people, score arrays for programs. Booleans and
     numbers are strict: `false` is not an alpha of 0, nor `1` a true."""
@@ -144,6 +149,22 @@ class OutputOptions(BaseModel):
         description="scale scores to [0, 1] (unsigned maps) or [-1, 1] (signed); false returns "
         'the method\'s raw attribution, at `size: "model"` only, pooled to `grid` by cell sums',
     )
+    dicom: list[DicomKind] = Field(
+        default_factory=list,
+        max_length=3,
+        json_schema_extra={"uniqueItems": True},
+        description="for a DICOM image only: derived DICOM objects to return, base64 Part 10 "
+        "files, in each explanation's `dicom` (secondary_capture: the overlay burned in; "
+        "parametric_map: the normalised scores as float32; segmentation: the top `threshold` "
+        "share of the map)",
+    )
+    threshold: float = Field(
+        default=DEFAULT_SEGMENTATION_THRESHOLD,
+        gt=0.0,
+        lt=1.0,
+        strict=True,
+        description="the share of the map's highest scores the segmentation marks",
+    )
 
     @model_validator(mode="after")
     def _raw_scores_at_model_size(self) -> "OutputOptions":
@@ -152,6 +173,8 @@ class OutputOptions(BaseModel):
             raise ValueError(
                 'raw scores (normalize: false) come at the model\'s input size: add size: "model"'
             )
+        if len(set(self.dicom)) != len(self.dicom):
+            raise ValueError("a derived DICOM kind is listed twice")
         return self
 
 
@@ -293,6 +316,11 @@ class Explanation(BaseModel):
     heatmap_png: str | None = None
     scores: Scores | None = None
     compute_ms: float
+    dicom: dict[DicomKind, str] | None = Field(
+        default=None,
+        description="the derived DICOM objects `output.dicom` asked for: kind → base64 of the "
+        "DICOM Part 10 file",
+    )
     checks: dict[str, float] | None = Field(
         default=None,
         description="What the method measured about its own map, where it can: "

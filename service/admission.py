@@ -25,7 +25,12 @@ from service.auth import Principal
 from service.body import check_json_size, parse_json
 from service.concurrency import ConcurrencyLimit
 from service.config import Settings
-from service.dicom import check_dicom_options, minimal_dicom
+from service.dicom import (
+    check_dicom_options,
+    check_dicom_output,
+    kept_dicom_elements,
+    minimal_dicom,
+)
 from service.dicomweb import check_dicomweb
 from service.errors import (
     BadImage,
@@ -255,8 +260,11 @@ def checked_image(
         raise BadImage("The image is empty.")
     header = inspect_image(image, settings.max_image_pixels)
     check_dicom_options(options.dicom, header.dicom)
+    check_dicom_output(options.output, header.dicom)
     check_output(options, info, header, settings)
-    return minimal_dicom(image) if header.dicom is not None else image
+    if header.dicom is None:
+        return image
+    return minimal_dicom(image, kept_dicom_elements(options.output))
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """Checks a DICOM upload's header at the door (encoding, image layout, frames and size), and
-rewrites it with only the elements decoding needs before it is stored.
+rewrites it with only the elements decoding needs (and, for derived DICOM objects, what they
+copy) before it is stored.
 
 Only the elements that describe the pixels are parsed; patient and study elements are skipped
 unread, and no error names a header value other than the image's own layout.
 """
 
 import io
+from collections.abc import Sequence
 
-from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions
+from schemas.dicom import DICOM_DECODING_ELEMENTS, DICOM_DERIVED_ELEMENTS, DicomOptions
 from schemas.dicom_layout import (
     DICOM_LAYOUT_ELEMENTS,
     DICOM_PREAMBLE_BYTES,
@@ -17,6 +19,7 @@ from schemas.dicom_layout import (
     check_dicom_layout,
 )
 from schemas.dicom_layout import check_dicom_options as check_options_fit
+from schemas.explain import OutputOptions
 from schemas.problems import ProblemKind
 from service.errors import ApiError, BadImage, InvalidRequest, PayloadTooLarge, UnsupportedMedia
 
@@ -53,11 +56,12 @@ def inspect_dicom(data: bytes, max_pixels: int) -> DicomLayout:
         raise _REFUSALS[refused.kind](refused.detail) from refused
 
 
-def minimal_dicom(data: bytes) -> bytes:
-    """The file rewritten with only `DICOM_DECODING_ELEMENTS` and, in its file meta, the transfer
-    syntax: what the worker decodes the same way, without a patient, study or equipment element.
-    Pixel data is copied as it is (encapsulated frames stay encapsulated). BadImage for a file
-    whose kept elements cannot be read back."""
+def minimal_dicom(data: bytes, elements: Sequence[str] = DICOM_DECODING_ELEMENTS) -> bytes:
+    """The file rewritten with only `elements` (by default `DICOM_DECODING_ELEMENTS`) and, in
+    its file meta, the transfer syntax: what the worker decodes the same way, without a patient,
+    study or equipment element unless `elements` names it. Pixel data is copied as it is
+    (encapsulated frames stay encapsulated). BadImage for a file whose kept elements cannot be
+    read back."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
 
@@ -66,8 +70,8 @@ def minimal_dicom(data: bytes) -> bytes:
     kept.preamble = bytes(DICOM_PREAMBLE_BYTES)
     try:
         with pydicom.config.disable_value_validation():
-            source = pydicom.dcmread(io.BytesIO(data), specific_tags=list(DICOM_DECODING_ELEMENTS))
-            for keyword in DICOM_DECODING_ELEMENTS:
+            source = pydicom.dcmread(io.BytesIO(data), specific_tags=list(elements))
+            for keyword in elements:
                 if keyword in source:
                     # Unconverted: the value's bytes are copied, never parsed.
                     kept[keyword] = source.get_item(keyword)
@@ -77,6 +81,18 @@ def minimal_dicom(data: bytes) -> bytes:
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
         raise BadImage(DICOM_UNREADABLE) from exc
     return out.getvalue()
+
+
+def check_dicom_output(output: OutputOptions, layout: DicomLayout | None) -> None:
+    """Derived DICOM objects (`output.dicom`) are made only of a DICOM image."""
+    if output.dicom and layout is None:
+        raise InvalidRequest("`output.dicom` applies only to DICOM images.")
+
+
+def kept_dicom_elements(output: OutputOptions) -> tuple[str, ...]:
+    """The elements of an uploaded file the job needs: what decoding reads, and what derived
+    DICOM objects copy when the request asks for them."""
+    return DICOM_DECODING_ELEMENTS + (DICOM_DERIVED_ELEMENTS if output.dicom else ())
 
 
 def check_dicom_options(options: DicomOptions | None, layout: DicomLayout | None) -> None:

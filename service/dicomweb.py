@@ -10,13 +10,18 @@ from service.errors import InvalidRequest
 
 def check_dicomweb(options: ExplainOptions, servers_file: Path | None) -> DicomOptions | None:
     """The job's DICOM options: for a `source`, its frame with the request's window. 422 for a
-    server name that is not configured, or a `dicom.frame` that contradicts `source.frame`."""
+    server name that is not configured, a `store` without `output.dicom`, or a `dicom.frame`
+    that contradicts `source.frame`."""
     servers = load_dicomweb_servers(servers_file).servers
     named = [ref.dicomweb for ref in (options.source, options.store) if ref is not None]
     for name in named:
         if name not in servers:
             known = ", ".join(sorted(servers)) or "none is configured"
             raise InvalidRequest(f"No DICOMweb server {name!r}; known: {known}.")
+    if options.store is not None and not options.output.dicom:
+        raise InvalidRequest(
+            "`store` sends the derived DICOM objects: ask for them in `output.dicom`."
+        )
     source = options.source
     if source is None:
         return options.dicom

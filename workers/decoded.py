@@ -1,9 +1,10 @@
 """A decoded image and the ways decoding refuses one, shared by every decoder."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from schemas import problems
 from schemas.dicom import DicomOptions
@@ -45,12 +46,15 @@ class DecodedImage:
     `pixels` is float32 H×W×C in [0, 1] with C = 1 for grey images and 3 for colour ones, at the
     original resolution or, when the decoder was given the model's size, reduced by a whole
     factor towards it; `display` is the uint8 H×W×3 RGB picture overlays are drawn on, always at
-    the original resolution; `dicom` is, for a DICOM image, the frame and window that made it.
+    the original resolution; `dicom` is, for a DICOM image, the frame and window that made it;
+    `source` is, when the job asked for derived DICOM objects, the file's header (pixel data
+    left out), held in memory for them alone.
     """
 
     pixels: np.ndarray
     display: np.ndarray
     dicom: DicomOptions | None = None
+    source: Dataset | None = field(default=None, repr=False)
 
 
 def display_of(pixels: np.ndarray) -> np.ndarray:

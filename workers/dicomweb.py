@@ -213,7 +213,7 @@ def derived_objects(response: ExplainResponse) -> list[tuple[DerivedKind, bytes]
     return [
         (kind, base64.b64decode(encoded))
         for explanation in response.explanations
-        for kind, encoded in (getattr(explanation, "dicom", None) or {}).items()
+        for kind, encoded in (explanation.dicom or {}).items()
     ]
 
 

@@ -5,7 +5,7 @@ import base64
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from schemas.methods import MethodParams
 from workers import render
 from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
+from workers.dicom_objects import DerivedDescription, explanation_objects
 from workers.images import to_model_input
 from workers.methods import Normalisation, explain, resolve
 from workers.repository import LoadedModel
@@ -169,8 +170,7 @@ def render_explanations(
     """The job's maps as its output options ask (overlays, heatmaps, score arrays), timed."""
     started = time.perf_counter()
     explanations = [
-        _explanation(computed, job.image, job.message.output, model.manifest.labels)
-        for computed in maps
+        _explanation(computed, job.image, job.message.output, model) for computed in maps
     ]
     return RenderedJob(explanations, render_ms=(time.perf_counter() - started) * 1000)
 
@@ -251,8 +251,9 @@ def _predictions(
 
 
 def _explanation(
-    computed: ComputedMap, image: DecodedImage, output: OutputOptions, labels: Sequence[str]
+    computed: ComputedMap, image: DecodedImage, output: OutputOptions, model: LoadedModel
 ) -> Explanation:
+    labels = model.manifest.labels
     height, width = image.display.shape[:2]
     # Resized before normalising, so that each map's own extreme is exactly ±1.
     full_size = render.normalize_map(
@@ -268,6 +269,11 @@ def _explanation(
     if output.heatmap:
         heatmap = _b64(render.render_heatmap(colour_values, output.colormap))
     class_index = computed.row.class_index
+    dicom = None
+    if output.dicom:
+        about = DerivedDescription.of(computed.method, class_index, model, output)
+        about = replace(about, signed=computed.signed)
+        dicom = explanation_objects(image, full_size, colour_values, about, output)
     return Explanation(
         method=computed.method,
         target=ExplanationTarget(class_index=class_index, label=labels[class_index]),
@@ -276,6 +282,7 @@ def _explanation(
         scores=_scores(computed.values, full_size, computed.signed, output),
         compute_ms=computed.compute_ms,
         checks=computed.checks,
+        dicom=dicom,
     )
 
 

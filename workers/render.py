@@ -122,7 +122,15 @@ _BLEND_ROWS = 256
 
 
 def render_overlay(display: np.ndarray, values01: np.ndarray, colormap: str, alpha: float) -> bytes:
-    """PNG of the colour-mapped map blended over the picture: (1 - alpha) image + alpha colour.
+    """PNG of the colour-mapped map blended over the picture (`blend_overlay`)."""
+    return _png(blend_overlay(display, values01, colormap, alpha))
+
+
+def blend_overlay(
+    display: np.ndarray, values01: np.ndarray, colormap: str, alpha: float
+) -> np.ndarray:
+    """The colour-mapped map blended over the picture: (1 - alpha) image + alpha colour, uint8
+    H×W×3.
 
     `display` is uint8 H×W×3 and `values01` an H×W map in [0, 1] of the same size.
     """
@@ -139,7 +147,7 @@ def render_overlay(display: np.ndarray, values01: np.ndarray, colormap: str, alp
             np.float32
         )
         blended[rows] = np.rint(band).astype(np.uint8)
-    return _png(blended)
+    return blended
 
 
 def render_heatmap(values01: np.ndarray, colormap: str) -> bytes:

@@ -24,6 +24,7 @@ from schemas.visualizations import ACTIVATION_MAX, VisualizationResponse
 from workers.config import WorkerSettings
 from workers.deadline import DeadlineExceeded, deadline
 from workers.decoded import DecodedImage, ImageError
+from workers.dicom_objects import with_source_header
 from workers.dicomweb import (
     DicomwebError,
     DicomwebServerCall,
@@ -293,9 +294,10 @@ class Worker:
             None if model is None else (model.manifest.input.height, model.manifest.input.width)
         )
         try:
-            return decode_image(
+            decoded = decode_image(
                 data, self.settings.max_image_pixels, message.dicom, reduce_to=reduce_to
             )
+            return with_source_header(decoded, data) if message.output.dicom else decoded
         except ImageError as exc:
             raise JobFailed(exc.kind, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files

@@ -17,6 +17,7 @@ from dicom_files import PLANTED_VALUES, ct_file, dicom_file  # type: ignore[impo
 from dicomweb_client import DICOMwebClient
 from log_lines import logged_text  # type: ignore[import-not-found]
 from orthanc_server import PASSWORD, USER, PrivateOrthanc  # type: ignore[import-not-found]
+from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
 
@@ -367,3 +368,103 @@ def test_a_grid_larger_than_the_fetched_image_is_422(client: httpx.Client, ct: b
     assert f"output.grid {rows + 1}" in answer.json()["detail"]
     fitting = explain(client, source=source_of(ct), output={"grid": rows})
     assert np.array(fitting.json()["explanations"][0]["scores"]["values"]).shape == (rows, rows)
+
+
+DERIVED = ["secondary_capture", "parametric_map", "segmentation"]
+
+
+def referenced_instances(dataset: Dataset) -> set[str]:
+    """Every Referenced SOP Instance UID anywhere in the dataset, sequences included."""
+    found: set[str] = set()
+    for element in dataset.iterall():
+        if element.keyword == "ReferencedSOPInstanceUID":
+            found.add(str(element.value))
+    return found
+
+
+@pytest.mark.parametrize("fixture", ["ct", "rle"])
+def test_store_round_trip_through_orthanc(
+    client: httpx.Client, pacs: PrivateOrthanc, fixture: str, request: pytest.FixtureRequest
+) -> None:
+    data: bytes = request.getfixturevalue(fixture)
+    source = uids(data)
+    answer = explain(
+        client,
+        source=source_of(data),
+        store={"dicomweb": "pacs"},
+        output={"dicom": DERIVED, "scores": "none"},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    stored = body["stored"]
+    assert stored["dicomweb"] == "pacs"
+    assert sorted(i["kind"] for i in stored["instances"]) == sorted(DERIVED)
+    returned = {
+        pydicom.dcmread(io.BytesIO(base64.b64decode(encoded))).SOPInstanceUID
+        for encoded in body["explanations"][0]["dicom"].values()
+    }
+    assert {i["sop_instance_uid"] for i in stored["instances"]} == returned
+    reader = pacs_client(pacs)
+    listed = {
+        item["0020000E"]["Value"][0]
+        for item in reader.search_for_series(study_instance_uid=source["study"])
+    }
+    for instance in stored["instances"]:
+        assert instance["series_instance_uid"] in listed
+        assert instance["series_instance_uid"] != source["series"]
+        found = reader.search_for_instances(
+            study_instance_uid=source["study"], series_instance_uid=instance["series_instance_uid"]
+        )
+        assert [item["00080018"]["Value"][0] for item in found] == [instance["sop_instance_uid"]]
+        read_back = reader.retrieve_instance(
+            source["study"], instance["series_instance_uid"], instance["sop_instance_uid"]
+        )
+        assert read_back.StudyInstanceUID == source["study"]
+        assert read_back.SOPClassUID == instance["sop_class_uid"]
+        assert source["instance"] in referenced_instances(read_back)
+        assert read_back.pixel_array.shape == expected_shape(read_back)
+        assert np.isfinite(read_back.pixel_array.astype(np.float64)).all()
+        if instance["kind"] == "secondary_capture":
+            overlay = Image.open(
+                io.BytesIO(base64.b64decode(body["explanations"][0]["overlay_png"]))
+            )
+            np.testing.assert_array_equal(read_back.pixel_array, np.asarray(overlay.convert("RGB")))
+
+
+def expected_shape(dataset: Dataset) -> tuple[int, ...]:
+    """The shape pydicom gives a dataset's pixels: frames (when more than one), rows, columns,
+    samples (when more than one)."""
+    frames = int(dataset.get("NumberOfFrames", 1))
+    samples = int(dataset.SamplesPerPixel)
+    return (
+        *((frames,) if frames > 1 else ()),
+        int(dataset.Rows),
+        int(dataset.Columns),
+        *((samples,) if samples > 1 else ()),
+    )
+
+
+def test_a_store_request_is_never_answered_from_the_cache(client: httpx.Client, ct: bytes) -> None:
+    fields = {
+        "source": source_of(ct),
+        "store": {"dicomweb": "pacs"},
+        "output": {"dicom": ["secondary_capture"], "scores": "none"},
+        "target": 0,
+    }
+    first, second = explain(client, **fields), explain(client, **fields)
+    assert [first.status_code, second.status_code] == [200, 200], second.text
+    assert [first.json()["cached"], second.json()["cached"]] == [False, False]
+    (one,), (two,) = first.json()["stored"]["instances"], second.json()["stored"]["instances"]
+    assert one["sop_instance_uid"] != two["sop_instance_uid"]
+
+
+def test_a_refused_stow_fails_the_job_with_502(client: httpx.Client, ct: bytes) -> None:
+    answer = explain(
+        client,
+        source=source_of(ct),
+        store={"dicomweb": "pacs-wrong-password"},
+        output={"dicom": ["segmentation"]},
+    )
+    assert answer.status_code == 502, answer.text
+    assert answer.json()["type"] == "urn:glimpse:problem:dicomweb-failed"
+    assert "STOW" in answer.json()["detail"] or "credentials" in answer.json()["detail"]
