@@ -256,8 +256,25 @@ class ExplainOptions(ExplainParameters):
     )
 
 
+# `_image_or_source` as JSON Schema: an image and no source, or a source and no image.
+_IMAGE_OR_SOURCE: JsonDict = {
+    "oneOf": [
+        {
+            "required": ["image"],
+            "properties": {"image": {"type": "string"}, "source": {"type": "null"}},
+        },
+        {
+            "required": ["source"],
+            "properties": {"source": {"type": "object"}, "image": {"type": "null"}},
+        },
+    ]
+}
+
+
 class ExplainRequest(ExplainOptions):
     """`POST /v1/explanations` and `POST /v1/jobs` as JSON."""
+
+    model_config = ConfigDict(json_schema_extra=_IMAGE_OR_SOURCE)
 
     image: str | None = Field(
         default=None,

@@ -32,8 +32,9 @@ from schemas.explain import ExplainResponse, OutputOptions
 from schemas.problems import ProblemKind
 from workers.decoded import DicomOptionError
 
-# Its info lines quote the UIDs it fetches, and its warnings the server's headers.
-logging.getLogger("dicomweb_client").setLevel(logging.ERROR)
+# Its lines quote the UIDs it fetches or stores and the server's headers; what failed is raised
+# as a DicomwebError instead, which names only what the caller gave.
+logging.getLogger("dicomweb_client").setLevel(logging.CRITICAL)
 
 T = TypeVar("T")
 RETRY_PAUSE_S = 0.5

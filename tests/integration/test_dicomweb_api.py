@@ -20,6 +20,7 @@ from orthanc_server import PASSWORD, USER, PrivateOrthanc  # type: ignore[import
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
+from redis import Redis
 
 from schemas.dicomweb import DicomwebServers
 from service.devstack import DevStack, free_port
@@ -334,12 +335,52 @@ def test_stow_rs_stores_what_qido_and_wado_read_back(
     )
 
 
-def test_no_header_value_of_a_fetched_instance_reaches_a_log(
-    client: httpx.Client, stack: DevStack, ct: bytes
+def redis_contents(redis_url: str) -> tuple[list[bytes], bytes]:
+    """Every key name in Redis, and every value (strings, hashes, sets, sorted sets, lists and
+    streams) joined."""
+    store = Redis.from_url(redis_url)
+    names = list(store.scan_iter(count=1000))
+    values = []
+    for name in names:
+        kind = store.type(name)
+        if kind == b"string":
+            values.append(store.get(name) or b"")
+        elif kind == b"hash":
+            values.extend(b"%s=%s" % item for item in store.hgetall(name).items())
+        elif kind == b"set":
+            values.extend(store.smembers(name))
+        elif kind == b"zset":
+            values.extend(store.zrange(name, 0, -1))
+        elif kind == b"list":
+            values.extend(store.lrange(name, 0, -1))
+        elif kind == b"stream":
+            values.extend(repr(entry).encode() for entry in store.xrange(name))
+    store.close()
+    return names, b"\n".join(values)
+
+
+def test_no_header_value_of_a_fetched_instance_reaches_a_log_or_redis(
+    client: httpx.Client, stack: DevStack, ct: bytes, redis_url: str
 ) -> None:
-    answer = explain(client, source=source_of(ct), target=1)
+    answer = explain(
+        client,
+        source=source_of(ct),
+        target=1,
+        store={"dicomweb": "pacs"},
+        output={"dicom": ["secondary_capture"]},
+    )
     assert answer.status_code == 200, answer.text
-    assert not any(value in answer.text for value in PLANTED_VALUES)
+    # The derived object carries the patient (it must), and only it: nothing else names them.
+    body = answer.json()
+    for explanation in body["explanations"]:
+        del explanation["dicom"]
+    assert not any(value in json.dumps(body) for value in PLANTED_VALUES)
+    names, values = redis_contents(redis_url)
+    assert any(body["job_id"].encode() in name for name in names)  # the job is there to scan
+    for secret in (*PLANTED_VALUES, *uids(ct).values()):
+        assert not any(secret.encode() in name for name in names), secret
+    for planted in PLANTED_VALUES:
+        assert planted.encode() not in values, planted
     time.sleep(0.5)
     assert stack.log_dir is not None
     raw = "".join(path.read_text(errors="replace") for path in stack.log_dir.glob("*.log"))
