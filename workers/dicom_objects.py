@@ -9,7 +9,9 @@ equipment values are copied from the source header into the object and nowhere e
 
 import base64
 import io
+import logging
 import re
+import warnings
 from collections.abc import Sequence
 from copy import deepcopy
 from dataclasses import dataclass, replace
@@ -17,7 +19,9 @@ from dataclasses import dataclass, replace
 import highdicom as hd
 import numpy as np
 from pydicom import config, dcmread, dcmwrite
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
@@ -25,6 +29,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
     SegmentationStorage,
 )
+from pydicom.valuerep import validate_value
 
 from schemas import SERVICE_VERSION
 from schemas.dicom_layout import DICOM_UNREADABLE, is_dicom
@@ -33,6 +38,9 @@ from workers import render
 from workers.decoded import DecodedImage, DicomOptionError, ImageDecodeError
 from workers.repository import LoadedModel
 
+# highdicom narrates each module it copies at INFO, and may print a dataset at DEBUG.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
+
 MANUFACTURER = "Glimpse"
 # Series numbers of the derived series, one per kind, so that a viewer lists them in this order.
 _SERIES_NUMBERS: dict[DicomKind, int] = {
@@ -40,9 +48,15 @@ _SERIES_NUMBERS: dict[DicomKind, int] = {
     "parametric_map": 9102,
     "segmentation": 9103,
 }
+_PATIENT_SEXES = ("M", "F", "O")
+# The UIDs every derived object references the source by.
+_REFERENCED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+# The value representations of the patient, study, equipment and geometry values they copy.
+_CHECKED_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM", "UI"})
 _CS_LENGTH = 16
 _LO_LENGTH = 64
 _NOT_CS = re.compile(r"[^A-Z0-9_ ]")
+_NOT_LO = re.compile(r"[\\\x00-\x1f\x7f]")
 # Patient directions (PS3.3 C.7.6.1.1.1) along +x, −x, +y, −y, +z, −z of the patient system.
 _DIRECTIONS = "LRPAHF"
 # Source elements a derived object carries over as they are: the rest of the patient and study
@@ -138,11 +152,12 @@ class DerivedDescription:
 
     def derivation(self) -> str:
         """ST (≤ 1024): everything, the weights' full SHA-256 included."""
-        return (
+        text = (
             f"Glimpse {SERVICE_VERSION}: {self.method} attribution for class {self.class_index} "
             f"({self.label}) of model {self.model_id} version {self.model_version}, weights "
             f"sha256 {self.weights_sha256}"
-        )[:1024]
+        )
+        return _NOT_LO.sub("/", text)[:1024]
 
 
 _TAGS: dict[DicomKind, str] = {
@@ -152,17 +167,47 @@ _TAGS: dict[DicomKind, str] = {
 }
 
 
+class DerivedObjectError(Exception):
+    """The derived objects could not be built; the message names no header value."""
+
+
 def source_header(data: bytes) -> Dataset:
-    """The header of the DICOM file `data`, its pixel data left unread. `DicomOptionError` when
-    `data` is not DICOM: derived objects exist only for DICOM images."""
+    """The header of the DICOM file `data`, its pixel data left unread, without the top-level
+    values that break their value representation (they would fail, or be quoted by, the
+    derived objects' checks). `DicomOptionError` when `data` is not DICOM, or lacks a valid UID
+    the derived objects reference: derived objects exist only of DICOM images."""
     if not is_dicom(data):
         raise DicomOptionError("output.dicom applies only to DICOM images")
     try:
-        # pydicom's validation warnings quote element values into the log; none is validated.
+        # pydicom's validation warnings quote element values into the log; none is validated
+        # here, each is checked below by `_valid`, which raises instead.
         with config.disable_value_validation():
-            return dcmread(io.BytesIO(data), stop_before_pixels=True)
+            header = dcmread(io.BytesIO(data), stop_before_pixels=True)
+            malformed = [element.tag for element in header if not _valid(element)]
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed files
         raise ImageDecodeError(DICOM_UNREADABLE) from exc
+    for tag in malformed:
+        del header[tag]
+    for keyword in _REFERENCED_UIDS:
+        if not header.get(keyword):
+            raise DicomOptionError(
+                f"derived DICOM objects reference the source's {keyword}, which this file lacks "
+                "or gives malformed"
+            )
+    return header
+
+
+def _valid(element: DataElement) -> bool:
+    """Whether a top-level string value keeps to its value representation."""
+    if element.VR not in _CHECKED_VRS or element.value is None:
+        return True
+    values = element.value if isinstance(element.value, MultiValue) else [element.value]
+    try:
+        for value in values:
+            validate_value(element.VR, value, config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def with_source_header(image: DecodedImage, data: bytes) -> DecodedImage:
@@ -184,7 +229,11 @@ def explanation_objects(
         raise DicomOptionError("output.dicom applies only to DICOM images")
     overlay = render.blend_overlay(image.display, values01, output.colormap, output.alpha)
     frame = replace(description, frame=image.dicom.frame)
-    built = derived_objects(image.source, overlay, scores, frame, output.dicom)
+    try:
+        built = derived_objects(image.source, overlay, scores, frame, output.dicom)
+    except Exception:  # noqa: BLE001 - highdicom and pydicom raise many types
+        # Not chained: their messages may quote a header value, which the log must not show.
+        raise DerivedObjectError("the derived DICOM objects could not be built") from None
     return {kind: base64.b64encode(data).decode("ascii") for kind, data in built.items()}
 
 
@@ -199,6 +248,20 @@ def derived_objects(
     (`source`, pixel data not needed), the rendered overlay (uint8 H×W×3 RGB at the source's
     size) and the map (float32 H×W at the source's size, normalised to [0, 1], or [-1, 1] when
     signed)."""
+    # pydicom's validation and highdicom's warnings may quote a header value; neither may reach
+    # the log (`source_header` has checked the values already).
+    with config.disable_value_validation(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _built(source, overlay, scores, description, kinds)
+
+
+def _built(
+    source: Dataset,
+    overlay: np.ndarray,
+    scores: np.ndarray,
+    description: DerivedDescription,
+    kinds: Sequence[DicomKind],
+) -> dict[DicomKind, bytes]:
     reference = _single_frame_reference(source, description.frame)
     builders = {
         "secondary_capture": lambda: _secondary_capture(reference, overlay, description),
@@ -225,7 +288,7 @@ def top_share_mask(scores: np.ndarray, share: float) -> np.ndarray:
 def _single_frame_reference(source: Dataset, frame: int) -> Dataset:
     """The source header as highdicom reads a single-frame source image: an enhanced multi-frame
     file's geometry of the frame explained moved to the top level, the frame itself referenced
-    afterwards by its number (`_reference_frame`)."""
+    afterwards by its number (`_reference_source`)."""
     reference = deepcopy(source)
     _lift_frame_geometry(reference, frame)
     for keyword in _MULTI_FRAME_ELEMENTS:
@@ -234,6 +297,8 @@ def _single_frame_reference(source: Dataset, frame: int) -> Dataset:
     for keyword in _TYPE_2_ELEMENTS:
         if keyword not in reference:
             setattr(reference, keyword, None)
+    if reference.PatientSex not in _PATIENT_SEXES:
+        reference.PatientSex = None  # an enumerated value: empty rather than another
     if "NumberOfFrames" in source:
         # highdicom reads a multi-frame class's geometry from functional groups a legacy
         # multi-frame file lacks; the frame stands alone here, and the class is restored after.
@@ -402,7 +467,7 @@ def _reference_source(derived: Dataset, source: Dataset, frame: int) -> None:
     """Reference the source as it is: its own SOP Class (a multi-frame source was built upon as a
     single-frame one) and, in each Source Image Sequence item, the frame explained; and list the
     source in the object's own Source Image Sequence where highdicom did not."""
-    multi_frame = "NumberOfFrames" in source
+    multi_frame = int(source.get("NumberOfFrames") or 1) > 1
     for item in _references_to(derived, source.SOPInstanceUID):
         item.ReferencedSOPClassUID = source.SOPClassUID
     if "SourceImageSequence" not in derived and "SharedFunctionalGroupsSequence" not in derived:
@@ -452,4 +517,6 @@ def _part10(dataset: Dataset) -> bytes:
 
 
 def _lo(text: str) -> str:
-    return text[:_LO_LENGTH].rstrip()
+    """`text` as one Long String value: no backslash (the value separator) or control
+    character, at most 64 characters."""
+    return _NOT_LO.sub("/", text)[:_LO_LENGTH].rstrip()

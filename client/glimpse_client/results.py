@@ -86,6 +86,13 @@ class Explanation(_Answer):
     scores: Scores | None = None
     compute_ms: float = 0.0
     checks: dict[str, Any] | None = None
+    dicom: dict[str, str] | None = None
+
+    @cached_property
+    def dicom_files(self) -> dict[str, bytes]:
+        """The derived DICOM objects `output.dicom` asked for, kind → DICOM Part 10 bytes (empty
+        when none was asked)."""
+        return {kind: base64.b64decode(data) for kind, data in (self.dicom or {}).items()}
 
     @cached_property
     def map(self) -> np.ndarray | None:

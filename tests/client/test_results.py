@@ -71,6 +71,16 @@ def test_an_explanation_without_scores_has_no_map() -> None:
     assert result.explanations[0].map is None and result.explanations[0].overlay is None
 
 
+def test_derived_dicom_objects_decode_to_their_bytes() -> None:
+    files = {"segmentation": b"\x00" * 128 + b"DICM seg", "parametric_map": b"DICM pm"}
+    encoded = {kind: base64.b64encode(data).decode() for kind, data in files.items()}
+
+    explanation = ExplainResult.from_json(answer(dicom=encoded)).explanations[0]
+
+    assert explanation.dicom_files == files
+    assert ExplainResult.from_json(answer()).explanations[0].dicom_files == {}
+
+
 def test_a_job_result_is_an_explanation_or_a_visualization() -> None:
     explained = Job.from_json({"job_id": "j", "status": "succeeded", "result": answer()})
     assert isinstance(explained.result, ExplainResult)

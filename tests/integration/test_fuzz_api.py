@@ -196,7 +196,10 @@ def fit_positive_case(case: Case) -> None:
         return
     case.body = integral_floats_as_ints(case.body)
     parameters = case.body.get("parameters")  # KServe's shared options
-    fit_occlusion((parameters if isinstance(parameters, dict) else case.body).get("params"))
+    options = parameters if isinstance(parameters, dict) else case.body
+    fit_occlusion(options.get("params"))
+    if isinstance(output := options.get("output"), dict):
+        output.pop("dicom", None)  # derived DICOM objects only of a DICOM file: none is sent
     if case.operation.path in EXPLAIN_PATHS:
         fit_params_to_methods(case.body)
         fit_dicomweb(case.body)
@@ -263,8 +266,6 @@ def fit_to_model(case: Case) -> None:
     if "target" in body:
         body["target"] = fitted_target(body["target"])
     output = body.get("output")
-    if isinstance(output, dict):
-        output.pop("dicom", None)  # derived DICOM objects are made of DICOM images only
     if isinstance(output, dict) and isinstance(output.get("grid"), int):
         image = body["image"]
         width, height = IMAGE_SIZES[getattr(image, "data", image)]

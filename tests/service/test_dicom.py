@@ -13,6 +13,7 @@ from dicom_files import (  # type: ignore[import-not-found]
     short_rle_file,
 )
 from model_infos import small_model_info  # type: ignore[import-not-found]
+from PIL import Image
 from pydicom import dcmread
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -22,7 +23,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from schemas.dicom import DICOM_DECODING_ELEMENTS, DicomOptions, DicomWindow
+from schemas.dicom import (
+    DICOM_DECODING_ELEMENTS,
+    DICOM_DERIVED_ELEMENTS,
+    DicomOptions,
+    DicomWindow,
+)
 from schemas.dicom_layout import DicomLayout
 from schemas.explain import ExplainOptions
 from service.admission import Caller, prepare_job
@@ -219,6 +225,36 @@ def test_the_stored_file_keeps_only_what_decoding_needs_and_decodes_alike(data: 
         rewritten = decode_dicom(stored, DicomOptions(frame=frame), MAX_PIXELS)
         assert np.array_equal(original.pixels, rewritten.pixels)
         assert original.dicom == rewritten.dicom
+
+
+def test_a_job_for_derived_objects_also_keeps_what_they_copy() -> None:
+    data = dicom_file(CT, FrameOfReferenceUID="1.2.3", PixelSpacing=[0.5, 0.5], Modality="CT")
+    options = ExplainOptions(model="m", methods=["gradcam"], output={"dicom": ["segmentation"]})
+    caller = Caller(Principal("k", frozenset({"explain"})))
+
+    _, stored = prepare_job(options, data, small_model_info(), caller, Settings())
+
+    kept, source = dcmread(io.BytesIO(stored)), dcmread(io.BytesIO(data))
+    assert {element.keyword for element in kept} <= set(
+        DICOM_DECODING_ELEMENTS + DICOM_DERIVED_ELEMENTS
+    )
+    for keyword in ("PatientName", "PatientID", "InstitutionName", "StudyInstanceUID"):
+        assert kept[keyword].value == source[keyword].value
+    assert (kept.FrameOfReferenceUID, kept.PixelSpacing) == ("1.2.3", [0.5, 0.5])
+    assert np.array_equal(
+        decode_dicom(stored, DicomOptions(), MAX_PIXELS).pixels,
+        decode_dicom(data, DicomOptions(), MAX_PIXELS).pixels,
+    )
+
+
+def test_derived_objects_of_a_png_are_refused_at_the_door() -> None:
+    options = ExplainOptions(model="m", methods=["gradcam"], output={"dicom": ["segmentation"]})
+    caller = Caller(Principal("k", frozenset({"explain"})))
+    png = io.BytesIO()
+    Image.fromarray(FRAMES[0]).save(png, format="PNG")
+
+    with pytest.raises(InvalidRequest, match="output.dicom"):
+        prepare_job(options, png.getvalue(), small_model_info(), caller, Settings())
 
 
 def test_a_job_stores_the_rewritten_dicom() -> None:

@@ -2,19 +2,29 @@
 and read back by pydicom and highdicom, for three kinds of source."""
 
 import io
+import logging
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 import pytest
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 
 from schemas.explain import DicomKind
-from workers.dicom_objects import DerivedDescription, derived_objects, top_share_mask
+from workers.decoded import DicomOptionError
+from workers.demo.data import make_sample, to_png_bytes
+from workers.dicom_objects import (
+    DerivedDescription,
+    derived_objects,
+    source_header,
+    top_share_mask,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from dicom_files import (  # type: ignore[import-not-found]  # noqa: E402
@@ -24,6 +34,7 @@ from dicom_files import (  # type: ignore[import-not-found]  # noqa: E402
     PLANTED_NAME,
     ct_file,
     dicom_file,
+    without,
 )
 
 ROWS, COLUMNS = 24, 30
@@ -66,7 +77,42 @@ def _sources() -> dict[str, tuple[bytes, int]]:
     }
 
 
-SOURCES = _sources()
+def _functional_groups(frames: int) -> dict[str, object]:
+    """Shared and per-frame geometry as an enhanced multi-frame file holds it: frame k at
+    z = 5 k mm."""
+    shared = Dataset()
+    measures, orientation = Dataset(), Dataset()
+    measures.PixelSpacing, measures.SliceThickness = [0.5, 0.5], 5.0
+    orientation.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    shared.PlaneOrientationSequence = DicomSequence([orientation])
+    per_frame = []
+    for k in range(frames):
+        group, position = Dataset(), Dataset()
+        position.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
+        group.PlanePositionSequence = DicomSequence([position])
+        per_frame.append(group)
+    return {
+        "FrameOfReferenceUID": "1.2.826.0.1.3680043.8.498.2",
+        "SharedFunctionalGroupsSequence": DicomSequence([shared]),
+        "PerFrameFunctionalGroupsSequence": DicomSequence(per_frame),
+    }
+
+
+def _enhanced_source() -> tuple[bytes, int]:
+    pixels = np.random.default_rng(8).integers(0, 4096, (4, ROWS, COLUMNS), np.uint16)
+    data = dicom_file(
+        pixels,
+        bits_stored=12,
+        sop_class=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        FrameIncrementPointer=0x00181063,
+        FrameTime=40.0,
+        **_functional_groups(4),
+    )
+    return data, 1
+
+
+SOURCES = {**_sources(), "functional-groups": _enhanced_source()}
 
 
 def description(frame: int, signed: bool) -> DerivedDescription:
@@ -198,6 +244,26 @@ def test_the_parametric_map_holds_the_scores_as_float32(built: dict) -> None:
     assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (0.0, 2.0)
 
 
+def test_the_frame_explained_keeps_its_place_in_the_frame_of_reference() -> None:
+    data, frame = SOURCES["functional-groups"]
+    source = dcmread(io.BytesIO(data), stop_before_pixels=True)
+    scores = np.abs(signed_map(4))
+    overlay = np.zeros((ROWS, COLUMNS, 3), np.uint8)
+
+    objects = derived_objects(
+        source, overlay, scores, description(frame, False), ["parametric_map", "segmentation"]
+    )
+
+    for encoded in objects.values():
+        derived = dcmread(io.BytesIO(encoded))
+        assert derived.FrameOfReferenceUID == source.FrameOfReferenceUID
+        (group,) = derived.PerFrameFunctionalGroupsSequence
+        position = group.PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in position] == [0.0, 0.0, 5.0 * frame]
+        measures = derived.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        assert [float(v) for v in measures.PixelSpacing] == [0.5, 0.5]
+
+
 def test_the_segmentation_marks_the_top_share_of_the_map(built: dict) -> None:
     segmentation = hd.seg.Segmentation.from_dataset(dcmread(built["paths"]["segmentation"]))
 
@@ -242,3 +308,70 @@ def test_an_unsigned_map_maps_onto_zero_to_one(tmp_path: Path) -> None:
     )
     np.testing.assert_array_equal(derived.FloatPixelData, scores.astype("<f4").tobytes())
     assert [line for line in dciodvfy(path) if line.startswith("Error")] == []
+
+
+def test_descriptions_keep_to_their_value_representations() -> None:
+    long = DerivedDescription(
+        method="guided_gradcam",
+        class_index=12,
+        label="a label\\with a backslash, far longer than any Long String could hold",
+        model_id="m" * 64,
+        model_version="2026.12",
+        weights_sha256=SHA256,
+        threshold=0.1,
+    )
+
+    assert long.content_label() == "GUIDED_GRADCAM"
+    for text in (
+        long.series_description("segmentation"),
+        long.content_description(),
+        description(0, False).series_description("parametric_map"),
+    ):
+        assert 0 < len(text) <= 64
+        assert "\\" not in text  # DICOM's value separator
+    assert SHA256 in long.derivation() and len(long.derivation()) <= 1024
+
+
+def test_a_png_has_no_header_to_derive_from() -> None:
+    with pytest.raises(DicomOptionError, match="output.dicom"):
+        source_header(to_png_bytes(make_sample(3).image))
+
+
+def test_malformed_header_values_are_left_out_and_never_quoted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    malformed = {
+        "PatientBirthDate": "1923-04-05Q7",
+        "StudyDate": "Q7yday",
+        "PatientSex": "Q7X",
+    }
+    with config.disable_value_validation():
+        data = ct_file(np.zeros((ROWS, COLUMNS)), **malformed)
+    caplog.set_level(logging.DEBUG)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        objects = derived_objects(
+            source_header(data),
+            np.zeros((ROWS, COLUMNS, 3), np.uint8),
+            signed_map(2),
+            description(0, True),
+            KINDS,
+        )
+
+    said = [str(warning.message) for warning in caught] + [r.getMessage() for r in caplog.records]
+    assert [line for line in said if "Q7" in line] == []
+    for kind, encoded in objects.items():
+        derived = dcmread(io.BytesIO(encoded))
+        assert (derived.PatientBirthDate, derived.StudyDate, derived.PatientSex) == ("", "", "")
+        assert derived.PatientName == PLANTED_NAME
+        path = tmp_path / f"{kind}.dcm"
+        path.write_bytes(encoded)
+        assert [line for line in dciodvfy(path) if line.startswith("Error")] == []
+
+
+def test_a_source_without_its_uids_cannot_be_referenced() -> None:
+    data = ct_file(np.zeros((ROWS, COLUMNS)))
+
+    with pytest.raises(DicomOptionError, match="StudyInstanceUID"):
+        source_header(without(data, "StudyInstanceUID"))
