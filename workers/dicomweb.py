@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pydicom
 import requests
@@ -30,7 +30,7 @@ from schemas.dicomweb import (
 )
 from schemas.explain import ExplainResponse, OutputOptions
 from schemas.problems import ProblemKind
-from workers.decoded import DicomOptionError
+from workers.decoded import DicomOptionError, ImageTooLargeError
 
 # Its lines quote the UIDs it fetches or stores and the server's headers; what failed is raised
 # as a DicomwebError instead, which names only what the caller gave.
@@ -40,6 +40,8 @@ T = TypeVar("T")
 RETRY_PAUSE_S = 0.5
 _AUTH_REFUSALS = (401, 403)
 _RETRIED_STATUSES = (408, 429)
+# DICOM JSON tags of Rows, Columns and Number of Frames.
+_ROWS, _COLUMNS, _FRAMES = "00280010", "00280011", "00280008"
 
 
 class DicomwebError(Exception):
@@ -62,14 +64,20 @@ class DicomwebServerCall:
         self.name = name
         self.server = server
 
-    def fetch(self, source: DicomwebSource) -> bytes:
+    def fetch(self, source: DicomwebSource, max_pixels: int) -> bytes:
         """The instance's Part 10 bytes, in the transfer syntax the server holds it in; 404 (as
-        NOT_FOUND) naming the UIDs when the server does not have it."""
+        NOT_FOUND) naming the UIDs when the server does not have it. Its metadata is read first,
+        so that an instance of more than `max_pixels` (Rows × Columns × frames) is refused with
+        ImageTooLargeError before it is downloaded."""
+
+        def metadata(client: DICOMwebClient) -> dict[str, Any]:
+            return client.retrieve_instance_metadata(source.study, source.series, source.instance)
 
         def retrieve(client: DICOMwebClient) -> Dataset:
             return client.retrieve_instance(source.study, source.series, source.instance)
 
         try:
+            _check_pixels(self._call(metadata, "WADO-RS metadata retrieval"), max_pixels)
             dataset = self._call(retrieve, "WADO-RS retrieval")
         except _NotFound as exc:
             raise DicomwebError(
@@ -168,6 +176,21 @@ class DicomwebServerCall:
         )
         client.set_http_retry_params(retry=False)  # retried here, a bounded number of times
         return client
+
+
+def _check_pixels(attributes: dict[str, Any], max_pixels: int) -> None:
+    """ImageTooLargeError when the DICOM JSON metadata's Rows × Columns × Number of Frames
+    exceeds `max_pixels`; a value it lacks is left to the decoder's own check."""
+    try:
+        rows, columns = (int(attributes[tag]["Value"][0]) for tag in (_ROWS, _COLUMNS))
+        frames = int(attributes.get(_FRAMES, {}).get("Value", [1])[0])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return
+    if rows * columns * frames > max_pixels:
+        raise ImageTooLargeError(
+            f"The instance is {rows}×{columns}×{frames}; at most {max_pixels} pixels are "
+            "accepted (Rows × Columns × frames)."
+        )
 
 
 class _NotFound(Exception):

@@ -319,7 +319,8 @@ class Worker:
         assert message.source is not None
         spec = self.models[message.model].manifest.input  # its stream is this worker's
         try:
-            data = DicomwebServerCall(self.dicomweb, message.source.dicomweb).fetch(message.source)
+            server = DicomwebServerCall(self.dicomweb, message.source.dicomweb)
+            data = server.fetch(message.source, self.settings.max_image_pixels)
             check_grid_fits(message.output, data, (spec.height, spec.width))
         except (DicomwebError, ImageError) as exc:
             raise JobFailed(exc.kind, str(exc)) from exc

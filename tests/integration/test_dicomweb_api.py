@@ -22,8 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import RLELossless, generate_uid
 from redis import Redis
 
-from schemas.dicomweb import DicomwebServers
+from schemas.dicomweb import DicomwebServers, DicomwebSource
 from service.devstack import DevStack, free_port
+from workers.decoded import ImageTooLargeError
 from workers.demo.data import make_sample
 from workers.dicomweb import DicomwebServerCall
 
@@ -509,3 +510,18 @@ def test_a_refused_stow_fails_the_job_with_502(client: httpx.Client, ct: bytes) 
     assert answer.status_code == 502, answer.text
     assert answer.json()["type"] == "urn:glimpse:problem:dicomweb-failed"
     assert "STOW" in answer.json()["detail"] or "credentials" in answer.json()["detail"]
+
+
+def test_an_instance_over_the_pixel_limit_is_refused_from_its_metadata(
+    servers_file: Path, ct: bytes
+) -> None:
+    header = pydicom.dcmread(io.BytesIO(ct), stop_before_pixels=True)
+    pixels = header.Rows * header.Columns
+    server = DicomwebServerCall(
+        DicomwebServers.model_validate_json(servers_file.read_bytes()), "pacs"
+    )
+    reference = DicomwebSource.model_validate(source_of(ct))
+    with pytest.raises(ImageTooLargeError, match=f"at most {pixels - 1} pixels"):
+        server.fetch(reference, max_pixels=pixels - 1)
+    fetched = pydicom.dcmread(io.BytesIO(server.fetch(reference, max_pixels=pixels)))
+    np.testing.assert_array_equal(fetched.pixel_array, pydicom.dcmread(io.BytesIO(ct)).pixel_array)

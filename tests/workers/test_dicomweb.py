@@ -64,7 +64,7 @@ def call(url: str, **server: object) -> DicomwebServerCall:
 
 def failure(call: DicomwebServerCall) -> DicomwebError:
     with pytest.raises(DicomwebError) as failed:
-        call.fetch(SOURCE)
+        call.fetch(SOURCE, max_pixels=10**6)
     return failed.value
 
 
