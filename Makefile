@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser promtool dciodvfy dcmtk run test fuzz lint bench clean
+.PHONY: install browser promtool dciodvfy dcmtk orthanc run test fuzz lint bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml client/pyproject.toml
 run: install
 	$(BIN)/glimpse run
 
-test: install browser promtool dciodvfy dcmtk
+test: install browser promtool dciodvfy dcmtk orthanc
 	$(BIN)/python -m pytest -q
 
 # Schemathesis at depth: 400 generated cases per operation (over 5,000 in all), against a real
@@ -61,6 +61,16 @@ dcmtk:
 	  $$SUDO apt-get install -y -q dcmtk >/dev/null 2>&1 || { \
 	    $$SUDO apt-get update -q >/dev/null && \
 	    $$SUDO apt-get install -y -q dcmtk >/dev/null; }; }
+
+# The DICOMweb test runs a private Orthanc with its DICOMweb plugin, Debian's orthanc and
+# orthanc-dicomweb packages.
+orthanc:
+	@command -v Orthanc >/dev/null && dpkg -s orthanc-dicomweb >/dev/null 2>&1 || { \
+	  echo "installing Debian's orthanc and orthanc-dicomweb for the DICOMweb test"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null 2>&1 || { \
+	    $$SUDO apt-get update -q >/dev/null && \
+	    $$SUDO apt-get install -y -q orthanc orthanc-dicomweb >/dev/null; }; }
 
 lint: install
 	$(BIN)/ruff check .

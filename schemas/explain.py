@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic.json_schema import JsonDict
 
 from schemas.dicom import AppliedDicom, DicomOptions
+from schemas.dicomweb import DicomwebSource, DicomwebStore, StoredObjects
 from schemas.methods import PARAMS_BY_METHOD, MethodParams
 
 MAX_TOP_K = 5
@@ -245,17 +246,49 @@ class ExplainOptions(ExplainParameters):
     dicom: DicomOptions | None = Field(
         default=None, description="frame and window of a DICOM image; only with DICOM images"
     )
+    source: DicomwebSource | None = Field(
+        default=None, description="an instance to fetch by WADO-RS, instead of `image`"
+    )
+    store: DicomwebStore | None = Field(
+        default=None,
+        description="send the derived DICOM objects to this server by STOW-RS; never answered "
+        "from the result cache",
+    )
+
+
+# `_image_or_source` as JSON Schema: an image and no source, or a source and no image.
+_IMAGE_OR_SOURCE: JsonDict = {
+    "oneOf": [
+        {
+            "required": ["image"],
+            "properties": {"image": {"type": "string"}, "source": {"type": "null"}},
+        },
+        {
+            "required": ["source"],
+            "properties": {"source": {"type": "object"}, "image": {"type": "null"}},
+        },
+    ]
+}
 
 
 class ExplainRequest(ExplainOptions):
     """`POST /v1/explanations` and `POST /v1/jobs` as JSON."""
 
-    image: str = Field(
+    model_config = ConfigDict(json_schema_extra=_IMAGE_OR_SOURCE)
+
+    image: str | None = Field(
+        default=None,
         min_length=1,
-        description="base64 of PNG, JPEG or DICOM bytes (or a data URL)",
+        description="base64 of PNG, JPEG or DICOM bytes (or a data URL); or give `source`",
         # Documented, not enforced here: bad base64 is a 400, as an undecodable image is.
         json_schema_extra={"format": "byte", "pattern": BASE64_PATTERN},
     )
+
+    @model_validator(mode="after")
+    def _image_or_source(self) -> "ExplainRequest":
+        if (self.image is None) == (self.source is None):
+            raise ValueError("give exactly one of `image` and `source`")
+        return self
 
     def options(self) -> ExplainOptions:
         """The request without its image, as already validated."""
@@ -355,6 +388,9 @@ class ExplainResponse(BaseModel):
     explanations: list[Explanation]
     timings: Timings
     provenance: Provenance
+    stored: StoredObjects | None = Field(
+        default=None, description="for a `store` request: the instances the server stored"
+    )
     cached: bool = Field(
         default=False,
         description="answered from the result cache: the maps of an identical earlier request "

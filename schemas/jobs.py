@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, TypeAdapter
 
 from schemas.dicom import DicomOptions
+from schemas.dicomweb import DicomwebSource, DicomwebStore
 from schemas.explain import ExplainResponse, OutputOptions, Target
 from schemas.problems import Problem
 from schemas.visualizations import VisualizationParams, VisualizationResponse
@@ -48,6 +49,10 @@ class ExplanationJob(QueuedJob):
     cache_key: str | None = Field(
         default=None, description="where the result is also kept for identical requests"
     )
+    source: DicomwebSource | None = Field(
+        default=None, description="the instance the worker fetches; the job then has no image"
+    )
+    store: DicomwebStore | None = Field(default=None, description="where to STOW-RS the result")
 
 
 class VisualizationJob(QueuedJob):

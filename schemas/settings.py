@@ -36,6 +36,11 @@ class SharedSettings(BaseSettings):
         description="file of the 256-bit key (64 hex digits) that seals every stored image and "
         "result; required",
     )
+    dicomweb_servers: Path | None = Field(
+        default=None,
+        description="JSON file of the DICOMweb servers a request may name in `source` and "
+        "`store` (README, DICOMweb); none: no server",
+    )
     log_format: LogFormat = Field(
         default="auto",
         description="log lines as json (one object per line) or text; auto: text on a "

@@ -31,6 +31,7 @@ from service.dicom import (
     kept_dicom_elements,
     minimal_dicom,
 )
+from service.dicomweb import check_dicomweb
 from service.errors import (
     BadImage,
     InvalidFields,
@@ -43,7 +44,7 @@ from service.idempotency import IdempotentRequest, idempotent_request
 from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue, NewJob
 
-JSON_FIELDS = ("target", "params", "output", "dicom")
+JSON_FIELDS = ("target", "params", "output", "dicom", "store")
 
 log = logging.getLogger("glimpse.gateway")
 
@@ -53,6 +54,8 @@ async def read_explain_request(request: Request) -> tuple[ExplainOptions, bytes]
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/json":
         parsed = await parse_json(request, ExplainRequest)
+        if parsed.image is None:  # a `source`: the worker fetches the image
+            return parsed.options(), b""
         image = await anyio.to_thread.run_sync(decode_base64_image, parsed.image)
         return parsed.options(), image
     if content_type == "multipart/form-data":
@@ -213,19 +216,18 @@ async def admit(
 
 def prepare_job(
     options: ExplainOptions, image: bytes, info: ModelInfo, caller: Caller, settings: Settings
-) -> tuple[ExplanationJob, bytes]:
+) -> tuple[ExplanationJob, bytes | None]:
     """Check a request against its model and its image, and build its job and the image bytes
-    to store with it (of a DICOM file, only what decoding needs); nothing is queued. The
-    caller's request id travels with the job to the worker's log and the result's `timings`."""
+    to store with it (of a DICOM file, only what decoding needs; none for a `source`, which the
+    worker fetches); nothing is queued. The caller's request id travels with the job to the
+    worker's log and the result's `timings`."""
     check_against_model(options, info)
-    if not image:
-        raise BadImage("The image is empty.")
-    header = inspect_image(image, settings.max_image_pixels)
-    check_dicom_options(options.dicom, header.dicom)
-    check_dicom_output(options.output, header.dicom)
-    check_output(options, info, header, settings)
-    if header.dicom is not None:
-        image = minimal_dicom(image, kept_dicom_elements(options.output), settings.max_image_pixels)
+    dicom = check_dicomweb(options, settings.dicomweb_servers)
+    if options.source is not None:
+        if image:
+            raise InvalidRequest("Give exactly one of `image` and `source`.")
+    else:
+        image = checked_image(options, image, info, settings)
     params = options.applied_params()
     check_cost(options, info, settings)
     message = ExplanationJob(
@@ -235,15 +237,34 @@ def prepare_job(
         target=options.target,
         params=params,
         output=options.output,
-        dicom=options.dicom,
+        dicom=dicom,
+        # Storing is the point of a `store` request: it is never answered from the cache.
         cache_key=explanation_cache_key(options, params, image, info, caller.principal)
-        if settings.result_cache
+        if settings.result_cache and options.store is None
         else None,
         reply_to=caller.reply_to,
         enqueued_at=time.time(),
         request_id=caller.request_id,
+        source=options.source,
+        store=options.store,
     )
-    return message, image
+    return message, None if options.source is not None else image
+
+
+def checked_image(
+    options: ExplainOptions, image: bytes, info: ModelInfo, settings: Settings
+) -> bytes:
+    """An uploaded image checked against the request, as it is stored: of a DICOM file, only
+    what decoding needs."""
+    if not image:
+        raise BadImage("The image is empty.")
+    header = inspect_image(image, settings.max_image_pixels)
+    check_dicom_options(options.dicom, header.dicom)
+    check_dicom_output(options.output, header.dicom)
+    check_output(options, info, header, settings)
+    if header.dicom is None:
+        return image
+    return minimal_dicom(image, kept_dicom_elements(options.output), settings.max_image_pixels)
 
 
 @dataclass(frozen=True)
@@ -251,7 +272,7 @@ class Admission:
     """What one request asks to queue: its jobs with the image bytes each stores, and its
     idempotency entry (None without an `Idempotency-Key`)."""
 
-    jobs: Sequence[tuple[ExplanationJob, bytes]]
+    jobs: Sequence[tuple[ExplanationJob, bytes | None]]
     idempotent: IdempotentRequest | None = None
 
 
@@ -356,6 +377,8 @@ def explanation_cache_key(
             "params": params,
             "output": options.output.model_dump(mode="json"),
             "dicom": (options.dicom or DicomOptions()).model_dump(mode="json"),
+            # A fetched instance is known by its server and UIDs (with no image bytes).
+            "source": None if options.source is None else options.source.model_dump(mode="json"),
         },
         sort_keys=True,
     )

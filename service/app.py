@@ -12,6 +12,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 
 from schemas import SERVICE_VERSION
+from schemas.dicomweb import load_dicomweb_servers
 from schemas.logs import REQUEST_ID_HEADER
 from schemas.sealing import PayloadSealer
 from service.auth import KeyStore
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # First, so that a gateway without its payload key refuses to start (PayloadKeyError).
         sealer = PayloadSealer.from_key_file(settings.payload_key_file)
+        load_dicomweb_servers(settings.dicomweb_servers)  # a malformed file stops the start
         redis = gateway_redis(
             settings.redis_url,
             socket_connect_timeout=1.0,

@@ -78,15 +78,17 @@ _PROBLEM_TEXT = {
     400: "Undecodable image or bad base64",
     401: "No or wrong credentials",
     403: "The key lacks the scope",
-    404: "Unknown model or job",
+    404: "Unknown model or job, or an instance the DICOMweb server lacks (`source`)",
     409: "The job already runs or has ended",
     413: "Body or image too large",
     415: "Unsupported media type or image format",
     422: "Invalid field, unknown method, bad target, a DICOM frame the file lacks, or an "
     "Idempotency-Key reused for another request",
     429: "Rate limit or model queue full; see Retry-After",
+    502: "The DICOMweb server failed or refused the call (`source`, `store`)",
     503: "Redis unreachable or no live worker; see Retry-After",
-    504: "The wait ran out; the body carries the job_id",
+    504: "The wait ran out, or the DICOMweb server did not answer in time; the body carries "
+    "the job_id",
 }
 
 
@@ -106,7 +108,7 @@ EXPLAIN_RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"model": ExplainResponse, "description": "The maps"},
     202: {"model": JobAccepted, "description": "Queued (with `Prefer: respond-async`)"},
     **SUBMIT,
-    **problems(504),
+    **problems(502, 504),
 }
 
 

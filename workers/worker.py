@@ -13,6 +13,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from schemas import metrics, problems
+from schemas.dicomweb import load_dicomweb_servers
 from schemas.explain import ExplainResponse
 from schemas.jobs import JOB_MESSAGE, ExplanationJob, JobState, VisualizationJob
 from schemas.logs import LogFields, log_fields
@@ -24,6 +25,12 @@ from workers.config import WorkerSettings
 from workers.deadline import DeadlineExceeded, deadline
 from workers.decoded import DecodedImage, ImageError
 from workers.dicom_objects import with_source_header
+from workers.dicomweb import (
+    DicomwebError,
+    DicomwebServerCall,
+    check_grid_fits,
+    stored_response,
+)
 from workers.groups import BatchGroups, Entry, JobGroup, JobT
 from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
@@ -65,6 +72,7 @@ class Worker:
         self.settings = settings
         self.models = models
         self.failures = list(failures)
+        self.dicomweb = load_dicomweb_servers(settings.dicomweb_servers)
         self.store = JobStore(redis, settings.worker_id, settings.result_ttl_s, sealer)
         self.stopping = threading.Event()
         self.infos = [
@@ -279,14 +287,7 @@ class Worker:
         return visualization_responses(model, jobs)
 
     def _decode(self, message: ExplanationJob) -> DecodedImage:
-        try:
-            data = self.store.image(message.job_id)
-        except SealedPayloadError as exc:
-            raise JobFailed(
-                problems.INTERNAL, "The job's image does not open with this worker's payload key."
-            ) from exc
-        if data is None:
-            raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
+        data = self._stored_image(message) if message.source is None else self._fetched(message)
         model = self.models.get(message.model)
         # Decoded no larger than the model needs, as far as whole-factor reduction allows.
         reduce_to = (
@@ -301,6 +302,29 @@ class Worker:
             raise JobFailed(exc.kind, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on hostile files
             raise JobFailed(problems.BAD_IMAGE, "The image is corrupt.") from exc
+
+    def _stored_image(self, message: ExplanationJob) -> bytes:
+        try:
+            data = self.store.image(message.job_id)
+        except SealedPayloadError as exc:
+            raise JobFailed(
+                problems.INTERNAL, "The job's image does not open with this worker's payload key."
+            ) from exc
+        if data is None:
+            raise JobFailed(problems.IMAGE_EXPIRED, "The job's image has expired.")
+        return data
+
+    def _fetched(self, message: ExplanationJob) -> bytes:
+        """The job's `source` instance, fetched by WADO-RS (kept in memory only)."""
+        assert message.source is not None
+        spec = self.models[message.model].manifest.input  # its stream is this worker's
+        try:
+            server = DicomwebServerCall(self.dicomweb, message.source.dicomweb)
+            data = server.fetch(message.source, self.settings.max_image_pixels)
+            check_grid_fits(message.output, data, (spec.height, spec.width))
+        except (DicomwebError, ImageError) as exc:
+            raise JobFailed(exc.kind, str(exc)) from exc
+        return data
 
     def _run_group(
         self,
@@ -355,8 +379,13 @@ class Worker:
         )
 
     def _store_results(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
-        for member, result in zip(group.members, results, strict=True):
+        for member, computed in zip(group.members, results, strict=True):
             entry = member.entry
+            try:
+                result = self._sent_to_store(entry.message, computed)
+            except JobFailed as failure:
+                self._fail(entry, failure.problem)
+                continue
             result_json = result.model_dump_json()
             # Cached first: the client woken by `complete` may repeat its request at once.
             if entry.message.cache_key is not None:
@@ -364,6 +393,16 @@ class Worker:
             stored = self.store.complete(entry.stream_job(), result_json=result_json)
             self.store.count("results_stored" if stored else "duplicates_dropped")
             _log_finished(entry, JobState.SUCCEEDED if stored else "duplicate", result=result)
+
+    def _sent_to_store(self, message: ExplanationJob | VisualizationJob, result: Result) -> Result:
+        """The result of a `store` job, once its derived objects are stored, listing them."""
+        if not isinstance(message, ExplanationJob) or message.store is None:
+            return result
+        assert isinstance(result, ExplainResponse)
+        try:
+            return stored_response(self.dicomweb, message.store, result)
+        except DicomwebError as exc:
+            raise JobFailed(exc.kind, str(exc)) from exc
 
     def _record(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
         """The batch's size, each job's time in the service and each map's compute time."""

@@ -97,7 +97,7 @@ def _field_path(loc: Sequence[int | str]) -> str:
 
 def _prepare_instance(
     payload: KServeExplainRequest, index: int, info: ModelInfo, caller: Caller, settings: Settings
-) -> tuple[ExplanationJob, bytes]:
+) -> tuple[ExplanationJob, bytes | None]:
     instance = payload.instances[index]
     try:
         image = decode_base64_image(instance.image)
