@@ -22,6 +22,7 @@ import torch
 
 from schemas.models import ModelFormat, ModelInfo, ModelManifest
 from workers import onnx_models
+from workers.methods import unsupported_methods
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILES: dict[ModelFormat, str] = {
@@ -96,6 +97,7 @@ class LoadedModel:
             cam_layer_channels=dict(self.cam_layer_channels),
             default_cam_layer=self.default_cam_layer,
             methods=methods,
+            unsupported=unsupported_methods(self.module),
             sha256=self.sha256,
             description=manifest.description,
             live_workers=0,
