@@ -9,9 +9,7 @@ computes something else under its name.
 """
 
 import weakref
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Callable
 from typing import TypeVar
 
 from torch import nn
@@ -38,35 +36,42 @@ def need_check(need: Need) -> Callable[[Check], Check]:
     return register
 
 
-@dataclass(frozen=True)
 class ModelFacts:
-    """Which needs a model lacks, each with the reason; a need absent from `missing` is met."""
+    """Which needs a model meets, each need checked when first asked about, then remembered.
 
-    missing: Mapping[Need, str]
+    A check that raises counts as the need unmet, with the error as the reason.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = weakref.ref(model)
+        self._missing: dict[Need, str | None] = {}
+
+    def reason(self, need: Need) -> str | None:
+        """Why the model lacks `need`, or None when it meets it (or no check exists for it)."""
+        if need not in self._missing:
+            model, check = self._model(), _CHECKS.get(need)
+            self._missing[need] = None if model is None or check is None else _run(check, model)
+        return self._missing[need]
 
     def lacks(self, needs: frozenset[Need]) -> list[tuple[Need, str]]:
         """The needs among `needs` the model does not meet, with their reasons, sorted."""
-        return [(need, self.missing[need]) for need in sorted(needs) if need in self.missing]
+        reasons = ((need, self.reason(need)) for need in sorted(needs))
+        return [(need, reason) for need, reason in reasons if reason is not None]
+
+
+def _run(check: NeedCheck, model: nn.Module) -> str | None:
+    try:
+        return check(model)
+    except Exception as exc:  # a check runs model code (tracing); any failure is a "no"
+        return f"{type(exc).__name__}: {exc}"
 
 
 _FACTS: "weakref.WeakKeyDictionary[nn.Module, ModelFacts]" = weakref.WeakKeyDictionary()
 
 
 def describe_model(model: nn.Module) -> ModelFacts:
-    """The facts of `model`, computed once per model by every registered check.
-
-    A check that raises counts as the need unmet, with the error as the reason.
-    """
+    """The facts of `model`, one object per model (its checks run when first asked about)."""
     facts = _FACTS.get(model)
     if facts is None:
-        missing: dict[Need, str] = {}
-        for need, check in _CHECKS.items():
-            try:
-                reason = check(model)
-            except Exception as exc:  # a check runs model code (tracing); any failure is a "no"
-                reason = f"{type(exc).__name__}: {exc}"
-            if reason is not None:
-                missing[need] = reason
-        facts = ModelFacts(MappingProxyType(missing))
-        _FACTS[model] = facts
+        facts = _FACTS[model] = ModelFacts(model)
     return facts
