@@ -206,6 +206,9 @@ def test_methods_without_a_rule_for_the_model_are_refused_with_the_reason(
     assert set(refused) == expected
     assert "no ReLU activation" in refused["guided_backprop"]
     assert "GELU" in refused["deeplift"] and "LayerNorm" in refused["lrp"]
+    # The tiny DeiT multiplies queries by keys itself; ViT-B's `h // p * w // p` multiplies sizes
+    # (its attention is one nn.MultiheadAttention module), which is no product of activations.
+    assert ("product of two activations" in refused["lrp"]) is (model_name == "deit")
     inputs = torch.zeros(1, 3, *(DEIT_SIZE if model_name == "deit" else (VIT_SIZE, VIT_SIZE)))
     with pytest.raises(UnsupportedModelError, match="no ReLU activation"):
         explain(

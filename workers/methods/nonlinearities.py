@@ -128,12 +128,26 @@ def _named_kind(name: str) -> str | None:
 
 
 def _computed_operands(node: fx.Node) -> int:
-    """How many of the node's tensor operands are computed from the input (not constants)."""
+    """How many of the node's tensor operands are computed from the input (not constants, and
+    not sizes read off a tensor, as `h // patch * w // patch` is)."""
     return sum(
         1
         for argument in (*node.args, *node.kwargs.values())
-        if isinstance(argument, fx.Node) and argument.op != "get_attr"
+        if isinstance(argument, fx.Node) and argument.op != "get_attr" and not _is_size(argument)
     )
+
+
+def _is_size(node: fx.Node) -> bool:
+    """Whether `node` is a size (or arithmetic on sizes) rather than a tensor."""
+    if node.op == "call_method":
+        return node.target in {"size", "dim"}
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return node.args[1:2] in (("shape",), ("ndim",))
+    operands = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
+    arithmetic = getattr(node.target, "__module__", None) == "_operator"
+    return arithmetic and bool(operands) and all(_is_size(operand) for operand in operands)
 
 
 @need_check("canonical_form")
