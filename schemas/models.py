@@ -68,7 +68,7 @@ class ModelInfo(BaseModel):
     format: ModelFormat
     input: InputSpec
     labels: list[str]
-    cam_layers: list[str] = Field(description="layers usable for CAM methods, last conv first")
+    cam_layers: list[str] = Field(description="layers usable for CAM methods, deepest first")
     cam_layer_channels: dict[str, int] = Field(
         default_factory=dict,
         description="each CAM layer's channel count (Score-CAM's cost counts one pass per channel)",
