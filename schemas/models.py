@@ -5,6 +5,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ModelFormat = Literal["onnx", "safetensors"]
+CamLayerKind = Literal["conv", "tokens"]
+"""How a CAM layer's output is read as a grid: `conv`, (N, K, h, w); `tokens`, a transformer's
+(N, extra + h·w, D) tokens (class and other extra tokens dropped) or (N, h, w, D) token grid."""
 
 
 class Architecture(BaseModel):
@@ -65,13 +68,19 @@ class ModelInfo(BaseModel):
     format: ModelFormat
     input: InputSpec
     labels: list[str]
-    cam_layers: list[str] = Field(description="layers usable for CAM methods, last conv first")
+    cam_layers: list[str] = Field(description="layers usable for CAM methods, deepest first")
     cam_layer_channels: dict[str, int] = Field(
         default_factory=dict,
         description="each CAM layer's channel count (Score-CAM's cost counts one pass per channel)",
     )
+    cam_layer_kinds: dict[str, CamLayerKind] = Field(
+        default_factory=dict, description="each CAM layer's kind: `conv` or `tokens`"
+    )
     default_cam_layer: str
-    methods: list[str]
+    methods: list[str] = Field(description="the methods that apply to this model")
+    unsupported: dict[str, str] = Field(
+        default_factory=dict, description="each method that does not apply, with the reason"
+    )
     sha256: str
     description: str = ""
     live_workers: int = 0

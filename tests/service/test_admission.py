@@ -7,7 +7,7 @@ from schemas.dicom import DicomOptions, DicomWindow
 from schemas.explain import ExplainOptions
 from schemas.methods import PARAMS_BY_METHOD, Workload
 from schemas.models import InputSpec, ModelInfo
-from service.admission import check_cost, explanation_cache_key
+from service.admission import check_against_model, check_cost, explanation_cache_key
 from service.auth import Principal
 from service.config import Settings
 from service.errors import InvalidRequest
@@ -96,3 +96,24 @@ def test_scorecam_costs_one_pass_per_channel_of_the_layer_the_model_publishes() 
     assert "cost 3,138 passes" in refused.value.detail
     # A model that publishes no channel counts is costed as a 512-channel layer: 394 passes.
     cost_check(RESNET, methods=["scorecam"])
+
+
+def test_a_method_the_model_does_not_support_is_refused_with_its_reason() -> None:
+    reason = "guided_backprop needs ReLU activations to guide: the model has no ReLU activation"
+    info = INFO.model_copy(update={"unsupported": {"guided_backprop": reason}})
+    options = ExplainOptions(model=info.id, methods=["gradcam", "guided_backprop"])
+
+    with pytest.raises(InvalidRequest) as refused:
+        check_against_model(options, info)
+
+    assert refused.value.detail == f"Model 'm': {reason}."
+    check_against_model(ExplainOptions(model=info.id, methods=["gradcam"]), info)
+
+
+def test_a_model_info_without_kinds_or_refusals_still_reads() -> None:
+    # What a worker of an earlier version publishes: no `cam_layer_kinds`, no `unsupported`.
+    published = INFO.model_dump(exclude={"cam_layer_kinds", "unsupported"})
+
+    info = ModelInfo.model_validate(published)
+
+    assert (info.cam_layer_kinds, info.unsupported) == ({}, {})
