@@ -37,6 +37,7 @@ from service.errors import (
 from service.idempotency import IdempotentRequest, idempotent_request
 from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue, NewJob
+from service.region_targets import check_region_target
 
 JSON_FIELDS = ("target", "params", "output", "dicom")
 
@@ -218,6 +219,7 @@ def prepare_job(
     header = inspect_image(image, settings.max_image_pixels)
     check_dicom_options(options.dicom, header.dicom)
     check_output(options, info, header, settings)
+    check_region_target(options.target, info, header)
     if header.dicom is not None:
         image = minimal_dicom(image)
     params = options.applied_params()
@@ -346,7 +348,7 @@ def explanation_cache_key(
         {
             "key": principal.name,
             "methods": options.methods,
-            "target": options.target,
+            "target": options.model_dump(mode="json", include={"target"})["target"],
             "params": params,
             "output": options.output.model_dump(mode="json"),
             "dicom": (options.dicom or DicomOptions()).model_dump(mode="json"),

@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 
 from schemas.models import ModelFormat, ModelInfo, ModelManifest
-from workers import onnx_models
+from workers import onnx_models, segmentation
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILES: dict[ModelFormat, str] = {
@@ -72,6 +72,8 @@ class LoadedModel:
     onnx_session: onnxruntime.InferenceSession | None = None
     cam_layer_channels: Mapping[str, int] = field(default_factory=dict)
     """Each CAM layer's channel count."""
+    onnx_output: str | None = None
+    """The ONNX graph output holding the logits (the manifest's `output.key`); None: the first."""
 
     def forward_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised batch, without gradients, on `device`.
@@ -79,7 +81,9 @@ class LoadedModel:
         ONNX models run through ONNX Runtime, the others through `module`.
         """
         if self.onnx_session is not None:
-            return onnx_models.run_session(self.onnx_session, inputs).to(self.device)
+            return onnx_models.run_session(self.onnx_session, inputs, output=self.onnx_output).to(
+                self.device
+            )
         with torch.no_grad():
             return self.module(inputs.to(self.device))
 
@@ -91,6 +95,9 @@ class LoadedModel:
             version=manifest.version,
             format=manifest.format,
             input=manifest.input,
+            task=manifest.task,
+            output=manifest.output,
+            background=manifest.background,
             labels=manifest.labels,
             cam_layers=self.cam_layers[::-1],
             cam_layer_channels=dict(self.cam_layer_channels),
@@ -212,15 +219,24 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
         default_cam_layer=default_cam_layer,
         onnx_session=session,
         cam_layer_channels=cam_layer_channels,
+        onnx_output=manifest.output.key if session is not None else None,
     )
     logits = model.forward_logits(_zero_batch(manifest, device))
-    if tuple(logits.shape) != (1, len(manifest.labels)):
+    expected = _output_shape(manifest)
+    if tuple(logits.shape) != expected:
         raise ModelLoadError(
             version_dir,
-            f"the model outputs shape {tuple(logits.shape)} for one image "
-            f"but the manifest lists {len(manifest.labels)} labels",
+            f"the model outputs shape {tuple(logits.shape)} for one image but the manifest "
+            f"lists {len(manifest.labels)} labels: a {manifest.task} model must output {expected}",
         )
     return model
+
+
+def _output_shape(manifest: ModelManifest) -> tuple[int, ...]:
+    """The logits' shape for one image: (1, labels), or (1, labels, height, width) per pixel."""
+    if manifest.task == "segmentation":
+        return (1, len(manifest.labels), manifest.input.height, manifest.input.width)
+    return (1, len(manifest.labels))
 
 
 def find_cam_layers(module: torch.nn.Module, example: torch.Tensor) -> dict[str, int]:
@@ -310,14 +326,20 @@ def _load_safetensors(version_dir: Path, manifest: ModelManifest, weights: Path)
         raise ModelLoadError(
             version_dir, f"{weights.name} does not fit the factory's network: {exc}"
         ) from exc
+    if manifest.output.key is not None:
+        return segmentation.select_output(module, manifest.output.key)
     return module
 
 
 def _load_onnx(
     version_dir: Path, manifest: ModelManifest, weights: Path, device: torch.device
 ) -> tuple[torch.nn.Module, onnxruntime.InferenceSession]:
+    key = manifest.output.key
     try:
-        module = onnx_models.convert_to_torch(onnx.load(weights))
+        graph = onnx.load(weights)
+        if key is not None:
+            onnx_models.keep_output(graph, key)
+        module = onnx_models.convert_to_torch(graph)
         cpu_session = onnx_models.create_session(weights, torch.device("cpu"))
     except Exception as exc:
         raise ModelLoadError(version_dir, f"{weights.name} cannot be loaded: {exc!r}") from exc
@@ -325,7 +347,7 @@ def _load_onnx(
     generator = torch.Generator().manual_seed(CONVERSION_CHECK_SEED)
     batch = torch.randn(_input_shape(manifest, batch_size=2), generator=generator)
     try:
-        gap = onnx_models.conversion_gap(module, cpu_session, batch)
+        gap = onnx_models.conversion_gap(module, cpu_session, batch, output=key)
     except Exception as exc:
         raise ModelLoadError(
             version_dir,
