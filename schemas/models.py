@@ -9,6 +9,9 @@ OutputActivation = Literal["softmax", "sigmoid", "none"]
 """How a classifier's logits become the probabilities its predictions report."""
 ModelTask = Literal["classification", "segmentation"]
 """What a model's output is: (N, classes) logits, or (N, classes, H, W) logits per pixel."""
+CamLayerKind = Literal["conv", "tokens"]
+"""How a CAM layer's output is read as a grid: `conv`, (N, K, h, w); `tokens`, a transformer's
+(N, extra + h·w, D) tokens (class and other extra tokens dropped) or (N, h, w, D) token grid."""
 
 
 class Architecture(BaseModel):
@@ -106,8 +109,14 @@ class ModelInfo(BaseModel):
         default_factory=dict,
         description="each CAM layer's channel count (Score-CAM's cost counts one pass per channel)",
     )
+    cam_layer_kinds: dict[str, CamLayerKind] = Field(
+        default_factory=dict, description="each CAM layer's kind: `conv` or `tokens`"
+    )
     default_cam_layer: str
-    methods: list[str]
+    methods: list[str] = Field(description="the methods that apply to this model")
+    unsupported: dict[str, str] = Field(
+        default_factory=dict, description="each method that does not apply, with the reason"
+    )
     sha256: str
     description: str = ""
     live_workers: int = 0

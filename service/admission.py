@@ -93,6 +93,9 @@ def _form_json(name: str, value: str) -> object:
 
 def check_against_model(options: ExplainOptions, info: ModelInfo) -> None:
     """What only the model can tell: supported methods, class range, CAM layers."""
+    refused = [info.unsupported[m] for m in options.methods if m in info.unsupported]
+    if refused:
+        raise InvalidRequest(f"Model {info.id!r}: {'; '.join(refused)}.")
     unsupported = [m for m in options.methods if m not in info.methods]
     if unsupported:
         raise InvalidRequest(
@@ -112,7 +115,7 @@ def check_against_model(options: ExplainOptions, info: ModelInfo) -> None:
         layer = params.get("layer")
         if layer is not None and layer not in info.cam_layers:
             raise InvalidRequest(
-                f"Layer {layer!r} of {method} is not a convolutional layer of {info.id!r}; "
+                f"Layer {layer!r} of {method} is not a CAM layer of {info.id!r}; "
                 "GET /v1/models/{id} lists them."
             )
 

@@ -9,7 +9,7 @@ import difflib
 import hashlib
 import importlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -20,8 +20,10 @@ import pydantic
 import safetensors.torch
 import torch
 
-from schemas.models import ModelFormat, ModelInfo, ModelManifest
+from schemas.models import CamLayerKind, ModelFormat, ModelInfo, ModelManifest
 from workers import onnx_models, segmentation
+from workers.methods import unsupported_methods
+from workers.methods.cam_layers import default_cam_layer, find_cam_layers
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILES: dict[ModelFormat, str] = {
@@ -59,8 +61,8 @@ class LoadedModel:
 
     `module` is in eval mode with every parameter frozen, on `device`; for ONNX models it is the
     onnx2torch conversion, used for gradients, while `onnx_session` runs the forward passes.
-    `cam_layers` names the modules with a spatial 4-D output, in the order their forward calls
-    finish (deepest last).
+    `cam_layers` names the modules whose output reads as a grid (`workers.methods.cam_layers`), in
+    the order their forward calls finish (deepest last).
     """
 
     manifest: ModelManifest
@@ -74,6 +76,8 @@ class LoadedModel:
     """Each CAM layer's channel count."""
     onnx_output: str | None = None
     """The ONNX graph output holding the logits (the manifest's `output.key`); None: the first."""
+    cam_layer_kinds: Mapping[str, CamLayerKind] = field(default_factory=dict)
+    """Each CAM layer's kind: `conv` (N, K, h, w) or transformer `tokens` (`CamLayer`)."""
 
     def forward_logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits for a normalised batch, without gradients, on `device`.
@@ -101,8 +105,10 @@ class LoadedModel:
             labels=manifest.labels,
             cam_layers=self.cam_layers[::-1],
             cam_layer_channels=dict(self.cam_layer_channels),
+            cam_layer_kinds=dict(self.cam_layer_kinds),
             default_cam_layer=self.default_cam_layer,
             methods=methods,
+            unsupported=unsupported_methods(self.module),
             sha256=self.sha256,
             description=manifest.description,
             live_workers=0,
@@ -192,22 +198,27 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
     module = module.eval().requires_grad_(False).to(device)
 
     try:
-        cam_layer_channels = find_cam_layers(module, _zero_batch(manifest, device))
+        layers = find_cam_layers(module, _zero_batch(manifest, device))
     except Exception as exc:
         raise ModelLoadError(
             version_dir,
             f"the network does not run on an image of shape {_input_shape(manifest, 1)}: {exc}",
         ) from exc
-    cam_layers = list(cam_layer_channels)
+    cam_layers = list(layers)
     if not cam_layers:
         raise ModelLoadError(version_dir, "no layer has a spatial output usable for CAM methods")
-    default_cam_layer = manifest.cam_layer or cam_layers[-1]
-    if default_cam_layer not in cam_layers:
-        close = difflib.get_close_matches(default_cam_layer, cam_layers, n=1)
+    default_layer = manifest.cam_layer or (
+        # Every pixel's logit reaches the deepest grid of a segmentation network.
+        cam_layers[-1]
+        if manifest.task == "segmentation"
+        else default_cam_layer(module, _zero_batch(manifest, device), layers)
+    )
+    if default_layer not in cam_layers:
+        close = difflib.get_close_matches(default_layer, cam_layers, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise ModelLoadError(
             version_dir,
-            f"cam_layer {default_cam_layer!r} is not a layer with a spatial output; "
+            f"cam_layer {default_layer!r} is not a layer with a spatial output; "
             f"{hint}the deepest are {cam_layers[-3:]}",
         )
     model = LoadedModel(
@@ -216,9 +227,10 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
         device=device,
         sha256=_sha256(weights),
         cam_layers=cam_layers,
-        default_cam_layer=default_cam_layer,
+        default_cam_layer=default_layer,
         onnx_session=session,
-        cam_layer_channels=cam_layer_channels,
+        cam_layer_channels={name: layer.channels for name, layer in layers.items()},
+        cam_layer_kinds={name: layer.kind for name, layer in layers.items()},
         onnx_output=manifest.output.key if session is not None else None,
     )
     logits = model.forward_logits(_zero_batch(manifest, device))
@@ -237,40 +249,6 @@ def _output_shape(manifest: ModelManifest) -> tuple[int, ...]:
     if manifest.task == "segmentation":
         return (1, len(manifest.labels), manifest.input.height, manifest.input.width)
     return (1, len(manifest.labels))
-
-
-def find_cam_layers(module: torch.nn.Module, example: torch.Tensor) -> dict[str, int]:
-    """The submodules whose output on `example` is 4-D and larger than 1×1, by name, with the
-    channel count of that output.
-
-    Ordered by when their forward call finished, so containers follow their children and the
-    deepest layer comes last; a module called more than once counts at its last call.
-    """
-    finished: dict[str, int | None] = {}
-
-    def record(name: str) -> Callable[[torch.nn.Module, object, object], None]:
-        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
-            # CAM hooks keep a reused module's last activation, so its last call is what counts.
-            finished.pop(name, None)
-            channels = None
-            if isinstance(output, torch.Tensor) and output.dim() == 4:
-                channels = int(output.shape[1]) if output.shape[-2:].numel() > 1 else None
-            finished[name] = channels
-
-        return hook
-
-    handles = [
-        submodule.register_forward_hook(record(name))
-        for name, submodule in module.named_modules()
-        if name
-    ]
-    try:
-        with torch.no_grad():
-            module(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: channels for name, channels in finished.items() if channels is not None}
 
 
 def _read_manifest(version_dir: Path) -> ModelManifest:

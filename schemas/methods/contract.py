@@ -21,10 +21,14 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 REFERENCE_PASS_PIXELS = 256 * 256
 """A job's cost counts a pass over a model input of this many pixels as one pass."""
 
-Need = Literal["gradients", "cam_layer", "relu", "linear_head", "canonical_form"]
+Need = Literal[
+    "gradients", "cam_layer", "relu", "linear_head", "canonical_form", "piecewise_linear"
+]
 """What a method needs of a model: backward passes (the PyTorch module, not ONNX Runtime alone),
-a layer with a spatial output, ReLU activations, a global-average-pool + linear head, or a form
-the propagation rules can rewrite (sequential convolutions, ReLUs, pools, residual sums)."""
+a layer with a spatial or token output, ReLU activations, a global-average-pool + linear head, a
+form the propagation rules can rewrite (sequential convolutions, ReLUs, pools, residual sums), or
+nonlinearities that are all ReLUs and max-pools (no GELU, softmax attention or LayerNorm), the
+only ones whose propagation rules are implemented."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ class DeepLiftParams(MethodParams):
     reference = "Shrikumar et al., ICML 2017"
     cost = "1 forward + 1 backward to the input, on the input and baseline together"
     signed = True
-    needs: ClassVar[frozenset[Need]] = frozenset({"gradients", "canonical_form"})
+    needs: ClassVar[frozenset[Need]] = frozenset(
+        {"gradients", "canonical_form", "piecewise_linear"}
+    )
 
     baseline: Baseline = "black"
     seed: Seed = Field(default=0, description="for the uniform-noise baseline")

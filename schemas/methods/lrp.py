@@ -29,7 +29,9 @@ class LrpParams(MethodParams):
     reference = "Bach et al., PLOS ONE 2015; Montavon et al., 2019"
     cost = "1 forward (+1 per rule share) + 1 backward to the input"
     signed = True
-    needs: ClassVar[frozenset[Need]] = frozenset({"gradients", "canonical_form"})
+    needs: ClassVar[frozenset[Need]] = frozenset(
+        {"gradients", "canonical_form", "piecewise_linear"}
+    )
 
     composite: CompositeName = Field(
         default="epsilon_plus",

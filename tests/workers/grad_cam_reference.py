@@ -7,6 +7,7 @@ gradients it read.
 """
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,18 +33,22 @@ class LayerMap:
     gradients: torch.Tensor | None
 
 
-def pytorch_grad_cam_layer_map(
+def pytorch_grad_cam_layer_map(  # noqa: PLR0913 - the model, the layer, the batch, its reading
     cam_class: type[BaseCAM],
     model: nn.Module,
     layer: str,
     inputs: torch.Tensor,
     targets: torch.Tensor,
+    reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LayerMap:
-    """Run `cam_class` of pytorch-grad-cam on `model` at the named layer for each row's target."""
+    """Run `cam_class` of pytorch-grad-cam on `model` at the named layer for each row's target,
+    reading the layer's output through `reshape_transform` (a transformer's tokens as a grid)."""
     # Its hooks only record gradients of outputs that require grad, so it needs parameters that
     # do; a copy keeps the frozen model as the method under test receives it.
     reference = copy.deepcopy(model).requires_grad_(True)
-    cam = cam_class(reference, [reference.get_submodule(layer)])
+    cam = cam_class(
+        reference, [reference.get_submodule(layer)], reshape_transform=reshape_transform
+    )
     calls: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
     get_cam_image = cam.get_cam_image
 

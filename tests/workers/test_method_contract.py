@@ -32,7 +32,7 @@ from workers.methods.base import ForwardOnlyMethod, target_score
 from workers.repository import LoadedModel, find_cam_layers, load_model
 
 EVERY_NEED: frozenset[Need] = frozenset(
-    {"gradients", "cam_layer", "relu", "linear_head", "canonical_form"}
+    {"gradients", "cam_layer", "relu", "linear_head", "canonical_form", "piecewise_linear"}
 )
 
 

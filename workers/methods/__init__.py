@@ -24,6 +24,7 @@ from workers.methods.registry import (
     register,
     resolve,
     resolve_params,
+    unsupported_methods,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "register",
     "resolve",
     "resolve_params",
+    "unsupported_methods",
 ]
 
 for _module in pkgutil.iter_modules(__path__):

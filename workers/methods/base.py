@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from schemas.methods import LayerParams, MethodParams
+from schemas.methods import LayerParams, MethodParams, Need
+from workers.methods.facts import ModelFacts, describe_model
 
 P = TypeVar("P", bound=MethodParams)
 
@@ -40,6 +41,16 @@ class TargetError(ValueError):
 
 class UnsupportedModelError(ValueError):
     """The method does not apply to this model's architecture; the message says why."""
+
+
+NEED_DESCRIPTIONS: Mapping[Need, str] = {
+    "gradients": "gradients through the model",
+    "cam_layer": "a layer with a spatial or token output",
+    "relu": "ReLU activations to guide",
+    "linear_head": "a global-average-pool + linear head",
+    "canonical_form": "a model torch.fx can trace",
+    "piecewise_linear": "a model whose nonlinearities are ReLUs and max-pools",
+}
 
 
 @dataclass(frozen=True)
@@ -161,9 +172,27 @@ class AttributionMethod(ABC, Generic[P]):
             parsed = parsed.model_copy(update={"layer": cam_layer})
         return cast(P, parsed)
 
-    def supports(self, model: nn.Module) -> bool:  # noqa: ARG002 - most methods need nothing more
-        """Whether the method works on `model`; gradient methods work on any differentiable one."""
-        return True
+    def unsupported_reason(self, facts: ModelFacts) -> str | None:
+        """Why the method does not apply to the model `facts` describe, or None when it does.
+
+        By default, the first of the method's `needs` that the model lacks, with its reason.
+        """
+        lacking = facts.lacks(self.params_model.needs)
+        if not lacking:
+            return None
+        need, reason = lacking[0]
+        return f"{self.id} needs {NEED_DESCRIPTIONS[need]}: {reason}"
+
+    def refusal(self, model: nn.Module) -> str | None:
+        """Why the method does not apply to `model`, or None: `unsupported_reason` of its facts.
+
+        A method that needs more than its `needs` say overrides this, calling it first.
+        """
+        return self.unsupported_reason(describe_model(model))
+
+    def supports(self, model: nn.Module) -> bool:
+        """Whether the method applies to `model` (`refusal` is None)."""
+        return self.refusal(model) is None
 
     @abstractmethod
     def attribute(self, batch: Batch, params: P) -> AttributionMap:

@@ -30,6 +30,7 @@ from workers.methods.base import (
     class_activation_map,
     target_columns,
 )
+from workers.methods.facts import need_check
 from workers.methods.registry import register
 
 # Identities in eval mode, or reshapes of the pooled (N, K, 1, 1) tensor to (N, K).
@@ -62,15 +63,6 @@ class Cam(AttributionMethod[CamParams]):
     Raises `UnsupportedModelError` for a model without a global-average-pool + linear head.
     """
 
-    def supports(self, model: nn.Module) -> bool:
-        parameter = next(model.parameters(), None)
-        device = torch.device("cpu") if parameter is None else parameter.device
-        try:
-            gap_linear_head(model, device)
-        except UnsupportedModelError:
-            return False
-        return True
-
     def attribute(self, batch: Batch, params: CamParams) -> AttributionMap:
         inputs, targets = batch.inputs, batch.targets
         head = gap_linear_head(batch.model, inputs.device)
@@ -85,6 +77,17 @@ class Cam(AttributionMethod[CamParams]):
         weights = target_columns(class_weights.T, targets).T
         cam = class_activation_map(features, weights, (inputs.shape[2], inputs.shape[3]))
         return AttributionMap(cam, signed=params.is_signed())
+
+
+@need_check("linear_head")
+def _linear_head_check(model: nn.Module) -> str | None:
+    parameter = next(model.parameters(), None)
+    device = torch.device("cpu") if parameter is None else parameter.device
+    heads = _HEADS.setdefault(model, {})
+    if device not in heads:
+        heads[device] = _find_head(model)
+    head = heads[device]
+    return head if isinstance(head, str) else None
 
 
 # Per model, per device: a trunk's own tensors (fx constants, buffers fetched by get_attr) stay on

@@ -24,7 +24,7 @@ from torch import nn
 from schemas.methods.deeplift import DeepLiftParams
 from workers.methods.base import AttributionMap, AttributionMethod, Batch, target_score
 from workers.methods.baselines import make_baseline
-from workers.methods.canonical import has_canonical_form, rewritten_form
+from workers.methods.canonical import rewritten_form
 from workers.methods.registry import register
 
 # Below this |Δin| the ratio Δout/Δin is ill-conditioned and the gradient stands in (Captum's).
@@ -152,9 +152,6 @@ class DeepLift(AttributionMethod[DeepLiftParams]):
     The map sums to the target logit's change from the baseline to the input. Baselines come
     from `baselines.make_baseline`, exact where the model's normalisation is given.
     """
-
-    def supports(self, model: nn.Module) -> bool:
-        return has_canonical_form(model)
 
     def attribute(self, batch: Batch, params: DeepLiftParams) -> AttributionMap:
         baselines = make_baseline(

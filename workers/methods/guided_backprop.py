@@ -7,7 +7,7 @@ from torch import nn
 
 from schemas.methods.guided_backprop import GuidedBackpropParams
 from workers.methods.base import AttributionMap, AttributionMethod, Batch, input_gradient
-from workers.methods.canonical import has_canonical_form, rewritten_form
+from workers.methods.canonical import rewritten_form
 from workers.methods.registry import register
 
 
@@ -50,9 +50,6 @@ def guided_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
 class GuidedBackprop(AttributionMethod[GuidedBackpropParams]):
     """`abs=True`: max over channels of |guided gradient|, unsigned; `abs=False`: channel sum,
     signed (as saliency reduces the plain gradient)."""
-
-    def supports(self, model: nn.Module) -> bool:
-        return has_canonical_form(model)
 
     def attribute(self, batch: Batch, params: GuidedBackpropParams) -> AttributionMap:
         gradient = guided_gradient(batch.model, batch.inputs, batch.targets)

@@ -1,12 +1,10 @@
 """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation masked by Grad-CAM."""
 
 import torch
-from torch import nn
 
 from schemas.methods.gradcam import GradCamParams
 from schemas.methods.guided_gradcam import GuidedGradCamParams
 from workers.methods.base import AttributionMap, AttributionMethod, Batch
-from workers.methods.canonical import has_canonical_form
 from workers.methods.gradcam import GradCam
 from workers.methods.guided_backprop import guided_gradient
 from workers.methods.registry import register
@@ -22,9 +20,6 @@ class GuidedGradCam(AttributionMethod[GuidedGradCamParams]):
     map takes the largest magnitude over channels, as guided backprop's default does, which is
     the same as the channel max of |Captum's product| because the Grad-CAM factor is >= 0.
     """
-
-    def supports(self, model: nn.Module) -> bool:
-        return has_canonical_form(model)
 
     def attribute(self, batch: Batch, params: GuidedGradCamParams) -> AttributionMap:
         cam = _GRADCAM.attribute(batch, GradCamParams(layer=params.layer)).values

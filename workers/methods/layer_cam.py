@@ -22,21 +22,20 @@ from workers.methods.base import (
     layer_gradient,
     target_columns,
 )
+from workers.methods.cam_layers import grid_activation
 
 
-def spatial_activation(method: str, layer: str, activation: torch.Tensor) -> torch.Tensor:
-    """`activation` if it is (N, K, h, w), else MethodParameterError naming the layer's shape."""
-    if activation.ndim != 4:
-        raise MethodParameterError(
-            "layer",
-            f"{method} needs a layer with (N, K, h, w) output; {layer!r} gives "
-            f"{tuple(activation.shape)}",
-        )
-    return activation
+def spatial_activation(
+    method: str, batch: Batch, layer: str, activation: torch.Tensor
+) -> torch.Tensor:
+    """The named layer's `activation` (or its gradient) on `batch` as (N, K, h, w): a token layer
+    read on its patch grid; MethodParameterError naming the layer's shape for a layer that is no
+    CAM layer."""
+    return grid_activation(method, batch, layer, activation)
 
 
 def layer_activation(method: str, batch: Batch, layer: str) -> torch.Tensor:
-    """The named layer's (N, K, h, w) output for each row of `batch`, without gradients.
+    """The named layer's output for each row of `batch` as (N, K, h, w), without gradients.
 
     One forward pass over the batch's distinct images: rows that repeat an image share it. The
     targets are checked against the model's logits all the same.
@@ -49,20 +48,22 @@ def layer_activation(method: str, batch: Batch, layer: str) -> torch.Tensor:
         raise MethodParameterError(
             "layer", f"layer {layer!r} runs {len(outputs)} times per forward pass, not once"
         )
-    return spatial_activation(method, layer, outputs[0].detach())[image_of_row]
+    return spatial_activation(method, batch, layer, outputs[0].detach())[image_of_row]
 
 
 class GradientCam(AttributionMethod[P]):
     """relu(Σ_k w_k ⊙ A_k) at the layer, upsampled bilinearly to the input; unsigned.
 
-    A = the layer's output (N, K, h, w), g = d(target logit)/dA; `weights` gives w, (N, K) per
+    A = the layer's output read as (N, K, h, w) (a token layer on its patch grid), g = d(target
+    logit)/dA read the same way; `weights` gives w, (N, K) per
     channel or (N, K, h, w) per element.
     """
 
     def attribute(self, batch: Batch, params: P) -> AttributionMap:
         layer = (params.layer if isinstance(params, LayerParams) else None) or batch.cam_layer
         activation, gradient = layer_gradient(batch.model, batch.inputs, batch.targets, layer)
-        activation = spatial_activation(self.id, layer, activation)
+        activation = spatial_activation(self.id, batch, layer, activation)
+        gradient = spatial_activation(self.id, batch, layer, gradient)
         size = (batch.inputs.shape[2], batch.inputs.shape[3])
         cam = class_activation_map(activation, self.weights(activation, gradient), size)
         return AttributionMap(cam, signed=params.is_signed())

@@ -144,12 +144,13 @@ class Lrp(AttributionMethod[LrpParams]):
     normalisation is given, else each image's own per-channel value range.
     """
 
-    def supports(self, model: nn.Module) -> bool:
-        try:
-            graph = canonical_form(model)
-        except Exception:  # fx cannot trace the model (e.g. data-dependent control flow)
-            return False
-        return any(is_rule_layer(module) for module in graph.modules())
+    def refusal(self, model: nn.Module) -> str | None:
+        reason = super().refusal(model)
+        if reason is None and not any(
+            is_rule_layer(module) for module in canonical_form(model).modules()
+        ):
+            return "lrp needs a convolution or linear layer to apply its rules to"
+        return reason
 
     def attribute(self, batch: Batch, params: LrpParams) -> AttributionMap:
         inputs, normalisation = batch.inputs, batch.normalisation

@@ -19,6 +19,7 @@ from workers.methods.base import (
     Forward,
     Normalisation,
     UnknownMethodError,
+    UnsupportedModelError,
     check_batch,
     class_probabilities,
 )
@@ -51,9 +52,16 @@ def get_method(method: str) -> AttributionMethod[Any]:
         raise UnknownMethodError(f"unknown method {method!r}; known: {known}") from None
 
 
+def unsupported_methods(model: nn.Module) -> dict[str, str]:
+    """The methods that do not apply to `model`, by id (sorted), each with the reason."""
+    refusals = ((method_id, METHODS[method_id].refusal(model)) for method_id in sorted(METHODS))
+    return {method_id: reason for method_id, reason in refusals if reason is not None}
+
+
 def available_methods(model: nn.Module) -> list[str]:
     """The ids of the methods that work on `model`, sorted."""
-    return sorted(method_id for method_id, method in METHODS.items() if method.supports(model))
+    unsupported = unsupported_methods(model)
+    return [method_id for method_id in sorted(METHODS) if method_id not in unsupported]
 
 
 def resolve(method: str, params: Mapping[str, object], *, cam_layer: str) -> MethodParams:
@@ -85,9 +93,13 @@ def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled 
 
     `params` is what the request gave, or what `resolve` made of it (then it is not validated
     again). Without `forward`, forward-only methods call `model`. Raises `UnknownMethodError`,
-    `MethodParameterError` or `TargetError` for bad requests.
+    `MethodParameterError` or `TargetError` for bad requests, and `UnsupportedModelError` with
+    the reason for a method that does not apply to the model.
     """
     implementation = get_method(method)
+    refusal = implementation.refusal(model)
+    if refusal is not None:
+        raise UnsupportedModelError(refusal)
     resolved = (
         params
         if isinstance(params, implementation.params_model)

@@ -3,7 +3,6 @@ target's probability."""
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from schemas.methods.scorecam import ScoreCamParams
 from workers.deadline import check_deadline
@@ -17,6 +16,7 @@ from workers.methods.base import (
     find_layer,
     target_columns,
 )
+from workers.methods.cam_layers import grid_activation
 from workers.methods.registry import register
 
 
@@ -42,7 +42,7 @@ class ScoreCam(AttributionMethod[ScoreCamParams]):
         images = flat_images.view(-1, *inputs.shape[1:])
         classes, column_of_row = torch.unique(targets, return_inverse=True)
         with torch.no_grad():
-            activation = _layer_output(model, images, layer)
+            activation = _layer_output(batch.with_inputs(images, targets), layer)
             baseline = target_columns(
                 batch.probability(model(torch.zeros_like(images[:1]))), classes
             )
@@ -67,21 +67,14 @@ class ScoreCam(AttributionMethod[ScoreCamParams]):
         return AttributionMap(cam, signed=params.is_signed())
 
 
-def _layer_output(model: nn.Module, inputs: torch.Tensor, layer: str) -> torch.Tensor:
-    with captured_output(find_layer(model, layer)) as outputs:
-        model(inputs)
+def _layer_output(batch: Batch, layer: str) -> torch.Tensor:
+    with captured_output(find_layer(batch.model, layer)) as outputs:
+        batch.model(batch.inputs)
     if len(outputs) != 1:
         raise MethodParameterError(
             "layer", f"layer {layer!r} runs {len(outputs)} times per forward pass, not once"
         )
-    activation = outputs[0].detach()
-    if activation.ndim != 4:
-        raise MethodParameterError(
-            "layer",
-            f"scorecam needs a layer with (N, K, h, w) output; {layer!r} gives "
-            f"{tuple(activation.shape)}",
-        )
-    return activation
+    return grid_activation("scorecam", batch, layer, outputs[0].detach())
 
 
 def _unit_range(maps: torch.Tensor) -> torch.Tensor:
