@@ -57,11 +57,24 @@ def select_output(network: nn.Module, key: str) -> nn.Module:
     return network
 
 
+def region_sums(logits: torch.Tensor, classes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(M, C, H, W) pixel logits → (M, 2R) for R regions of class `classes[r]` and mask
+    `masks[r]`: column r is the class logit summed over the mask, column R + r the class's
+    softmax probability summed over it (the expected count of the region's pixels given that
+    class, what RISE and Score-CAM weigh by)."""
+    masks = masks.to(logits.dtype)
+    scores = (logits[:, classes] * masks).sum(dim=(2, 3))
+    probabilities = (logits.softmax(dim=1)[:, classes] * masks).sum(dim=(2, 3))
+    return torch.cat([scores, probabilities], dim=1)
+
+
+# One node of a traced graph: the region head is the reading of the network's answer, not one
+# of its layers, and the rule-based methods must meet the network's own operations only.
+fx.wrap("region_sums")
+
+
 class RegionSum(nn.Module):
-    """(M, C, H, W) pixel logits → (M, 2R) region scores, for R regions of class `classes[r]`
-    and mask `masks[r]` (R, H, W): column r is the class logit summed over the mask, column R + r
-    the class's softmax probability summed over it (the expected count of the region's pixels
-    given that class, what RISE and Score-CAM weigh by)."""
+    """`region_sums` of the network's pixel logits for fixed regions (see there)."""
 
     classes: torch.Tensor
     masks: torch.Tensor
@@ -73,10 +86,7 @@ class RegionSum(nn.Module):
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         # The loader checked the logits' shape; a check here would stop fx from tracing.
-        masks = self.masks.to(logits.dtype)
-        scores = (logits[:, self.classes] * masks).sum(dim=(2, 3))
-        probabilities = (logits.softmax(dim=1)[:, self.classes] * masks).sum(dim=(2, 3))
-        return torch.cat([scores, probabilities], dim=1)
+        return region_sums(logits, self.classes, self.masks)
 
 
 class _RegionScores(nn.Module):
