@@ -204,6 +204,7 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
             version_dir,
             f"the network does not run on an image of shape {_input_shape(manifest, 1)}: {exc}",
         ) from exc
+    _check_output_shape(version_dir, manifest, module, session, device)
     cam_layers = list(layers)
     if not cam_layers:
         raise ModelLoadError(version_dir, "no layer has a spatial output usable for CAM methods")
@@ -233,22 +234,34 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
         cam_layer_kinds={name: layer.kind for name, layer in layers.items()},
         onnx_output=manifest.output.key if session is not None else None,
     )
-    logits = model.forward_logits(_zero_batch(manifest, device))
-    expected = _output_shape(manifest)
-    if tuple(logits.shape) != expected:
-        raise ModelLoadError(
-            version_dir,
-            f"the model outputs shape {tuple(logits.shape)} for one image but the manifest "
-            f"lists {len(manifest.labels)} labels: a {manifest.task} model must output {expected}",
-        )
     return model
 
 
-def _output_shape(manifest: ModelManifest) -> tuple[int, ...]:
-    """The logits' shape for one image: (1, labels), or (1, labels, height, width) per pixel."""
+def _check_output_shape(
+    version_dir: Path,
+    manifest: ModelManifest,
+    module: torch.nn.Module,
+    session: onnxruntime.InferenceSession | None,
+    device: torch.device,
+) -> None:
+    """Raise ModelLoadError unless the logits for one image are (1, labels), or for a
+    segmentation model (1, labels, height, width) at the input's size."""
+    zeros = _zero_batch(manifest, device)
+    if session is not None:
+        logits = onnx_models.run_session(session, zeros, output=manifest.output.key)
+    else:
+        with torch.no_grad():
+            logits = module(zeros)
+    shape = tuple(logits.shape)
+    expected: tuple[int, ...] = (1, len(manifest.labels))
     if manifest.task == "segmentation":
-        return (1, len(manifest.labels), manifest.input.height, manifest.input.width)
-    return (1, len(manifest.labels))
+        expected = (*expected, manifest.input.height, manifest.input.width)
+    if shape != expected:
+        raise ModelLoadError(
+            version_dir,
+            f"the model outputs shape {shape} for one image but the manifest lists "
+            f"{len(manifest.labels)} labels: a {manifest.task} model must output {expected}",
+        )
 
 
 def _read_manifest(version_dir: Path) -> ModelManifest:
@@ -317,6 +330,9 @@ def _load_onnx(
         graph = onnx.load(weights)
         if key is not None:
             onnx_models.keep_output(graph, key)
+        elif len(graph.graph.output) > 1:
+            names = [output.name for output in graph.graph.output]
+            raise ValueError(f"the graph has outputs {names}: output.key must name the logits")
         module = onnx_models.convert_to_torch(graph)
         cpu_session = onnx_models.create_session(weights, torch.device("cpu"))
     except Exception as exc:

@@ -171,3 +171,11 @@ def test_a_bad_region_target_is_a_422_that_says_why(
     answer = explain(client, model, ["saliency"], target)
     assert answer.status_code == 422, answer.text
     assert reason in answer.text
+
+
+def test_activation_maximisation_of_a_class_is_refused_on_a_segmentation_model(
+    client: httpx.Client,
+) -> None:
+    answer = client.post("/v1/models/unet/visualizations", json={"target": 1, "steps": 2})
+    assert answer.status_code == 422, answer.text
+    assert "segmentation model" in answer.json()["detail"]
