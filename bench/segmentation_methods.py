@@ -5,8 +5,8 @@ predicted region): each method's time for one map, and its ratio to one forward 
 network. The region head (`workers.segmentation`) is timed on its own: a saliency map through it
 against the plain gradient of the same region score, computed directly. Models, random weights
 with calibrated BatchNorm: torchvision's DeepLabV3-MobileNetV3 (3 × `--size`², 21 classes) and
-MONAI's 2-D UNet (1 × `--size`², 3 classes). CPU unless `--device` says otherwise; `--methods`
-picks a subset. A method the network does not support is listed with the reason.
+MONAI's 2-D UNet (1 × `--size`², 3 classes). CPU unless `--device` says otherwise; `--models`
+and `--methods` pick a subset. A method the network does not support is listed with the reason.
 """
 
 import argparse
@@ -21,6 +21,8 @@ from torchvision.models.segmentation import deeplabv3_mobilenet_v3_large
 from workers import segmentation
 from workers.methods import explain
 from workers.methods.registry import METHODS, get_method
+
+MODELS = ("deeplabv3-mobilenet", "monai-unet")
 
 
 def calibrated(network: nn.Module, channels: int, size: int) -> nn.Module:
@@ -47,6 +49,7 @@ def networks(size: int) -> dict[str, tuple[nn.Module, int, str]]:
         strides=(2, 2, 2),
         num_res_units=2,
         act="RELU",
+        norm="BATCH",
     )
     return {
         "deeplabv3-mobilenet": (
@@ -143,11 +146,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", nargs="+", default=sorted(METHODS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
     for name, (network, channels, layer) in networks(args.size).items():
-        bench_model(name, network, channels, layer, args)
+        if name in args.models:
+            bench_model(name, network, channels, layer, args)
 
 
 if __name__ == "__main__":

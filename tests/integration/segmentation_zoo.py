@@ -32,6 +32,7 @@ UNET_KWARGS: dict[str, object] = {
     "strides": [2, 2],
     "num_res_units": 1,
     "act": "RELU",
+    "norm": "BATCH",  # MONAI's default InstanceNorm has no LRP or DeepLIFT rule
 }
 
 

@@ -14,7 +14,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from captum.attr import IntegratedGradients, Saliency
+from captum.attr import InputXGradient, IntegratedGradients, Saliency
+from monai.networks.nets import UNet
 from PIL import Image
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
@@ -221,6 +222,57 @@ def test_saliency_and_integrated_gradients_agree_with_captum_on_the_region_score
     )
     # The same nodes and weights; float64 sums in another order, then one float32 rounding.
     torch.testing.assert_close(ig, reference, rtol=EPS32, atol=1e-12 * float(reference.abs().max()))
+
+
+def small_unet() -> nn.Module:
+    """MONAI's 2-D UNet with ReLUs and BatchNorm (its default InstanceNorm has no LRP rule):
+    residual units, strided and transposed convolutions, skip concatenations, in float64."""
+    torch.manual_seed(8)
+    network = UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=3,
+        channels=(4, 8),
+        strides=(2,),
+        num_res_units=1,
+        act="RELU",
+        norm="BATCH",
+    ).double()
+    network.train()
+    with torch.no_grad():
+        for _ in range(3):
+            network(torch.randn(4, 1, 16, 16, dtype=torch.float64))
+    return network.eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("name", ["tiny", "unet"])
+def test_lrp_epsilon_equals_captum_input_times_gradient_of_the_region_score(name: str) -> None:
+    network = tiny_segmenter() if name == "tiny" else small_unet()
+    size = SIZE if name == "tiny" else 16
+    inputs = torch.randn(
+        1, 1, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(9)
+    )
+    mask = box_mask(2, 3, 10, 9, size)
+
+    def score(batch: torch.Tensor) -> torch.Tensor:
+        return (network(batch)[:, 1] * mask).sum(dim=(1, 2))
+
+    batch = segmentation.region_batch(network, network, [segmentation.Region(1, "box", mask)])
+    relevance = explain(
+        "lrp",
+        batch.model,
+        inputs,
+        batch.targets,
+        {"composite": "epsilon", "first_layer": "same", "epsilon": 1e-15},
+        cam_layer="",
+        forward=batch.forward,
+    ).values.double()
+    # On a ReLU network LRP-ε with ε → 0 is gradient × input (Montavon et al. 2019).
+    expected = InputXGradient(score).attribute(inputs).sum(dim=1).detach()
+    assert float(expected.abs().max()) > 0
+    torch.testing.assert_close(
+        relevance, expected, rtol=EPS32, atol=1e-9 * float(expected.abs().max())
+    )
 
 
 def calibrated_deeplab(size: int = 64) -> nn.Module:
