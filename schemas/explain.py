@@ -21,15 +21,16 @@ from pydantic.json_schema import JsonDict
 from schemas.dicom import AppliedDicom, DicomOptions
 from schemas.dicomweb import DicomwebSource, DicomwebStore, StoredObjects
 from schemas.methods import PARAMS_BY_METHOD, MethodParams
+from schemas.regions import REGION_TARGET_SCHEMA, RegionKind, RegionTarget
 
 MAX_TOP_K = 5
 BASE64_PATTERN = r"^(data:[^,]*,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 """Standard base64 with its padding, optionally behind a data URL's header."""
 _TOP_K = re.compile(r"^top([1-5])$")
 
-Target = str | int | list[int]
+Target = str | int | list[int] | RegionTarget
 # As requests give it: `true` is not the class index 1, nor `1.0`.
-StrictTarget = StrictStr | StrictInt | list[StrictInt]
+StrictTarget = StrictStr | StrictInt | list[StrictInt] | RegionTarget
 
 
 def check_target(target: Target) -> Target:
@@ -58,6 +59,7 @@ TARGET_SCHEMA: JsonDict = {
             "maxItems": MAX_TOP_K,
             "uniqueItems": True,
         },
+        REGION_TARGET_SCHEMA,
     ]
 }
 """`check_target` as JSON Schema, so that the documented target is exactly what is accepted."""
@@ -100,6 +102,8 @@ def target_classes(target: Target) -> list[int] | None:
     """The classes a target names explicitly, or None when it is a "topK"."""
     if isinstance(target, int):
         return [target]
+    if isinstance(target, RegionTarget):
+        return [target.class_index]
     if isinstance(target, list):
         return list(target)
     return None
@@ -191,7 +195,10 @@ class ExplainParameters(BaseModel):
         json_schema_extra=METHODS_SCHEMA,
     )
     target: ValidTarget = Field(
-        default="top1", description='"top1", "topK" (K ≤ 5), a class index, or a list of them'
+        default="top1",
+        description='"top1", "topK" (K ≤ 5), a class index, or a list of them; for a '
+        'segmentation model also a class and a region: {"class": 3, "region": "predicted"}, '
+        '{"class": 3, "box": [x0, y0, x1, y1]} or {"class": 3, "mask": "<base64 PNG>"}',
     )
     params: dict[str, dict[str, object]] = Field(
         default_factory=dict, json_schema_extra=PARAMS_SCHEMA
@@ -302,13 +309,23 @@ class ExplainRequest(ExplainOptions):
 class Prediction(BaseModel):
     class_index: int
     label: str
-    score: float = Field(description="the class's softmax probability")
-    logit: float = Field(description="the model's raw output for the class")
+    score: float = Field(
+        description="the class's softmax probability; segmentation: its share of the pixels"
+    )
+    logit: float = Field(
+        description="the model's raw output for the class; segmentation: its mean logit over "
+        "the pixels predicted as it"
+    )
 
 
 class ExplanationTarget(BaseModel):
     class_index: int
     label: str
+    region: RegionKind | None = Field(
+        default=None,
+        description="segmentation: the pixels whose class logits were summed (`predicted`, "
+        "`box` or `mask`); none for a classifier",
+    )
 
 
 class Scores(BaseModel):

@@ -5,6 +5,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ModelFormat = Literal["onnx", "safetensors"]
+OutputActivation = Literal["softmax", "sigmoid", "none"]
+"""How a classifier's logits become the probabilities its predictions report."""
+ModelTask = Literal["classification", "segmentation"]
+"""What a model's output is: (N, classes) logits, or (N, classes, H, W) logits per pixel."""
 CamLayerKind = Literal["conv", "tokens"]
 """How a CAM layer's output is read as a grid: `conv`, (N, K, h, w); `tokens`, a transformer's
 (N, extra + h·w, D) tokens (class and other extra tokens dropped) or (N, h, w, D) token grid."""
@@ -37,6 +41,24 @@ class InputSpec(BaseModel):
         return "grayscale" if self.channels == 1 else "rgb"
 
 
+class OutputSpec(BaseModel):
+    """What a model's output means and where it is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    activation: OutputActivation = Field(
+        default="softmax",
+        description="`softmax`: one label per image, probabilities summing to 1; `sigmoid`: "
+        "multi-label, each label's probability on its own; `none`: the logits are the scores",
+    )
+    key: str | None = Field(
+        default=None,
+        description="the entry holding the logits of a network that answers a mapping (`out` "
+        "for torchvision's segmentation models) or an object (`logits` for Hugging Face "
+        "models); for ONNX, the name of the graph output to read (default: the first)",
+    )
+
+
 class ModelManifest(BaseModel):
     """`models/<id>/<version>/manifest.json`: a model's declared interface."""
 
@@ -50,6 +72,17 @@ class ModelManifest(BaseModel):
     )
     labels: list[str] = Field(min_length=1)
     input: InputSpec
+    task: ModelTask = Field(
+        default="classification",
+        description="`segmentation`: the output is (N, labels, height, width) logits at the "
+        "input's size, and targets name a class and a region",
+    )
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    background: int | None = Field(
+        default=None,
+        ge=0,
+        description="segmentation: the background class, which `top1` and `topK` pass over",
+    )
     cam_layer: str | None = Field(
         default=None, description="default layer for CAM methods; the last conv block if unset"
     )
@@ -67,6 +100,9 @@ class ModelInfo(BaseModel):
     )
     format: ModelFormat
     input: InputSpec
+    task: ModelTask = "classification"
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    background: int | None = None
     labels: list[str]
     cam_layers: list[str] = Field(description="layers usable for CAM methods, deepest first")
     cam_layer_channels: dict[str, int] = Field(

@@ -43,6 +43,7 @@ from service.errors import (
 from service.idempotency import IdempotentRequest, idempotent_request
 from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue, NewJob
+from service.region_targets import check_region_target
 
 JSON_FIELDS = ("target", "params", "output", "dicom", "store")
 
@@ -265,6 +266,7 @@ def checked_image(
     check_dicom_options(options.dicom, header.dicom)
     check_dicom_output(options.output, header.dicom)
     check_output(options, info, header, settings)
+    check_region_target(options.target, info, header)
     if header.dicom is None:
         return image
     return minimal_dicom(image, kept_dicom_elements(options.output), settings.max_image_pixels)
@@ -376,7 +378,7 @@ def explanation_cache_key(
         {
             "key": principal.name,
             "methods": options.methods,
-            "target": options.target,
+            "target": options.model_dump(mode="json", include={"target"})["target"],
             "params": params,
             "output": options.output.model_dump(mode="json"),
             "dicom": (options.dicom or DicomOptions()).model_dump(mode="json"),

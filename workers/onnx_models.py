@@ -74,22 +74,39 @@ def create_session(model_path: Path, device: torch.device) -> onnxruntime.Infere
     )
 
 
-def run_session(session: onnxruntime.InferenceSession, inputs: torch.Tensor) -> torch.Tensor:
-    """The session's first output for `inputs` fed to its first input, as a float CPU tensor."""
+def keep_output(model: onnx.ModelProto, name: str) -> None:
+    """Make the graph output `name` the model's only one, in place, so that its conversion
+    answers that tensor alone. Raises ValueError when the graph has no output of that name."""
+    outputs = [output for output in model.graph.output if output.name == name]
+    if not outputs:
+        names = [output.name for output in model.graph.output]
+        raise ValueError(f"output.key {name!r} is not an output of the graph, which has {names}")
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+
+
+def run_session(
+    session: onnxruntime.InferenceSession, inputs: torch.Tensor, output: str | None = None
+) -> torch.Tensor:
+    """The session's output `output` (by default its first) for `inputs` fed to its first
+    input, as a float CPU tensor."""
     feed = {session.get_inputs()[0].name: inputs.detach().cpu().numpy().astype(np.float32)}
-    (outputs,) = session.run([session.get_outputs()[0].name], feed)
+    (outputs,) = session.run([output or session.get_outputs()[0].name], feed)
     return torch.from_numpy(outputs)
 
 
 def conversion_gap(
-    module: torch.nn.Module, session: onnxruntime.InferenceSession, inputs: torch.Tensor
+    module: torch.nn.Module,
+    session: onnxruntime.InferenceSession,
+    inputs: torch.Tensor,
+    output: str | None = None,
 ) -> float:
-    """How far the module's logits are from the session's on `inputs`.
+    """How far the module's logits are from the session's (its output `output`) on `inputs`.
 
     The largest absolute difference divided by 1 + the largest absolute logit of the session.
     Raises ValueError when the two disagree on the output shape.
     """
-    expected = run_session(session, inputs)
+    expected = run_session(session, inputs, output)
     with torch.no_grad():
         actual = module(inputs).float().cpu()
     if actual.shape != expected.shape:

@@ -26,12 +26,13 @@ from schemas.explain import (
 )
 from schemas.jobs import ExplanationJob
 from schemas.methods import MethodParams
-from workers import render
+from workers import render, segmentation
 from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.dicom_objects import DerivedDescription, explanation_objects
 from workers.images import to_model_input
 from workers.methods import Normalisation, explain, resolve
+from workers.methods.base import Forward, class_probabilities
 from workers.repository import LoadedModel
 
 MAX_PREDICTIONS = 5
@@ -66,10 +67,12 @@ class BatchKey:
 
 @dataclass(frozen=True)
 class _Row:
-    """One map to compute: a job's image explained for one class."""
+    """One map to compute: a job's image explained for one class (of a segmentation model, for
+    one class over one region)."""
 
     job: int
     class_index: int
+    region: segmentation.Region | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class ComputedBatch:
     params: dict[str, MethodParams]
     maps: list[ComputedMap]
     compute_ms: float
+    predictions: list[list[Prediction]] | None = None
+    """Of a segmentation model: each image's classes present, with their pixel shares."""
 
     def maps_of(self, job: int) -> list[ComputedMap]:
         return [computed for computed in self.maps if computed.row.job == job]
@@ -143,12 +148,20 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
     started = time.perf_counter()
     inputs = _model_inputs(model, jobs)
     logits = model.forward_logits(inputs).float()
-    probabilities = torch.softmax(logits, dim=1).cpu().tolist()
-    rows = [
-        _Row(job=j, class_index=c)
-        for j, job in enumerate(jobs)
-        for c in resolve_target(job.message.target, probabilities[j])
-    ]
+    if model.manifest.task == "segmentation":
+        rows = _region_rows(model, jobs, logits)
+        probabilities: list[list[float]] = [[] for _ in jobs]
+        class_logits: list[list[float]] = [[] for _ in jobs]
+        predictions = [segmentation.predictions(image, model.manifest.labels) for image in logits]
+    else:
+        probabilities = torch.softmax(logits, dim=1).cpu().tolist()
+        class_logits = logits.cpu().tolist()
+        predictions = None
+        rows = [
+            _Row(job=j, class_index=c)
+            for j, job in enumerate(jobs)
+            for c in resolve_target(job.message.target, probabilities[j])
+        ]
     params = resolved_params(jobs[0].message, model)
     maps: list[ComputedMap] = []
     for method in jobs[0].message.methods:
@@ -157,11 +170,25 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
             maps.extend(_attribute_rows(model, method, params[method], inputs, chunk))
     return ComputedBatch(
         probabilities=probabilities,
-        logits=logits.cpu().tolist(),
+        logits=class_logits,
         params=params,
         maps=maps,
         compute_ms=(time.perf_counter() - started) * 1000,
+        predictions=predictions,
     )
+
+
+def _region_rows(
+    model: LoadedModel, jobs: Sequence[PreparedJob], logits: torch.Tensor
+) -> list[_Row]:
+    """A segmentation model's rows: each job's target class over its region."""
+    return [
+        _Row(job=j, class_index=region.class_index, region=region)
+        for j, job in enumerate(jobs)
+        for region in segmentation.target_regions(
+            job.message.target, logits[j], model.manifest, job.image.display.shape[:2]
+        )
+    ]
 
 
 def render_explanations(
@@ -185,7 +212,9 @@ def build_response(
         model=ModelRef(id=model.manifest.id, version=model.manifest.version),
         predictions=_predictions(
             computed.probabilities[index], computed.logits[index], model.manifest.labels
-        ),
+        )
+        if computed.predictions is None
+        else computed.predictions[index],
         explanations=rendered.explanations,
         timings=Timings(
             queue_ms=max(0.0, (job.picked_at - message.enqueued_at) * 1000),
@@ -222,15 +251,25 @@ def _attribute_rows(
     check_deadline()
     spec = model.manifest.input
     started = time.perf_counter()
+    regions = [row.region for row in rows if row.region is not None]
+    probability: Forward = class_probabilities
+    if regions:
+        region_batch = segmentation.region_batch(model.module, model.forward_logits, regions)
+        network, forward, targets = region_batch.model, region_batch.forward, region_batch.targets
+        probability = region_batch.probability
+    else:
+        network, forward = model.module, model.forward_logits
+        targets = torch.tensor([row.class_index for row in rows], device=model.device)
     attribution = explain(
         method,
-        model.module,
+        network,
         inputs[[row.job for row in rows]],
-        torch.tensor([row.class_index for row in rows], device=model.device),
+        targets,
         params,
         cam_layer=model.default_cam_layer,
-        forward=model.forward_logits,
+        forward=forward,
         normalisation=Normalisation(tuple(spec.mean), tuple(spec.std)),
+        probability=probability,
     )
     values = attribution.values.detach().float().cpu().numpy()
     per_map_ms = (time.perf_counter() - started) * 1000 / len(rows)
@@ -276,7 +315,11 @@ def _explanation(
         dicom = explanation_objects(image, full_size, colour_values, about, output)
     return Explanation(
         method=computed.method,
-        target=ExplanationTarget(class_index=class_index, label=labels[class_index]),
+        target=ExplanationTarget(
+            class_index=class_index,
+            label=labels[class_index],
+            region=None if computed.row.region is None else computed.row.region.kind,
+        ),
         overlay_png=overlay,
         heatmap_png=heatmap,
         scores=_scores(computed.values, full_size, computed.signed, output),

@@ -21,7 +21,7 @@ import safetensors.torch
 import torch
 
 from schemas.models import CamLayerKind, ModelFormat, ModelInfo, ModelManifest
-from workers import onnx_models
+from workers import onnx_models, segmentation
 from workers.methods import unsupported_methods
 from workers.methods.cam_layers import default_cam_layer, find_cam_layers
 
@@ -74,6 +74,8 @@ class LoadedModel:
     onnx_session: onnxruntime.InferenceSession | None = None
     cam_layer_channels: Mapping[str, int] = field(default_factory=dict)
     """Each CAM layer's channel count."""
+    onnx_output: str | None = None
+    """The ONNX graph output holding the logits (the manifest's `output.key`); None: the first."""
     cam_layer_kinds: Mapping[str, CamLayerKind] = field(default_factory=dict)
     """Each CAM layer's kind: `conv` (N, K, h, w) or transformer `tokens` (`CamLayer`)."""
 
@@ -83,7 +85,9 @@ class LoadedModel:
         ONNX models run through ONNX Runtime, the others through `module`.
         """
         if self.onnx_session is not None:
-            return onnx_models.run_session(self.onnx_session, inputs).to(self.device)
+            return onnx_models.run_session(self.onnx_session, inputs, output=self.onnx_output).to(
+                self.device
+            )
         with torch.no_grad():
             return self.module(inputs.to(self.device))
 
@@ -95,6 +99,9 @@ class LoadedModel:
             version=manifest.version,
             format=manifest.format,
             input=manifest.input,
+            task=manifest.task,
+            output=manifest.output,
+            background=manifest.background,
             labels=manifest.labels,
             cam_layers=self.cam_layers[::-1],
             cam_layer_channels=dict(self.cam_layer_channels),
@@ -197,11 +204,15 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
             version_dir,
             f"the network does not run on an image of shape {_input_shape(manifest, 1)}: {exc}",
         ) from exc
+    _check_output_shape(version_dir, manifest, module, session, device)
     cam_layers = list(layers)
     if not cam_layers:
         raise ModelLoadError(version_dir, "no layer has a spatial output usable for CAM methods")
-    default_layer = manifest.cam_layer or default_cam_layer(
-        module, _zero_batch(manifest, device), layers
+    default_layer = manifest.cam_layer or (
+        # Every pixel's logit reaches the deepest grid of a segmentation network.
+        cam_layers[-1]
+        if manifest.task == "segmentation"
+        else default_cam_layer(module, _zero_batch(manifest, device), layers)
     )
     if default_layer not in cam_layers:
         close = difflib.get_close_matches(default_layer, cam_layers, n=1)
@@ -221,15 +232,36 @@ def load_model(version_dir: Path, device: torch.device) -> LoadedModel:
         onnx_session=session,
         cam_layer_channels={name: layer.channels for name, layer in layers.items()},
         cam_layer_kinds={name: layer.kind for name, layer in layers.items()},
+        onnx_output=manifest.output.key if session is not None else None,
     )
-    logits = model.forward_logits(_zero_batch(manifest, device))
-    if tuple(logits.shape) != (1, len(manifest.labels)):
+    return model
+
+
+def _check_output_shape(
+    version_dir: Path,
+    manifest: ModelManifest,
+    module: torch.nn.Module,
+    session: onnxruntime.InferenceSession | None,
+    device: torch.device,
+) -> None:
+    """Raise ModelLoadError unless the logits for one image are (1, labels), or for a
+    segmentation model (1, labels, height, width) at the input's size."""
+    zeros = _zero_batch(manifest, device)
+    if session is not None:
+        logits = onnx_models.run_session(session, zeros, output=manifest.output.key)
+    else:
+        with torch.no_grad():
+            logits = module(zeros)
+    shape = tuple(logits.shape)
+    expected: tuple[int, ...] = (1, len(manifest.labels))
+    if manifest.task == "segmentation":
+        expected = (*expected, manifest.input.height, manifest.input.width)
+    if shape != expected:
         raise ModelLoadError(
             version_dir,
-            f"the model outputs shape {tuple(logits.shape)} for one image "
-            f"but the manifest lists {len(manifest.labels)} labels",
+            f"the model outputs shape {shape} for one image but the manifest lists "
+            f"{len(manifest.labels)} labels: a {manifest.task} model must output {expected}",
         )
-    return model
 
 
 def _read_manifest(version_dir: Path) -> ModelManifest:
@@ -285,14 +317,23 @@ def _load_safetensors(version_dir: Path, manifest: ModelManifest, weights: Path)
         raise ModelLoadError(
             version_dir, f"{weights.name} does not fit the factory's network: {exc}"
         ) from exc
+    if manifest.output.key is not None:
+        return segmentation.select_output(module, manifest.output.key)
     return module
 
 
 def _load_onnx(
     version_dir: Path, manifest: ModelManifest, weights: Path, device: torch.device
 ) -> tuple[torch.nn.Module, onnxruntime.InferenceSession]:
+    key = manifest.output.key
     try:
-        module = onnx_models.convert_to_torch(onnx.load(weights))
+        graph = onnx.load(weights)
+        if key is not None:
+            onnx_models.keep_output(graph, key)
+        elif len(graph.graph.output) > 1:
+            names = [output.name for output in graph.graph.output]
+            raise ValueError(f"the graph has outputs {names}: output.key must name the logits")
+        module = onnx_models.convert_to_torch(graph)
         cpu_session = onnx_models.create_session(weights, torch.device("cpu"))
     except Exception as exc:
         raise ModelLoadError(version_dir, f"{weights.name} cannot be loaded: {exc!r}") from exc
@@ -300,7 +341,7 @@ def _load_onnx(
     generator = torch.Generator().manual_seed(CONVERSION_CHECK_SEED)
     batch = torch.randn(_input_shape(manifest, batch_size=2), generator=generator)
     try:
-        gap = onnx_models.conversion_gap(module, cpu_session, batch)
+        gap = onnx_models.conversion_gap(module, cpu_session, batch, output=key)
     except Exception as exc:
         raise ModelLoadError(
             version_dir,

@@ -46,6 +46,11 @@ async def create_visualization(  # noqa: PLR0913 - FastAPI injects each dependen
         raise UnsupportedMedia("Send the visualization request as application/json.")
     params = await parse_json(request, VisualizationParams)
     info = await find_model(queue, model_id, settings)
+    if params.target is not None and info.task == "segmentation":
+        raise InvalidRequest(
+            f"{info.id!r} is a segmentation model: a class is a map of pixels, with no one score "
+            "to maximise; give a layer and a channel."
+        )
     if params.target is not None and params.target >= len(info.labels):
         raise InvalidRequest(
             f"Class index {params.target} is out of range: {info.id!r} has "

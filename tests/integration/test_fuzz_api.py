@@ -283,6 +283,9 @@ def fitted_target(target: object) -> object:
         return target % len(MODEL_LABELS)
     if isinstance(target, list) and all(isinstance(t, int) for t in target):
         return list(dict.fromkeys(t % len(MODEL_LABELS) for t in target))
+    if isinstance(target, dict) and isinstance(target.get("class"), int):
+        # A region target applies to segmentation models; the served ones are classifiers.
+        return target["class"] % len(MODEL_LABELS)
     return target
 
 

@@ -93,6 +93,13 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 """A model's (N, classes) logits for a normalised batch, computed without gradients."""
 
 
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The softmax over the classes of (N, classes) logits."""
+    if logits.ndim != 2:
+        raise ValueError(f"the model must return (N, classes) logits, got {tuple(logits.shape)}")
+    return torch.softmax(logits.float(), dim=1)
+
+
 @dataclass(frozen=True)
 class Batch:
     """What a method explains: normalised inputs (N, C, H, W), one int64 target class per row
@@ -103,7 +110,9 @@ class Batch:
     for the methods that need only forward passes. `cam_layer` is the layer CAM methods use
     unless their parameters name another. `normalisation` is how the inputs were normalised, for
     the methods that need pixel values (a black baseline, z-box bounds); without it they estimate
-    them from each image (`baselines`).
+    them from each image (`baselines`). `probability` reads, from the model's output, the target
+    probabilities that RISE and Score-CAM weigh by: a softmax over the classes, or for a
+    segmentation model each region's summed pixel probabilities (`workers.segmentation`).
     """
 
     model: nn.Module
@@ -112,6 +121,7 @@ class Batch:
     forward: Forward
     cam_layer: str = ""
     normalisation: Normalisation | None = None
+    probability: Forward = class_probabilities
 
     def rows(self, rows: torch.Tensor, inputs: torch.Tensor | None = None) -> "Batch":
         """The batch of the given rows (an index tensor), optionally with other inputs."""

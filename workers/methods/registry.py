@@ -21,6 +21,7 @@ from workers.methods.base import (
     UnknownMethodError,
     UnsupportedModelError,
     check_batch,
+    class_probabilities,
 )
 
 _REGISTRY: dict[str, AttributionMethod[Any]] = {}
@@ -86,6 +87,7 @@ def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled 
     cam_layer: str,
     forward: Forward | None = None,
     normalisation: Normalisation | None = None,
+    probability: Forward = class_probabilities,
 ) -> AttributionMap:
     """Attribution maps of `method` for a batch, one target class per sample (see `Batch`).
 
@@ -111,5 +113,6 @@ def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled 
         forward=model if forward is None else forward,
         cam_layer=cam_layer,
         normalisation=normalisation,
+        probability=probability,
     )
     return implementation.attribute(batch, resolved)

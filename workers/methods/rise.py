@@ -16,10 +16,12 @@ from workers.methods.registry import register
 class Rise(ForwardOnlyMethod[RiseParams]):
     """sum_i P(target | x masked by m_i) * m_i / (masks * p); unsigned, as probabilities are >= 0.
 
-    The score is the softmax probability, as in the paper. A mask keeps the image where it is 1 and
-    turns it black where it is 0 (`baselines.make_baseline`: pixel value 0, or each channel's
-    darkest pixel without the model's normalisation), blending in between. The masks come from
-    `draw_masks` and `smooth_masks` with the request's seed, the same for every image and device.
+    The score is the softmax probability, as in the paper (`Batch.probability`: for a
+    segmentation model, the region's summed pixel probability). A mask keeps the image where it
+    is 1 and turns it black where it is 0 (`baselines.make_baseline`: pixel value 0, or each
+    channel's darkest pixel without the model's normalisation), blending in between. The masks
+    come from `draw_masks` and `smooth_masks` with the request's seed, the same for every image
+    and device.
     """
 
     def attribute_image(self, image: Batch, params: RiseParams) -> torch.Tensor:
@@ -33,7 +35,7 @@ class Rise(ForwardOnlyMethod[RiseParams]):
             check_deadline()
             masks = smooth_masks(grid.to(pixels.device), shift.to(pixels.device), (height, width))
             masked = torch.addcmul(black, pixels - black, masks[:, None].to(pixels.dtype))
-            probabilities = image.forward(masked).float().softmax(dim=1)
+            probabilities = image.probability(image.forward(masked).float())
             saliency += target_columns(probabilities, targets).T @ masks.flatten(1)
         return (saliency / (count * p)).view(-1, height, width)
 

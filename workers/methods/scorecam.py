@@ -3,7 +3,6 @@ target's probability."""
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from schemas.methods.scorecam import ScoreCamParams
 from workers.deadline import check_deadline
@@ -27,8 +26,9 @@ class ScoreCam(AttributionMethod[ScoreCamParams]):
 
     Each activation map A_k, upsampled to the input and scaled to [0, 1], masks the input
     (input ⊙ mask, in normalised space); w_k is the target's softmax probability on that masked
-    input minus its probability on the all-zero input, the paper's baseline (the limit of an
-    empty mask): the "increase of confidence". A constant map carries no location and gets w_k = 0.
+    input (`Batch.probability`: for a segmentation model, the region's summed pixel probability)
+    minus its probability on the all-zero input, the paper's baseline (the limit of an empty
+    mask): the "increase of confidence". A constant map carries no location and gets w_k = 0.
 
     Forward passes only, `batch_size` masked inputs at a time; one per channel with a
     non-constant map, per distinct image (rows that repeat an image share them).
@@ -43,7 +43,9 @@ class ScoreCam(AttributionMethod[ScoreCamParams]):
         classes, column_of_row = torch.unique(targets, return_inverse=True)
         with torch.no_grad():
             activation = _layer_output(batch.with_inputs(images, targets), layer)
-            baseline = target_columns(_probabilities(model, torch.zeros_like(images[:1])), classes)
+            baseline = target_columns(
+                batch.probability(model(torch.zeros_like(images[:1]))), classes
+            )
             # (images, channels, classes); constant maps keep the baseline, so their weight is 0.
             scores = baseline.expand(*activation.shape[:2], -1).clone()
             varying = activation.amax(dim=(2, 3)) > activation.amin(dim=(2, 3))
@@ -58,7 +60,7 @@ class ScoreCam(AttributionMethod[ScoreCamParams]):
                         align_corners=False,
                     )
                 )
-                probabilities = _probabilities(model, images[image] * masks)
+                probabilities = batch.probability(model(images[image] * masks))
                 scores[image, channel] = target_columns(probabilities, classes)
         weights = scores[image_of_row, :, column_of_row] - baseline[0, column_of_row][:, None]
         cam = class_activation_map(activation[image_of_row], weights, size)
@@ -73,13 +75,6 @@ def _layer_output(batch: Batch, layer: str) -> torch.Tensor:
             "layer", f"layer {layer!r} runs {len(outputs)} times per forward pass, not once"
         )
     return grid_activation("scorecam", batch, layer, outputs[0].detach())
-
-
-def _probabilities(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    logits = model(inputs)
-    if logits.ndim != 2:
-        raise ValueError(f"the model must return (N, classes) logits, got {tuple(logits.shape)}")
-    return torch.softmax(logits.float(), dim=1)
 
 
 def _unit_range(maps: torch.Tensor) -> torch.Tensor:
