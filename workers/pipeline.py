@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from workers import render
 from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.images import to_model_input
-from workers.methods import Normalisation, explain, resolve
+from workers.methods import Normalisation, explain, get_method, resolve
+from workers.methods.passes import PassMethod, run_passes
 from workers.repository import LoadedModel
 
 MAX_PREDICTIONS = 5
@@ -137,23 +139,40 @@ def explain_jobs(
 
 
 def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int) -> ComputedBatch:
-    """One forward pass over the batch, each job's target classes, then every method's maps in
-    calls of at most `max_rows` images."""
+    """Every method's maps for the batch. The methods' shared gradient passes
+    (`workers.methods.passes`) run over chunks of at most `max_rows` images, and their first
+    forward gives the logits, so each job's targets, before any backward; the other methods then
+    run in calls of at most `max_rows` rows. Without a shared pass (or for an ONNX model, whose
+    predictions come from ONNX Runtime) a forward pass of its own gives the logits first."""
     started = time.perf_counter()
     inputs = _model_inputs(model, jobs)
-    logits = model.forward_logits(inputs).float()
+    params = resolved_params(jobs[0].message, model)
+    methods = jobs[0].message.methods
+    shared = {
+        method: implementation
+        for method in methods
+        if isinstance(implementation := get_method(method), PassMethod)
+    }
+    known = None
+    if model.onnx_session is not None or not shared:
+        known = model.forward_logits(inputs).float()
+    plan = _SharedPlan(model, jobs, inputs, [(m, pm, params[m]) for m, pm in shared.items()], known)
+    chunks = [plan.chunk(start, start + max_rows) for start in range(0, len(jobs), max_rows)]
+    logits = torch.cat([chunk.logits for chunk in chunks])
     probabilities = torch.softmax(logits, dim=1).cpu().tolist()
     rows = [
         _Row(job=j, class_index=c)
         for j, job in enumerate(jobs)
         for c in resolve_target(job.message.target, probabilities[j])
     ]
-    params = resolved_params(jobs[0].message, model)
     maps: list[ComputedMap] = []
-    for method in jobs[0].message.methods:
+    for method in methods:
+        if method in shared:
+            maps.extend(computed for chunk in chunks for computed in chunk.maps[method])
+            continue
         for start in range(0, len(rows), max_rows):
-            chunk = rows[start : start + max_rows]
-            maps.extend(_attribute_rows(model, method, params[method], inputs, chunk))
+            chunk_rows = rows[start : start + max_rows]
+            maps.extend(_attribute_rows(model, method, params[method], inputs, chunk_rows))
     return ComputedBatch(
         probabilities=probabilities,
         logits=logits.cpu().tolist(),
@@ -161,6 +180,69 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
         maps=maps,
         compute_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+@dataclass(frozen=True)
+class _SharedChunk:
+    """A chunk of jobs through the shared passes: its logits and each shared method's maps."""
+
+    logits: torch.Tensor
+    maps: dict[str, list[ComputedMap]]
+
+
+@dataclass(frozen=True)
+class _SharedPlan:
+    """The batch's methods that share passes, and the logits when they are known already."""
+
+    model: LoadedModel
+    jobs: Sequence[PreparedJob]
+    inputs: torch.Tensor
+    planned: list[tuple[str, PassMethod[Any], MethodParams]]
+    known: torch.Tensor | None
+
+    def chunk(self, start: int, stop: int) -> _SharedChunk:
+        """The shared passes over jobs `start:stop`: their logits and maps, rows numbered in the
+        batch. A shared pass's time is divided among the maps it served."""
+        known = None if self.known is None else self.known[start:stop]
+        if not self.planned:
+            assert known is not None
+            return _SharedChunk(known, {})
+        check_deadline()
+        started = time.perf_counter()
+        jobs = self.jobs[start:stop]
+
+        def choose(logits: torch.Tensor) -> list[list[int]]:
+            scores = (logits if known is None else known).float()
+            probabilities = torch.softmax(scores, dim=1).cpu().tolist()
+            return [
+                resolve_target(job.message.target, p)
+                for job, p in zip(jobs, probabilities, strict=True)
+            ]
+
+        model = self.model
+        result = run_passes(
+            model.module,
+            self.inputs[start:stop],
+            [(method, params) for _, method, params in self.planned],
+            choose,
+            model.default_cam_layer,
+        )
+        rows = [
+            _Row(job=start + i, class_index=c)
+            for i, classes in enumerate(result.targets)
+            for c in classes
+        ]
+        per_map_ms = (time.perf_counter() - started) * 1000 / max(1, len(rows) * len(result.maps))
+        maps = {
+            method: [
+                ComputedMap(method, row, values[k], attribution.signed, per_map_ms, None)
+                for k, row in enumerate(rows)
+            ]
+            for (method, _, _), attribution in zip(self.planned, result.maps, strict=True)
+            for values in [attribution.values.detach().float().cpu().numpy()]
+        }
+        logits = result.logits.float() if known is None else known
+        return _SharedChunk(logits, maps)
 
 
 def render_explanations(

@@ -9,19 +9,16 @@ from abc import abstractmethod
 
 import torch
 
-from schemas.methods import LayerParams
 from workers.methods.base import (
-    AttributionMap,
-    AttributionMethod,
     Batch,
     MethodParameterError,
     P,
     captured_output,
     class_activation_map,
     find_layer,
-    layer_gradient,
     target_columns,
 )
+from workers.methods.passes import PLAIN, Need, PassMethod, Recorded
 
 
 def spatial_activation(method: str, layer: str, activation: torch.Tensor) -> torch.Tensor:
@@ -52,20 +49,26 @@ def layer_activation(method: str, batch: Batch, layer: str) -> torch.Tensor:
     return spatial_activation(method, layer, outputs[0].detach())[image_of_row]
 
 
-class GradientCam(AttributionMethod[P]):
+class GradientCam(PassMethod[P]):
     """relu(Σ_k w_k ⊙ A_k) at the layer, upsampled bilinearly to the input; unsigned.
 
     A = the layer's output (N, K, h, w), g = d(target logit)/dA; `weights` gives w, (N, K) per
-    channel or (N, K, h, w) per element.
+    channel or (N, K, h, w) per element. The pass is the plain gradient at the layer (see
+    `passes`): alone, its backward stops at the layer.
     """
 
-    def attribute(self, batch: Batch, params: P) -> AttributionMap:
-        layer = (params.layer if isinstance(params, LayerParams) else None) or batch.cam_layer
-        activation, gradient = layer_gradient(batch.model, batch.inputs, batch.targets, layer)
-        activation = spatial_activation(self.id, layer, activation)
-        size = (batch.inputs.shape[2], batch.inputs.shape[3])
-        cam = class_activation_map(activation, self.weights(activation, gradient), size)
-        return AttributionMap(cam, signed=params.is_signed())
+    def needs(self, params: P, cam_layer: str) -> tuple[Need, ...]:
+        return (Need(PLAIN, self.layer_of(params, cam_layer)),)
+
+    def from_pass(self, recorded: Recorded, params: P, cam_layer: str) -> torch.Tensor:
+        return self.cam(recorded, self.layer_of(params, cam_layer), recorded.size)
+
+    def cam(self, recorded: Recorded, layer: str, size: tuple[int, int]) -> torch.Tensor:
+        """The (N, H, W) map at `layer` from the round's plain gradients."""
+        need = Need(PLAIN, layer)
+        activation = spatial_activation(self.id, layer, recorded.value(need))
+        gradient = recorded.gradient(need)
+        return class_activation_map(activation, self.weights(activation, gradient), size)
 
     @abstractmethod
     def weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
