@@ -129,7 +129,14 @@ def explain_jobs(
     model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int
 ) -> list[ExplainResponse]:
     """Explain jobs that share a `BatchKey`, each with its own targets and output options."""
-    computed = compute_maps(model, jobs, max_rows)
+    return respond(model, jobs, compute_maps(model, jobs, max_rows))
+
+
+def respond(
+    model: LoadedModel, jobs: Sequence[PreparedJob], computed: "ComputedBatch"
+) -> list[ExplainResponse]:
+    """Each job's response from the batch's maps: rendered, then built (the worker runs this
+    off its compute path, see `workers.finishing`)."""
     return [
         build_response(
             model, job, j, computed, render_explanations(model, job, computed.maps_of(j))
