@@ -29,6 +29,7 @@ from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.methods.base import UnsupportedModelError
 from workers.pipeline import PreparedJob, compute_maps, respond
+from workers.precision import computing, prepare
 from workers.repository import LoadedModel, ModelLoadError
 from workers.store import JobStore, StreamJob
 from workers.visualization_jobs import visualization_responses
@@ -79,6 +80,7 @@ class Worker:
         self._in_hand_lock = threading.Lock()
         # Rendering, encoding and storing of computed batches, beside the compute loop.
         self.finisher = Finisher()
+        prepare(models, settings.max_batch_memory)
 
     @property
     def model_ids(self) -> list[str]:
@@ -276,7 +278,8 @@ class Worker:
         return groups
 
     def _explain(self, model: LoadedModel, jobs: list[PreparedJob]) -> Deferred:
-        computed = compute_maps(model, jobs, self.settings.max_batch)
+        with computing(model.device, self.settings.precision):
+            computed = compute_maps(model, jobs, self.settings.max_batch)
         return lambda: respond(model, jobs, computed)
 
     def _visualize(

@@ -239,6 +239,12 @@ def _backward(
         logits, [opened.recorded[need] for need in needs], seed, retain_graph=retain
     )
     return {
-        need: (opened.recorded[need].detach(), gradient)
+        need: (_accumulable(opened.recorded[need].detach()), _accumulable(gradient))
         for need, gradient in zip(needs, gradients, strict=True)
     }
+
+
+def _accumulable(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in float32 when a mixed-precision pass left it in a half type: maps are formed
+    and accumulated in float32 (float64 stays float64)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
