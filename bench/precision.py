@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--methods", nargs="*", help="these methods only (default: all)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     model = calibrated(args.model, args.size).to(device)
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"{'method':<22} {'max |Δ| / range':>16} {'float32 s':>10} {'reduced s':>10}")
     for method in available_methods(model):
-        if method not in METHODS:
+        if method not in METHODS or (args.methods and method not in args.methods):
             continue
         params = QUICK.get(method, {})
 

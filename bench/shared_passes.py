@@ -25,6 +25,7 @@ from torchvision import models
 from workers.methods import explain, get_method, resolve
 from workers.methods.base import input_gradient
 from workers.methods.passes import PassMethod, run_passes
+from workers.precision import PRECISIONS, computing
 
 SINGLE = ["gradcam", "saliency", "guided_backprop", "guided_gradcam"]
 TRIO = ["gradcam", "saliency", "guided_gradcam"]
@@ -46,11 +47,14 @@ def calibrated(name: str, size: int) -> nn.Module:
 
 
 def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    run()  # warm-up: canonical forms, allocator
+    """The median wall time of `run`, after a warm-up (canonical forms, allocator, cuDNN)."""
+    run()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
         run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -83,7 +87,7 @@ class Bench:
             self.model(self.inputs)
 
     def forward_input_gradient(self) -> None:
-        targets = torch.zeros(self.inputs.shape[0], dtype=torch.int64)
+        targets = torch.zeros(self.inputs.shape[0], dtype=torch.int64, device=self.inputs.device)
         input_gradient(self.model, self.inputs, targets)
 
 
@@ -93,15 +97,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="float32", choices=sorted(PRECISIONS))
     args = parser.parse_args(argv)
     torch.manual_seed(1)
-    model = calibrated(args.model, args.size)
-    inputs = torch.randn(args.batch, 3, args.size, args.size)
+    device = torch.device(args.device)
+    model = calibrated(args.model, args.size).to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    inputs = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    with computing(device, args.precision):
+        report(args, model, inputs)
+
+
+def report(args: argparse.Namespace, model: nn.Module, inputs: torch.Tensor) -> None:
     bench = Bench(model, inputs, CAM_LAYERS[args.model])
     n, repeats = args.batch, args.repeats
     print(
-        f"{args.model} at {args.size}², batches of {n}, median of {repeats}, torch threads "
-        f"{torch.get_num_threads()}"
+        f"{args.model} at {args.size}², batches of {n}, median of {repeats}, {inputs.device}, "
+        f"{args.precision}, torch threads {torch.get_num_threads()}"
     )
     forward = n / median_seconds(bench.forward, repeats)
     floor = n / median_seconds(bench.forward_input_gradient, repeats)

@@ -116,14 +116,25 @@ def run_passes(
         for need in method.needs(params, cam_layer):
             rules.setdefault(need.rule, set()).add(need)
     ordered = sorted(rules, key=lambda rule: rule != PLAIN)
-    with ExitStack() as stack:
-        opened = [stack.enter_context(_forward(model, inputs, rules[rule])) for rule in ordered]
-        logits = opened[0].logits.detach()
-        targets = choose(logits)
-        _check_targets(targets, logits.shape[1], inputs.shape[0])
-        plan = _Plan(planned, targets, cam_layer, (inputs.shape[2], inputs.shape[3]))
-        rounds = max((len(classes) for classes in targets), default=0)
-        per_round = [plan.round_maps(opened, r, last=r == rounds - 1) for r in range(rounds)]
+    # Rule by rule, so that one graph at a time is held: the first forward's logits choose the
+    # targets, then each rule's rounds record what the maps need.
+    rounds: list[dict[Need, tuple[torch.Tensor, torch.Tensor]]] = []
+    chosen: tuple[torch.Tensor, list[list[int]]] | None = None
+    for rule in ordered:
+        with _forward(model, inputs, rules[rule]) as opened:
+            if chosen is None:
+                chosen = _chosen(opened.logits.detach(), choose, inputs.shape[0])
+                rounds = [{} for _ in range(max(map(len, chosen[1]), default=0))]
+            for r, recorded in enumerate(rounds):
+                last = r == len(rounds) - 1
+                recorded.update(_backward(opened, chosen[1], r, retain=not last))
+    assert chosen is not None, "a planned method needs at least one gradient"
+    logits, targets = chosen
+    size = (inputs.shape[2], inputs.shape[3])
+    per_round = [
+        [method.from_pass(Recorded(tensors, size), params, cam_layer) for method, params in planned]
+        for tensors in rounds
+    ]
     maps = []
     for m, (_method, params) in enumerate(planned):
         rows = [per_round[r][m][i] for i, row in enumerate(targets) for r in range(len(row))]
@@ -132,11 +143,17 @@ def run_passes(
     return PassResult(logits=logits, targets=targets, maps=maps)
 
 
-def _check_targets(targets: list[list[int]], classes: int, images: int) -> None:
+def _chosen(
+    logits: torch.Tensor, choose: ChooseTargets, images: int
+) -> tuple[torch.Tensor, list[list[int]]]:
+    """The logits and the targets `choose` picks from them, checked."""
+    targets = choose(logits)
     if len(targets) != images:
         raise TargetError(f"targets for {len(targets)} images, not {images}")
+    classes = logits.shape[1]
     if any(not 0 <= c < classes for row in targets for c in row):
         raise TargetError(f"target class outside 0..{classes - 1}")
+    return logits, targets
 
 
 @dataclass
@@ -200,28 +217,6 @@ def _recording(
         yield
     finally:
         handle.remove()
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """The planned methods, each image's targets, and what their maps need besides."""
-
-    planned: Planned
-    targets: list[list[int]]
-    cam_layer: str
-    size: tuple[int, int]
-
-    def round_maps(
-        self, opened: Sequence[_OpenPass], round_index: int, *, last: bool
-    ) -> list[torch.Tensor]:
-        """Every planned method's (N, H, W) maps for the round's targets (an image without a
-        target in this round gets a map that is discarded)."""
-        tensors: dict[Need, tuple[torch.Tensor, torch.Tensor]] = {}
-        for opened_pass in opened:
-            tensors.update(_backward(opened_pass, self.targets, round_index, retain=not last))
-        recorded = Recorded(tensors, self.size)
-        layer = self.cam_layer
-        return [method.from_pass(recorded, params, layer) for method, params in self.planned]
 
 
 def _backward(
