@@ -4,10 +4,11 @@ method's forward, one forward and backward per rule for the whole request) again
 them before (a prediction forward, then each method's own forward and backward), and the bare
 passes' floor.
 
-For each single-pass method: maps per second before and after, and after / floor (forward + input
-gradient). Then a request of gradcam + saliency + guided_gradcam against guided_gradcam alone and
-against the three alone. Every figure is a median of `--repeats` runs in this one process, so the
-ratios compare like with like on a shared machine.
+For each single-pass method: maps per second before and after, after / floor (forward + input
+gradient), and Captum's maps per second as its user calls it (a forward for the top-1 targets,
+then the method) with after / Captum. Then a request of gradcam + saliency + guided_gradcam
+against guided_gradcam alone and against the three alone. Every figure is a median of
+`--repeats` runs in this one process, so the ratios compare like with like on a shared machine.
 
     python bench/shared_passes.py [--model resnet50|densenet121|resnet18] [--size 224] [--batch 8]
 """
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from captum import attr as captum_attr
 from torch import nn
 from torchvision import models
 
@@ -82,6 +84,19 @@ class Bench:
             planned.append((implementation, resolve(method, {}, cam_layer=self.layer)))
         run_passes(self.model, self.inputs, planned, self.top1, self.layer)
 
+    def captum(self, method: str) -> None:
+        """Captum as its user calls it: a forward for the top-1 targets, then the method."""
+        with torch.no_grad():
+            targets = self.model(self.inputs).argmax(1).tolist()
+        layer = self.model.get_submodule(self.layer)
+        attribution = {
+            "gradcam": lambda: captum_attr.LayerGradCam(self.model, layer),
+            "saliency": lambda: captum_attr.Saliency(self.model),
+            "guided_backprop": lambda: captum_attr.GuidedBackprop(self.model),
+            "guided_gradcam": lambda: captum_attr.GuidedGradCam(self.model, layer),
+        }[method]()
+        attribution.attribute(self.inputs.clone().requires_grad_(True), target=targets)
+
     def forward(self) -> None:
         with torch.no_grad():
             self.model(self.inputs)
@@ -120,12 +135,17 @@ def report(args: argparse.Namespace, model: nn.Module, inputs: torch.Tensor) -> 
     forward = n / median_seconds(bench.forward, repeats)
     floor = n / median_seconds(bench.forward_input_gradient, repeats)
     print(f"floor: forward {forward:.2f} maps/s, forward + input gradient {floor:.2f} maps/s")
-    print(f"{'method':<16} {'before':>8} {'after':>8} {'after/before':>13} {'after/floor':>12}")
+    print(
+        f"{'method':<16} {'before':>8} {'after':>8} {'after/before':>13} {'after/floor':>12} "
+        f"{'captum':>8} {'after/captum':>13}"
+    )
     for method in SINGLE:
         before = n / median_seconds(lambda m=method: bench.before([m]), repeats)
         after = n / median_seconds(lambda m=method: bench.after([m]), repeats)
+        captum = n / median_seconds(lambda m=method: bench.captum(m), repeats)
         print(
-            f"{method:<16} {before:8.2f} {after:8.2f} {after / before:13.2f} {after / floor:12.2f}"
+            f"{method:<16} {before:8.2f} {after:8.2f} {after / before:13.2f} "
+            f"{after / floor:12.2f} {captum:8.2f} {after / captum:13.2f}"
         )
     trio = median_seconds(lambda: bench.after(TRIO), repeats)
     alone = median_seconds(lambda: bench.after(["guided_gradcam"]), repeats)

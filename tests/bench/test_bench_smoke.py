@@ -20,7 +20,7 @@ def test_the_shared_passes_bench_prints_every_method_and_the_request_of_three(
         rf"floor: forward {NUMBER} maps/s, forward \+ input gradient {NUMBER}", printed
     )
     for method in shared_passes.SINGLE:
-        assert re.search(rf"^{method} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER}$", printed, re.M)
+        assert re.search(rf"^{method}( +{NUMBER}){{6}}$", printed, re.M)
     assert re.search(rf"in one request: {NUMBER} s .*\(ratio {NUMBER}, target <= 1.3\)", printed)
 
 
