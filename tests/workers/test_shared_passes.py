@@ -3,6 +3,8 @@ passes, and each still gives the map it gives alone; the worker's batch takes it
 the first method's forward."""
 
 import itertools
+import json
+import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -239,6 +241,40 @@ def test_a_batch_mixing_shared_and_other_methods_answers_both(demo: LoadedModel)
             cam_layer=demo.default_cam_layer,
             forward=demo.forward_logits,
             normalisation=Normalisation(tuple(spec.mean), tuple(spec.std)),
+        )
+        together = torch.stack([torch.from_numpy(m.values) for m in maps])
+        assert max_relative_deviation(together, alone.values) <= 1e-6, method
+
+
+def test_an_onnx_model_takes_its_predictions_from_onnx_runtime(tmp_path: Path) -> None:
+    version = tmp_path / "demo-lesions" / "1"
+    version.mkdir(parents=True)
+    manifest = json.loads((DEMO / "manifest.json").read_text())
+    manifest["format"] = "onnx"
+    manifest.pop("architecture")
+    manifest["cam_layer"] = "features/features/14/Relu"  # the conversion names layers by node
+    (version / "manifest.json").write_text(json.dumps(manifest))
+    shutil.copy(DEMO / "model.onnx", version / "model.onnx")
+    twin = load_model(version, torch.device("cpu"))
+    assert twin.onnx_session is not None
+    jobs = [prepared("top1", 6, ["saliency", "gradcam"]), prepared(0, 7, ["saliency", "gradcam"])]
+
+    computed = compute_maps(twin, jobs, 8)
+
+    batch = _model_inputs(twin, jobs)
+    # ONNX Runtime's own logits, not the conversion's: equal, not merely close.
+    assert computed.logits == twin.forward_logits(batch).float().tolist()
+    top1 = int(torch.tensor(computed.logits[0]).argmax())
+    for method in ("saliency", "gradcam"):
+        maps = [m for m in computed.maps if m.method == method]
+        assert [(m.row.job, m.row.class_index) for m in maps] == [(0, top1), (1, 0)]
+        alone = explain(
+            method,
+            twin.module,
+            batch,
+            torch.tensor([top1, 0]),
+            {},
+            cam_layer=twin.default_cam_layer,
         )
         together = torch.stack([torch.from_numpy(m.values) for m in maps])
         assert max_relative_deviation(together, alone.values) <= 1e-6, method
