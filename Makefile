@@ -79,6 +79,9 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/shared_passes.py --model resnet50
+	$(BIN)/python bench/shared_passes.py --model densenet121
+	$(BIN)/python bench/precision.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

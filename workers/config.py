@@ -44,3 +44,14 @@ class WorkerSettings(SharedSettings):
         description="compute time of one job before it fails with job-too-long; a batch of "
         "n jobs computed together gets n times as long",
     )
+    precision: str = Field(
+        default="float32",
+        pattern="^(float32|bfloat16|float16)$",
+        description="float32, or bfloat16 / float16: passes under autocast, maps in float32",
+    )
+    max_batch_memory: int = Field(
+        default=0,
+        ge=0,
+        description="bytes one pass of a multi-sample method may keep per device; 0: 16 "
+        "images of 224² per pass",
+    )

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.dicom_objects import DerivedDescription, explanation_objects
 from workers.images import to_model_input
-from workers.methods import Normalisation, explain, resolve
-from workers.methods.base import Forward, class_probabilities
+from workers.methods import Normalisation, explain, get_method, resolve
+from workers.methods.base import Forward, UnsupportedModelError, class_probabilities
+from workers.methods.passes import PassMethod, run_passes
 from workers.repository import LoadedModel
 
 MAX_PREDICTIONS = 5
@@ -133,7 +135,14 @@ def explain_jobs(
     model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int
 ) -> list[ExplainResponse]:
     """Explain jobs that share a `BatchKey`, each with its own targets and output options."""
-    computed = compute_maps(model, jobs, max_rows)
+    return respond(model, jobs, compute_maps(model, jobs, max_rows))
+
+
+def respond(
+    model: LoadedModel, jobs: Sequence[PreparedJob], computed: "ComputedBatch"
+) -> list[ExplainResponse]:
+    """Each job's response from the batch's maps: rendered, then built (the worker runs this
+    off its compute path, see `workers.finishing`)."""
     return [
         build_response(
             model, job, j, computed, render_explanations(model, job, computed.maps_of(j))
@@ -143,38 +152,35 @@ def explain_jobs(
 
 
 def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int) -> ComputedBatch:
-    """One forward pass over the batch, each job's target classes, then every method's maps in
-    calls of at most `max_rows` images."""
+    """Every method's maps for the batch. The methods' shared gradient passes
+    (`workers.methods.passes`) run over chunks of at most `max_rows` images, and their first
+    forward gives the logits, so each job's targets, before any backward; the other methods then
+    run in calls of at most `max_rows` rows. Without a shared pass (or for an ONNX model, whose
+    predictions come from ONNX Runtime) a forward pass of its own gives the logits first."""
     started = time.perf_counter()
     inputs = _model_inputs(model, jobs)
-    logits = model.forward_logits(inputs).float()
-    if model.manifest.task == "segmentation":
-        rows = _region_rows(model, jobs, logits)
-        probabilities: list[list[float]] = [[] for _ in jobs]
-        class_logits: list[list[float]] = [[] for _ in jobs]
-        predictions = [segmentation.predictions(image, model.manifest.labels) for image in logits]
-    else:
-        probabilities = torch.softmax(logits, dim=1).cpu().tolist()
-        class_logits = logits.cpu().tolist()
-        predictions = None
-        rows = [
-            _Row(job=j, class_index=c)
-            for j, job in enumerate(jobs)
-            for c in resolve_target(job.message.target, probabilities[j])
-        ]
     params = resolved_params(jobs[0].message, model)
+    methods = jobs[0].message.methods
+    if model.manifest.task == "segmentation":
+        passed = _segmentation_rows(model, jobs, inputs)
+    else:
+        passed = _classification_rows(model, jobs, inputs, params, max_rows)
+    rows = passed.rows
     maps: list[ComputedMap] = []
-    for method in jobs[0].message.methods:
+    for method in methods:
+        if method in passed.shared_maps:
+            maps.extend(passed.shared_maps[method])
+            continue
         for start in range(0, len(rows), max_rows):
-            chunk = rows[start : start + max_rows]
-            maps.extend(_attribute_rows(model, method, params[method], inputs, chunk))
+            chunk_rows = rows[start : start + max_rows]
+            maps.extend(_attribute_rows(model, method, params[method], inputs, chunk_rows))
     return ComputedBatch(
-        probabilities=probabilities,
-        logits=class_logits,
+        probabilities=passed.probabilities,
+        logits=passed.logits,
         params=params,
         maps=maps,
         compute_ms=(time.perf_counter() - started) * 1000,
-        predictions=predictions,
+        predictions=passed.predictions,
     )
 
 
@@ -189,6 +195,138 @@ def _region_rows(
             job.message.target, logits[j], model.manifest, job.image.display.shape[:2]
         )
     ]
+
+
+@dataclass(frozen=True)
+class _BatchRows:
+    """The batch's predictions and rows to explain, and the maps the shared passes gave already
+    (by method): what the first forward of a batch decides."""
+
+    probabilities: list[list[float]]
+    logits: list[list[float]]
+    rows: list[_Row]
+    shared_maps: dict[str, list[ComputedMap]]
+    predictions: list[list[Prediction]] | None = None
+
+
+def _segmentation_rows(
+    model: LoadedModel, jobs: Sequence[PreparedJob], inputs: torch.Tensor
+) -> _BatchRows:
+    """A segmentation model's forward, its per-image predictions and each job's region rows;
+    its methods run over the rows' region scores (no shared passes)."""
+    logits = model.forward_logits(inputs).float()
+    return _BatchRows(
+        probabilities=[[] for _ in jobs],
+        logits=[[] for _ in jobs],
+        rows=_region_rows(model, jobs, logits),
+        shared_maps={},
+        predictions=[segmentation.predictions(image, model.manifest.labels) for image in logits],
+    )
+
+
+def _classification_rows(
+    model: LoadedModel,
+    jobs: Sequence[PreparedJob],
+    inputs: torch.Tensor,
+    params: Mapping[str, MethodParams],
+    max_rows: int,
+) -> _BatchRows:
+    """The methods' shared gradient passes over chunks of at most `max_rows` images, whose first
+    forward gives the logits and so each job's targets; without a shared pass (or for an ONNX
+    model, whose predictions come from ONNX Runtime) a forward pass of its own gives them."""
+    shared = {
+        method: implementation
+        for method in jobs[0].message.methods
+        if isinstance(implementation := get_method(method), PassMethod)
+    }
+    for implementation in shared.values():
+        # As `explain` does for the others: a method that does not apply says why, never runs.
+        if (refusal := implementation.refusal(model.module)) is not None:
+            raise UnsupportedModelError(refusal)
+    known = None
+    if model.onnx_session is not None or not shared:
+        known = model.forward_logits(inputs).float()
+    plan = _SharedPlan(model, jobs, inputs, [(m, pm, params[m]) for m, pm in shared.items()], known)
+    chunks = [plan.chunk(start, start + max_rows) for start in range(0, len(jobs), max_rows)]
+    logits = torch.cat([chunk.logits for chunk in chunks])
+    probabilities = torch.softmax(logits, dim=1).cpu().tolist()
+    rows = [
+        _Row(job=j, class_index=c)
+        for j, job in enumerate(jobs)
+        for c in resolve_target(job.message.target, probabilities[j])
+    ]
+    return _BatchRows(
+        probabilities=probabilities,
+        logits=logits.cpu().tolist(),
+        rows=rows,
+        shared_maps={
+            method: [computed for chunk in chunks for computed in chunk.maps[method]]
+            for method in shared
+        },
+    )
+
+
+@dataclass(frozen=True)
+class _SharedChunk:
+    """A chunk of jobs through the shared passes: its logits and each shared method's maps."""
+
+    logits: torch.Tensor
+    maps: dict[str, list[ComputedMap]]
+
+
+@dataclass(frozen=True)
+class _SharedPlan:
+    """The batch's methods that share passes, and the logits when they are known already."""
+
+    model: LoadedModel
+    jobs: Sequence[PreparedJob]
+    inputs: torch.Tensor
+    planned: list[tuple[str, PassMethod[Any], MethodParams]]
+    known: torch.Tensor | None
+
+    def chunk(self, start: int, stop: int) -> _SharedChunk:
+        """The shared passes over jobs `start:stop`: their logits and maps, rows numbered in the
+        batch. A shared pass's time is divided among the maps it served."""
+        known = None if self.known is None else self.known[start:stop]
+        if not self.planned:
+            assert known is not None
+            return _SharedChunk(known, {})
+        check_deadline()
+        started = time.perf_counter()
+        jobs = self.jobs[start:stop]
+
+        def choose(logits: torch.Tensor) -> list[list[int]]:
+            scores = (logits if known is None else known).float()
+            probabilities = torch.softmax(scores, dim=1).cpu().tolist()
+            return [
+                resolve_target(job.message.target, p)
+                for job, p in zip(jobs, probabilities, strict=True)
+            ]
+
+        model = self.model
+        result = run_passes(
+            model.module,
+            self.inputs[start:stop],
+            [(method, params) for _, method, params in self.planned],
+            choose,
+            model.default_cam_layer,
+        )
+        rows = [
+            _Row(job=start + i, class_index=c)
+            for i, classes in enumerate(result.targets)
+            for c in classes
+        ]
+        per_map_ms = (time.perf_counter() - started) * 1000 / max(1, len(rows) * len(result.maps))
+        maps = {
+            method: [
+                ComputedMap(method, row, values[k], attribution.signed, per_map_ms, None)
+                for k, row in enumerate(rows)
+            ]
+            for (method, _, _), attribution in zip(self.planned, result.maps, strict=True)
+            for values in [attribution.values.detach().float().cpu().numpy()]
+        }
+        logits = result.logits.float() if known is None else known
+        return _SharedChunk(logits, maps)
 
 
 def render_explanations(

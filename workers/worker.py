@@ -31,11 +31,13 @@ from workers.dicomweb import (
     check_grid_fits,
     stored_response,
 )
+from workers.finishing import Finisher
 from workers.groups import BatchGroups, Entry, JobGroup, JobT
 from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.methods.base import UnsupportedModelError
-from workers.pipeline import PreparedJob, explain_jobs
+from workers.pipeline import PreparedJob, compute_maps, respond
+from workers.precision import computing, prepare
 from workers.repository import LoadedModel, ModelLoadError
 from workers.store import JobStore, StreamJob
 from workers.visualization_jobs import visualization_responses
@@ -50,6 +52,8 @@ MAX_LISTED_ERRORS = 20
 
 
 Result = ExplainResponse | VisualizationResponse
+Deferred = Callable[[], Sequence[Result]]
+"""A group's results still to render: computed, then finished off the compute path."""
 
 
 class JobFailed(Exception):
@@ -83,6 +87,9 @@ class Worker:
         # The entries of the batch in hand, whose leases the lease thread keeps.
         self._in_hand: list[tuple[str, str]] = []
         self._in_hand_lock = threading.Lock()
+        # Rendering, encoding and storing of computed batches, beside the compute loop.
+        self.finisher = Finisher()
+        prepare(models, settings.max_batch_memory)
 
     @property
     def model_ids(self) -> list[str]:
@@ -107,6 +114,7 @@ class Worker:
                 if entries:
                     self._process_safely(entries)
         finally:
+            self.finisher.close()  # every computed batch stored and acknowledged first
             self.stopping.set()
             heartbeat.join(timeout=5)
             leases.join(timeout=5)
@@ -140,7 +148,7 @@ class Worker:
         period = self.settings.visibility_timeout_s / 3
         while not self.stopping.wait(period):
             with self._in_hand_lock:
-                in_hand = list(self._in_hand)
+                in_hand = [*self._in_hand, *self.finisher.pending()]
             if not in_hand:
                 continue
             try:
@@ -278,8 +286,10 @@ class Worker:
                 self._fail(entry, failure.problem)
         return groups
 
-    def _explain(self, model: LoadedModel, jobs: list[PreparedJob]) -> list[ExplainResponse]:
-        return explain_jobs(model, jobs, self.settings.max_batch)
+    def _explain(self, model: LoadedModel, jobs: list[PreparedJob]) -> Deferred:
+        with computing(model.device, self.settings.precision):
+            computed = compute_maps(model, jobs, self.settings.max_batch)
+        return lambda: respond(model, jobs, computed)
 
     def _visualize(
         self, model: LoadedModel, jobs: list[VisualizationJob]
@@ -329,9 +339,10 @@ class Worker:
     def _run_group(
         self,
         group: JobGroup[JobT],
-        compute: Callable[[LoadedModel, list[JobT]], Sequence[Result]],
+        compute: Callable[[LoadedModel, list[JobT]], Sequence[Result] | Deferred],
     ) -> None:
-        """Compute a group and store each result; on failure retry it in halves, so that one
+        """Compute a group and store each result (a deferred one after it is rendered, beside
+        the compute loop); on failure retry it in halves, so that one
         bad job, or a batch too big for the device's memory, fails no other job."""
         model = self.models[group.model_id]
         budget_s = self.settings.max_job_seconds * len(group.members)
@@ -349,13 +360,34 @@ class Worker:
         except Exception as exc:
             self._split_or_fail(group, compute, exc)
             return
+        if callable(results):
+            self._finish_later(group, results)
+            return
         self._store_results(group, results)
         self._record(group, results)
+
+    def _finish_later(self, group: JobGroup[JobT], finish: Deferred) -> None:
+        """Render, store and acknowledge the group's results on the finishing pool; a render
+        that raises fails the group's jobs (a Redis error leaves them to be redelivered)."""
+
+        def work() -> None:
+            try:
+                results = finish()
+            except Exception:
+                log.exception("rendering a batch of %d jobs failed", len(group.members))
+                for member in group.members:
+                    self._fail(member.entry, _problem_for(RuntimeError("rendering failed")))
+                return
+            self._store_results(group, results)
+            self._record(group, results)
+
+        entries = [(member.entry.model_id, member.entry.entry_id) for member in group.members]
+        self.finisher.submit(entries, work)
 
     def _split_or_fail(
         self,
         group: JobGroup[JobT],
-        compute: Callable[[LoadedModel, list[JobT]], Sequence[Result]],
+        compute: Callable[[LoadedModel, list[JobT]], Sequence[Result] | Deferred],
         exc: Exception,
     ) -> None:
         """Retry a group that raised in halves; fail a single job with the problem it raised."""

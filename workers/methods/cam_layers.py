@@ -11,12 +11,13 @@ module (which act on the last axis) produced that very shape.
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from schemas.models import CamLayerKind
-from workers.methods.base import Batch, MethodParameterError, input_gradient, layer_gradient
+from workers.methods.base import MethodParameterError, input_gradient, layer_gradient
 
 MAX_EXTRA_TOKENS = 16
 """Tokens before the patch grid a sequence may carry (class, distillation, register tokens)."""
@@ -175,7 +176,18 @@ def cam_layer(model: nn.Module, name: str, inputs: torch.Tensor) -> CamLayer | N
     return found.get(name)
 
 
-def grid_activation(method: str, batch: Batch, layer: str, output: torch.Tensor) -> torch.Tensor:
+class Traced(Protocol):
+    """What a layer's output was computed on: the model and its inputs (a `Batch`, or the
+    recorded tensors of a shared pass)."""
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def inputs(self) -> torch.Tensor: ...
+
+
+def grid_activation(method: str, batch: Traced, layer: str, output: torch.Tensor) -> torch.Tensor:
     """`output` of the named layer on `batch` read as (N, K, h, w); MethodParameterError naming
     its shape for a layer that is not one."""
     # A 4-D output of a model without LayerNorm is an (N, K, h, w) grid: no discovery pass.

@@ -6,9 +6,13 @@ import torch
 from torch import nn
 
 from schemas.methods.guided_backprop import GuidedBackpropParams
-from workers.methods.base import AttributionMap, AttributionMethod, Batch, input_gradient
+from workers.methods.base import input_gradient
 from workers.methods.canonical import rewritten_form
+from workers.methods.passes import Need, PassMethod, Recorded, register_rule
 from workers.methods.registry import register
+from workers.methods.saliency import reduce_channels
+
+GUIDED = "guided"
 
 
 class _GuidedReLUFunction(torch.autograd.Function):
@@ -42,16 +46,29 @@ def guided_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
 
     Every ReLU of the model's canonical form is guided, whichever way the model calls it.
     """
-    guided_model = rewritten_form(model, "guided_backprop", _guided)
-    return input_gradient(guided_model, inputs, targets)
+    return input_gradient(guided_model(model), inputs, targets)
+
+
+def guided_model(model: nn.Module) -> nn.Module:
+    """The model's canonical form with every ReLU guided: its autograd backward is the rule."""
+    return rewritten_form(model, "guided_backprop", _guided)
+
+
+register_rule(GUIDED, guided_model)
 
 
 @register
-class GuidedBackprop(AttributionMethod[GuidedBackpropParams]):
+class GuidedBackprop(PassMethod[GuidedBackpropParams]):
     """`abs=True`: max over channels of |guided gradient|, unsigned; `abs=False`: channel sum,
     signed (as saliency reduces the plain gradient)."""
 
-    def attribute(self, batch: Batch, params: GuidedBackpropParams) -> AttributionMap:
-        gradient = guided_gradient(batch.model, batch.inputs, batch.targets)
-        reduced = gradient.abs().amax(dim=1) if params.abs else gradient.sum(dim=1)
-        return AttributionMap(reduced.to(torch.float32), signed=params.is_signed())
+    def needs(self, params: GuidedBackpropParams, cam_layer: str) -> tuple[Need, ...]:  # noqa: ARG002
+        return (Need(GUIDED),)
+
+    def from_pass(
+        self,
+        recorded: Recorded,
+        params: GuidedBackpropParams,
+        cam_layer: str,  # noqa: ARG002 - no layer
+    ) -> torch.Tensor:
+        return reduce_channels(recorded.gradient(Need(GUIDED)), absolute=params.abs)

@@ -9,24 +9,21 @@ from abc import abstractmethod
 
 import torch
 
-from schemas.methods import LayerParams
 from workers.methods.base import (
-    AttributionMap,
-    AttributionMethod,
     Batch,
     MethodParameterError,
     P,
     captured_output,
     class_activation_map,
     find_layer,
-    layer_gradient,
     target_columns,
 )
-from workers.methods.cam_layers import grid_activation
+from workers.methods.cam_layers import Traced, grid_activation
+from workers.methods.passes import PLAIN, Need, PassMethod, Recorded
 
 
 def spatial_activation(
-    method: str, batch: Batch, layer: str, activation: torch.Tensor
+    method: str, batch: Traced, layer: str, activation: torch.Tensor
 ) -> torch.Tensor:
     """The named layer's `activation` (or its gradient) on `batch` as (N, K, h, w): a token layer
     read on its patch grid; MethodParameterError naming the layer's shape for a layer that is no
@@ -51,22 +48,27 @@ def layer_activation(method: str, batch: Batch, layer: str) -> torch.Tensor:
     return spatial_activation(method, batch, layer, outputs[0].detach())[image_of_row]
 
 
-class GradientCam(AttributionMethod[P]):
+class GradientCam(PassMethod[P]):
     """relu(Σ_k w_k ⊙ A_k) at the layer, upsampled bilinearly to the input; unsigned.
 
     A = the layer's output read as (N, K, h, w) (a token layer on its patch grid), g = d(target
-    logit)/dA read the same way; `weights` gives w, (N, K) per
-    channel or (N, K, h, w) per element.
+    logit)/dA read the same way; `weights` gives w, (N, K) per channel or (N, K, h, w) per
+    element. The pass is the plain gradient at the layer (see `passes`): alone, its backward
+    stops at the layer.
     """
 
-    def attribute(self, batch: Batch, params: P) -> AttributionMap:
-        layer = (params.layer if isinstance(params, LayerParams) else None) or batch.cam_layer
-        activation, gradient = layer_gradient(batch.model, batch.inputs, batch.targets, layer)
-        activation = spatial_activation(self.id, batch, layer, activation)
-        gradient = spatial_activation(self.id, batch, layer, gradient)
-        size = (batch.inputs.shape[2], batch.inputs.shape[3])
-        cam = class_activation_map(activation, self.weights(activation, gradient), size)
-        return AttributionMap(cam, signed=params.is_signed())
+    def needs(self, params: P, cam_layer: str) -> tuple[Need, ...]:
+        return (Need(PLAIN, self.layer_of(params, cam_layer)),)
+
+    def from_pass(self, recorded: Recorded, params: P, cam_layer: str) -> torch.Tensor:
+        return self.cam(recorded, self.layer_of(params, cam_layer), recorded.size)
+
+    def cam(self, recorded: Recorded, layer: str, size: tuple[int, int]) -> torch.Tensor:
+        """The (N, H, W) map at `layer` from the round's plain gradients."""
+        need = Need(PLAIN, layer)
+        activation = spatial_activation(self.id, recorded, layer, recorded.value(need))
+        gradient = spatial_activation(self.id, recorded, layer, recorded.gradient(need))
+        return class_activation_map(activation, self.weights(activation, gradient), size)
 
     @abstractmethod
     def weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:

@@ -3,15 +3,26 @@
 import torch
 
 from schemas.methods.saliency import SaliencyParams
-from workers.methods.base import AttributionMap, AttributionMethod, Batch, input_gradient
+from workers.methods.passes import PLAIN, Need, PassMethod, Recorded
 from workers.methods.registry import register
 
 
+def reduce_channels(gradient: torch.Tensor, *, absolute: bool) -> torch.Tensor:
+    """Max over channels of |gradient| (`absolute`), else the channel sum: (N, H, W)."""
+    return gradient.abs().amax(dim=1) if absolute else gradient.sum(dim=1)
+
+
 @register
-class Saliency(AttributionMethod[SaliencyParams]):
+class Saliency(PassMethod[SaliencyParams]):
     """`abs=True`: max over channels of |gradient|, unsigned; `abs=False`: channel sum, signed."""
 
-    def attribute(self, batch: Batch, params: SaliencyParams) -> AttributionMap:
-        gradient = input_gradient(batch.model, batch.inputs, batch.targets)
-        reduced = gradient.abs().amax(dim=1) if params.abs else gradient.sum(dim=1)
-        return AttributionMap(reduced.to(torch.float32), signed=params.is_signed())
+    def needs(self, params: SaliencyParams, cam_layer: str) -> tuple[Need, ...]:  # noqa: ARG002
+        return (Need(PLAIN),)
+
+    def from_pass(
+        self,
+        recorded: Recorded,
+        params: SaliencyParams,
+        cam_layer: str,  # noqa: ARG002 - no layer
+    ) -> torch.Tensor:
+        return reduce_channels(recorded.gradient(Need(PLAIN)), absolute=params.abs)
