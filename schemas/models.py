@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 ModelFormat = Literal["onnx", "safetensors"]
+OutputActivation = Literal["softmax", "sigmoid", "none"]
+"""How a classifier's logits become the probabilities its predictions report."""
 
 
 class Architecture(BaseModel):
@@ -34,6 +36,18 @@ class InputSpec(BaseModel):
         return "grayscale" if self.channels == 1 else "rgb"
 
 
+class OutputSpec(BaseModel):
+    """What a model's output means: the activation that turns its logits into probabilities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    activation: OutputActivation = Field(
+        default="softmax",
+        description="`softmax`: one label per image, probabilities summing to 1; `sigmoid`: "
+        "multi-label, each label's probability on its own; `none`: the logits are the scores",
+    )
+
+
 class ModelManifest(BaseModel):
     """`models/<id>/<version>/manifest.json`: a model's declared interface."""
 
@@ -47,6 +61,7 @@ class ModelManifest(BaseModel):
     )
     labels: list[str] = Field(min_length=1)
     input: InputSpec
+    output: OutputSpec = Field(default_factory=OutputSpec)
     cam_layer: str | None = Field(
         default=None, description="default layer for CAM methods; the last conv block if unset"
     )
@@ -64,6 +79,7 @@ class ModelInfo(BaseModel):
     )
     format: ModelFormat
     input: InputSpec
+    output: OutputSpec = Field(default_factory=OutputSpec)
     labels: list[str]
     cam_layers: list[str] = Field(description="layers usable for CAM methods, last conv first")
     cam_layer_channels: dict[str, int] = Field(

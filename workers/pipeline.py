@@ -4,7 +4,7 @@ forward, the targets, the methods), render each job's explanations, build its re
 import base64
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ from schemas.explain import (
     ExplainResponse,
     Explanation,
     ExplanationTarget,
+    MapChecks,
     ModelRef,
     OutputOptions,
     Prediction,
@@ -26,11 +27,12 @@ from schemas.explain import (
 )
 from schemas.jobs import ExplanationJob
 from schemas.methods import MethodParams
-from workers import render
+from workers import map_checks, render
 from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.images import to_model_input
 from workers.methods import Normalisation, explain, resolve
+from workers.predictions import class_probabilities
 from workers.repository import LoadedModel
 
 MAX_PREDICTIONS = 5
@@ -80,7 +82,7 @@ class ComputedMap:
     values: np.ndarray
     signed: bool
     compute_ms: float
-    checks: dict[str, float] | None
+    checks: MapChecks | None
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
     started = time.perf_counter()
     inputs = _model_inputs(model, jobs)
     logits = model.forward_logits(inputs).float()
-    probabilities = torch.softmax(logits, dim=1).cpu().tolist()
+    probabilities = class_probabilities(logits, model.manifest.output.activation).cpu().tolist()
     rows = [
         _Row(job=j, class_index=c)
         for j, job in enumerate(jobs)
@@ -234,7 +236,8 @@ def _attribute_rows(
     )
     values = attribution.values.detach().float().cpu().numpy()
     per_map_ms = (time.perf_counter() - started) * 1000 / len(rows)
-    checks = _row_checks(attribution.checks, len(rows))
+    checks = map_checks.row_checks(attribution, values)
+    values = map_checks.finite_values(values)
     return [
         ComputedMap(method, row, values[i], attribution.signed, per_map_ms, checks[i])
         for i, row in enumerate(rows)
@@ -262,8 +265,11 @@ def _explanation(
     colour_values = (full_size + 1) / 2 if computed.signed else full_size
     overlay = heatmap = None
     if output.overlay:
+        warned = computed.checks.degenerate if computed.checks else None
         overlay = _b64(
-            render.render_overlay(image.display, colour_values, output.colormap, output.alpha)
+            render.render_overlay(
+                image.display, colour_values, output.colormap, output.alpha, warning=warned
+            )
         )
     if output.heatmap:
         heatmap = _b64(render.render_heatmap(colour_values, output.colormap))
@@ -310,14 +316,6 @@ def _score_grid(
     if output.grid is not None:
         grid = render.pool_grid(grid, output.grid)
     return grid.astype(np.float32)
-
-
-def _row_checks(checks: Mapping[str, torch.Tensor], count: int) -> list[dict[str, float] | None]:
-    """The per-sample `AttributionMap.checks` split into one dict per row (None without any)."""
-    if not checks:
-        return [None] * count
-    columns = {name: values.detach().double().cpu().tolist() for name, values in checks.items()}
-    return [{name: float(values[i]) for name, values in columns.items()} for i in range(count)]
 
 
 def _b64(data: bytes) -> str:

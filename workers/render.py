@@ -4,7 +4,9 @@ import base64
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from schemas.explain import DegenerateKind
 
 # Anchor colours (position in [0, 1], RGB in [0, 1]) that each 256-entry table interpolates.
 _ANCHORS: dict[str, list[tuple[float, tuple[float, float, float]]]] = {
@@ -121,10 +123,29 @@ def apply_colormap(values01: np.ndarray, name: str) -> np.ndarray:
 _BLEND_ROWS = 256
 
 
-def render_overlay(display: np.ndarray, values01: np.ndarray, colormap: str, alpha: float) -> bytes:
+WARNING_LABELS: dict[DegenerateKind, str] = {
+    "all_zero": "! zero map",
+    "constant": "! flat map",
+    "non_finite": "! NaN map",
+    "not_converged": "! not converged",
+}
+"""The words burned into the corner of an overlay whose map carries a warning."""
+WARNING_BACKGROUND = (0, 0, 0)
+WARNING_INK = (255, 214, 0)
+
+
+def render_overlay(
+    display: np.ndarray,
+    values01: np.ndarray,
+    colormap: str,
+    alpha: float,
+    *,
+    warning: DegenerateKind | None = None,
+) -> bytes:
     """PNG of the colour-mapped map blended over the picture: (1 - alpha) image + alpha colour.
 
-    `display` is uint8 H×W×3 and `values01` an H×W map in [0, 1] of the same size.
+    `display` is uint8 H×W×3 and `values01` an H×W map in [0, 1] of the same size. With a
+    `warning`, its label is burned into the top-left corner (`mark_warning`).
     """
     if display.shape[:2] != values01.shape:
         raise ValueError(f"map {values01.shape} and image {display.shape[:2]} differ in size")
@@ -139,7 +160,23 @@ def render_overlay(display: np.ndarray, values01: np.ndarray, colormap: str, alp
             np.float32
         )
         blended[rows] = np.rint(band).astype(np.uint8)
-    return _png(blended)
+    return _png(blended if warning is None else mark_warning(blended, WARNING_LABELS[warning]))
+
+
+def mark_warning(rgb: np.ndarray, label: str) -> np.ndarray:
+    """`rgb` (uint8 H×W×3) with `label` in `WARNING_INK` on a `WARNING_BACKGROUND` box in its
+    top-left corner, not antialiased (every pixel of the box is one of the two colours), the
+    text a twelfth of the shorter side tall (at least 8 pixels) and cut off where it does not
+    fit."""
+    image = Image.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    draw.fontmode = "1"
+    font = ImageFont.load_default(size=max(8, min(image.size) // 12))
+    pad = max(1, int(font.size) // 4)
+    _, _, right, bottom = draw.textbbox((pad, pad), label, font=font)
+    draw.rectangle((0, 0, right + pad, bottom + pad), fill=WARNING_BACKGROUND)
+    draw.text((pad, pad), label, font=font, fill=WARNING_INK)
+    return np.asarray(image)
 
 
 def render_heatmap(values01: np.ndarray, colormap: str) -> bytes:

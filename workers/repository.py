@@ -91,6 +91,7 @@ class LoadedModel:
             version=manifest.version,
             format=manifest.format,
             input=manifest.input,
+            output=manifest.output,
             labels=manifest.labels,
             cam_layers=self.cam_layers[::-1],
             cam_layer_channels=dict(self.cam_layer_channels),

@@ -64,10 +64,17 @@ def captum_integrated_gradients(
     targets: torch.Tensor,
     steps: int = 50,
 ) -> torch.Tensor:
+    """Captum's trapezoid rule on `steps` intervals (`steps + 1` points), rescaled: Captum weighs
+    its n points 1/n (halved at the ends), so its weights sum to (n − 1)/n, not 1; the rule
+    itself, with weights 1/(n − 1), is its map times n/(n − 1)."""
     attributions = IntegratedGradients(model).attribute(
-        inputs, baselines=baselines, target=targets.tolist(), n_steps=steps, method="gausslegendre"
+        inputs,
+        baselines=baselines,
+        target=targets.tolist(),
+        n_steps=steps + 1,
+        method="riemann_trapezoid",
     )
-    return attributions.sum(dim=1).detach()
+    return attributions.sum(dim=1).detach() * (steps + 1) / steps
 
 
 def completeness_gaps(
@@ -171,10 +178,8 @@ def test_is_complete_within_one_percent_on_the_demo_model_at_the_defaults(
 
 
 def test_refinement_brings_a_random_resnet_within_one_percent(small_resnet: nn.Module) -> None:
-    # A random-weight ResNet's path is far rougher than a trained network's: Gauss-Legendre
-    # leaves gaps of 4.3 % and 1.2 % at 50 steps, 12.9 % and 1.0 % at 100 (convergence over
-    # thousands of ReLU kinks is not monotone), 2.0 % and 1.4 % at 400, and 0.5 % and 0.3 % at
-    # 800: hence a higher `max_steps` than the default here.
+    # A random-weight ResNet's path is far rougher than a trained network's (thousands of ReLU
+    # kinks along it): hence a higher `max_steps` than the default here.
     inputs = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 
     gaps, _, result = completeness_gaps(
@@ -206,7 +211,7 @@ def test_refinement_decides_each_images_steps_alone() -> None:
     inputs = torch.stack([images[0], images[0], images[1]])
     targets = torch.tensor([0, 2, 1])
     # Refinement runs per image: the images it revisits do not change the others' maps.
-    params = {"steps": 8, "baseline": "uniform", "seed": 3, "tolerance": 0.001}
+    params = {"steps": 8, "baseline": "uniform", "seed": 3, "tolerance": 0.01}
 
     batch = explain("integrated_gradients", model, inputs, targets, params, cam_layer="")
     singles = [
