@@ -54,7 +54,9 @@ def row_checks(attribution: AttributionMap, values: np.ndarray) -> list[MapCheck
     noted: Sequence[MapWarning | None] = attribution.warnings or [None] * len(values)
     checks: list[MapChecks | None] = []
     for i, row in enumerate(values):
-        figures = {name: _finite_or_none(column[i]) for name, column in columns.items()}
+        figures: dict[str, object] = {
+            name: _finite_or_none(column[i]) for name, column in columns.items()
+        }
         warning = map_warning(row, noted[i])
         if warning is not None:
             figures.update(degenerate=warning.kind, warning=warning.reason)

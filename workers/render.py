@@ -169,13 +169,18 @@ def mark_warning(rgb: np.ndarray, label: str) -> np.ndarray:
     text a twelfth of the shorter side tall (at least 8 pixels) and cut off where it does not
     fit."""
     image = Image.fromarray(rgb, mode="RGB")
-    draw = ImageDraw.Draw(image)
-    draw.fontmode = "1"
-    font = ImageFont.load_default(size=max(8, min(image.size) // 12))
-    pad = max(1, int(font.size) // 4)
-    _, _, right, bottom = draw.textbbox((pad, pad), label, font=font)
-    draw.rectangle((0, 0, right + pad, bottom + pad), fill=WARNING_BACKGROUND)
-    draw.text((pad, pad), label, font=font, fill=WARNING_INK)
+    size = max(8, min(image.size) // 12)
+    font = ImageFont.load_default(size=size)
+    pad = max(1, size // 4)
+    # The ink drawn alone first: its own extent, not the font's metrics, sizes the box.
+    ink = Image.new("1", image.size)
+    ImageDraw.Draw(ink).text((pad, pad), label, font=font, fill=1)
+    extent = ink.getbbox()
+    if extent is None:
+        return rgb
+    box = (0, 0, min(extent[2] + pad, image.width), min(extent[3] + pad, image.height))
+    image.paste(WARNING_BACKGROUND, box)
+    image.paste(WARNING_INK, (0, 0), ink)
     return np.asarray(image)
 
 

@@ -34,7 +34,9 @@ FINDINGS = ["effusion", "nodule", "fracture"]
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("family-models")
     head = {"channels": 2, "classes": 3}
-    write_model(root, "multi-label", multi_label_weights(), head, FINDINGS, {"activation": "sigmoid"})
+    write_model(
+        root, "multi-label", multi_label_weights(), head, FINDINGS, {"activation": "sigmoid"}
+    )
     write_model(root, "raw-logits", multi_label_weights(), head, FINDINGS, {"activation": "none"})
     write_model(root, "softmax", multi_label_weights(), head, FINDINGS)
     two = ["a", "b"]

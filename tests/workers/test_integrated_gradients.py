@@ -274,3 +274,84 @@ def test_on_each_device_matches_cpu(device: str) -> None:
     assert on_device.checks["steps"].tolist() == on_cpu_steps
     # In float64 (no TF32 either): the two maps' rounding to float32.
     assert max_relative_deviation(on_device.values.cpu(), on_cpu) <= float32_rounding(on_cpu, 2)
+
+
+def test_the_convergence_figure_compares_the_map_with_the_one_on_half_the_steps() -> None:
+    model = small_cnn()
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7)).double()
+    targets = torch.tensor([0, 3])
+    baselines = make_baseline("black", inputs)
+
+    result = explain(
+        "integrated_gradients", model, inputs, targets, {"steps": 16, "max_steps": 16}, cam_layer=""
+    )
+
+    full = captum_integrated_gradients(model, inputs, baselines, targets, 16)
+    half = captum_integrated_gradients(model, inputs, baselines, targets, 8)
+    spans = full.flatten(1).amax(1) - full.flatten(1).amin(1)
+    expected = (full - half).abs().flatten(1).amax(1) / spans
+    assert bool((expected > 0.01).all()), "the maps agree already; the figure would be untested"
+    # Computed in float64 and reported in float32: one rounding apart, plus float64's own.
+    reported = result.checks["convergence"].double()
+    assert bool(((reported - expected).abs() <= EPS32 * expected + 1e-12).all()), reported
+
+
+def test_an_odd_step_count_that_is_never_doubled_has_no_convergence_figure() -> None:
+    model = small_cnn()
+    inputs = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(7)).double()
+
+    result = explain(
+        "integrated_gradients", model, inputs, torch.tensor([1]), {"steps": 7}, cam_layer=""
+    )
+    fixed = explain(
+        "integrated_gradients",
+        model,
+        inputs,
+        torch.tensor([1]),
+        {"steps": 7, "max_steps": 7},
+        cam_layer="",
+    )
+
+    # Refined (7 → 14 → …) it has one; at 7 steps alone it has none.
+    assert int(result.checks["steps"][0]) > 7 and bool(result.checks["convergence"].isfinite()[0])
+    assert bool(fixed.checks["convergence"].isnan()[0])
+
+
+def test_a_small_gap_with_an_unconverged_map_is_refined() -> None:
+    model = small_cnn()
+    inputs = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(7)).double()
+    targets = torch.tensor([0, 1, 2, 3])
+    params: dict[str, object] = {"steps": 4, "tolerance": 0.01}
+
+    fixed = explain(
+        "integrated_gradients", model, inputs, targets, {**params, "max_steps": 4}, cam_layer=""
+    )
+    refined = explain(
+        "integrated_gradients", model, inputs, targets, {**params, "max_steps": 8}, cam_layer=""
+    )
+
+    # Image 0 at 4 steps: complete to 0.04 %, yet its map moves by a quarter of its range.
+    assert float(fixed.checks["completeness_gap"][0]) < 0.01 < float(fixed.checks["convergence"][0])
+    assert float(refined.checks["steps"][0]) == 8
+
+
+def test_a_map_left_above_tolerance_at_max_steps_carries_a_warning() -> None:
+    model = small_cnn()
+    inputs = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(7)).double()
+    targets = torch.tensor([0, 3])
+
+    strict = explain(
+        "integrated_gradients",
+        model,
+        inputs,
+        targets,
+        {"steps": 4, "max_steps": 8, "tolerance": 0.0},
+        cam_layer="",
+    )
+    lenient = explain(
+        "integrated_gradients", model, inputs, targets, {"tolerance": 1.0}, cam_layer=""
+    )
+
+    assert [w.kind if w else None for w in strict.warnings] == ["not_converged"] * 2
+    assert strict.checks["steps"].tolist() == [8.0, 8.0]
+    assert lenient.warnings == (None, None)

@@ -185,7 +185,7 @@ def _first_points(steps: int) -> tuple[list[float], list[float], list[int], int]
     the sum each goes to (0: ends, 1: even interior, 2: odd interior), of 3 sums."""
     alphas = [i / steps for i in range(steps + 1)]
     weights = [0.5 if i in (0, steps) else 1.0 for i in range(steps + 1)]
-    groups = [0 if i in (0, steps) else 2 - i % 2 for i in range(steps + 1)]
+    groups = [0 if i in (0, steps) else 1 + i % 2 for i in range(steps + 1)]
     return alphas, weights, groups, 3
 
 
@@ -230,7 +230,8 @@ class _Path:
             path = (baselines + alpha * difference).flatten(0, 1)
             gradients = input_gradient(self.model, path, targets.repeat(alpha.shape[0]))
             gradients = gradients.view(-1, *difference.shape)
-            for point, (weight, group) in enumerate(zip(weights[chunk], groups[chunk], strict=True)):
+            for point, (weight, group) in enumerate(
+                zip(weights[chunk], groups[chunk], strict=True)
+            ):
                 sums[group] += weight * gradients[point]
         return sums
-
