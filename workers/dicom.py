@@ -5,6 +5,7 @@ unread, so none of them can reach a result, an error or a log.
 """
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 import pydicom
@@ -40,7 +41,9 @@ _REFUSALS: dict[ProblemKind, type[ImageError]] = {
 }
 
 
-def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> DecodedImage:
+def decode_dicom(
+    data: bytes, options: DicomOptions, max_pixels: int, frames: Sequence[int] | None = None
+) -> DecodedImage:
     """Decode one frame of a MONOCHROME1, MONOCHROME2 or RGB DICOM file (8 or 16 bits, signed
     or unsigned) in an uncompressed or RLE transfer syntax.
 
@@ -53,9 +56,15 @@ def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> Decoded
     `ImageTooLargeError` when Rows × Columns × frames exceeds `max_pixels` (from the header,
     before any pixel is decoded), `DicomOptionError` for a frame the file lacks or a window on an
     RGB image, and `ImageDecodeError` for malformed files.
+
+    With `frames` (for a model of N channels), those frames of a MONOCHROME file become the N
+    channels of `pixels`, in order, rescaled and windowed alike (the full-range window spans
+    them all); `display` shows the middle one, and `DecodedImage.dicom.frame` is the first.
     """
     dataset = _read_image_elements(data)
     layout = _checked_layout(dataset, options, max_pixels)
+    if frames is not None:
+        return _decode_frames(dataset, layout, options, frames)
     try:
         with pydicom.config.disable_value_validation():
             stored = pixel_array(dataset, index=options.frame)
@@ -73,6 +82,36 @@ def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> Decoded
     if layout.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return _decoded(pixels[:, :, None], DicomOptions(frame=options.frame, window=window))
+
+
+def _decode_frames(
+    dataset: Dataset, layout: DicomLayout, options: DicomOptions, frames: Sequence[int]
+) -> DecodedImage:
+    """Frames of a MONOCHROME file as channels: float32 H×W×len(frames) in [0, 1]."""
+    wanted = f"the model takes frames {', '.join(map(str, frames))} as its {len(frames)} channels"
+    if layout.photometric == "RGB":
+        raise DicomOptionError(f"{wanted}, from a MONOCHROME image; this one is RGB")
+    if max(frames) >= layout.frames:
+        raise DicomOptionError(f"{wanted}; the file has {layout.frames} frame(s)")
+    try:
+        with pydicom.config.disable_value_validation():
+            stored = np.stack([pixel_array(dataset, index=frame) for frame in frames], axis=-1)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed pixel data
+        raise ImageDecodeError("the DICOM pixel data cannot be decoded") from exc
+    values = stored.astype(np.float64) * _decimal(dataset, "RescaleSlope", 1.0) + _decimal(
+        dataset, "RescaleIntercept", 0.0
+    )
+    window = options.window or _file_window(dataset) or full_range_window(values)
+    pixels = apply_window(values, window)
+    if layout.photometric == "MONOCHROME1":
+        pixels = 1.0 - pixels
+    channels = np.ascontiguousarray(pixels, dtype=np.float32)
+    middle = len(frames) // 2
+    return DecodedImage(
+        pixels=channels,
+        display=display_of(channels[:, :, middle : middle + 1]),
+        dicom=DicomOptions(frame=frames[0], window=window),
+    )
 
 
 def apply_window(values: np.ndarray, window: DicomWindow) -> np.ndarray:

@@ -293,7 +293,11 @@ class Worker:
         )
         try:
             return decode_image(
-                data, self.settings.max_image_pixels, message.dicom, reduce_to=reduce_to
+                data,
+                self.settings.max_image_pixels,
+                message.dicom,
+                reduce_to=reduce_to,
+                model_input=None if model is None else model.manifest.input,
             )
         except ImageError as exc:
             raise JobFailed(exc.kind, str(exc)) from exc

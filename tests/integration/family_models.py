@@ -17,10 +17,17 @@ INPUT = {"channels": 1, "height": SIZE, "width": SIZE, "mean": [0.0], "std": [1.
 class PooledNet(nn.Module):
     """conv (1×1 or 3×3), an optional ReLU or √|·|, global average pool, linear head."""
 
-    def __init__(self, channels: int, classes: int, kernel: int = 1, nonlinearity: str = "relu"):
+    def __init__(  # noqa: PLR0913 - the architecture's few sizes, by name
+        self,
+        channels: int,
+        classes: int,
+        kernel: int = 1,
+        nonlinearity: str = "relu",
+        in_channels: int = 1,
+    ):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, kernel, padding=kernel // 2),
+            nn.Conv2d(in_channels, channels, kernel, padding=kernel // 2),
             nn.ReLU() if nonlinearity == "relu" else nn.Identity(),
         )
         self.nonlinearity = nonlinearity
@@ -35,10 +42,10 @@ class PooledNet(nn.Module):
         return self.classifier(self.pool(features).flatten(1))
 
 
-def build_pooled_net(
-    channels: int, classes: int, kernel: int = 1, nonlinearity: str = "relu"
+def build_pooled_net(  # noqa: PLR0913 - as PooledNet
+    channels: int, classes: int, kernel: int = 1, nonlinearity: str = "relu", in_channels: int = 1
 ) -> PooledNet:
-    return PooledNet(channels, classes, kernel, nonlinearity)
+    return PooledNet(channels, classes, kernel, nonlinearity, in_channels)
 
 
 MULTI_LABEL_BIAS = (1.5, 0.5, -2.0)
@@ -85,6 +92,16 @@ def negative_evidence_weights() -> dict[str, torch.Tensor]:
     }
 
 
+def frame_means_weights() -> dict[str, torch.Tensor]:
+    """A two-channel linear model whose logit c is the mean of input channel c."""
+    return {
+        "features.0.weight": torch.eye(2).view(2, 2, 1, 1),
+        "features.0.bias": torch.zeros(2),
+        "classifier.weight": torch.eye(2),
+        "classifier.bias": torch.zeros(2),
+    }
+
+
 def write_model(  # noqa: PLR0913 - a manifest's few fields, by name
     repository: Path,
     model_id: str,
@@ -92,6 +109,7 @@ def write_model(  # noqa: PLR0913 - a manifest's few fields, by name
     kwargs: dict[str, object],
     labels: list[str],
     output: dict[str, object] | None = None,
+    model_input: dict[str, object] | None = None,
 ) -> None:
     """`repository/<model_id>/1/` with the weights in safetensors and a `PooledNet` manifest."""
     folder = repository / model_id / "1"
@@ -103,7 +121,7 @@ def write_model(  # noqa: PLR0913 - a manifest's few fields, by name
         "format": "safetensors",
         "architecture": {"factory": "family_models:build_pooled_net", "kwargs": kwargs},
         "labels": labels,
-        "input": INPUT,
+        "input": model_input or INPUT,
         "cam_layer": "features.1",
     }
     if output is not None:

@@ -10,8 +10,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from dicom_files import dicom_file  # type: ignore[import-not-found]
 from family_models import (  # type: ignore[import-not-found]
     SIZE,
+    frame_means_weights,
     linear_weights,
     multi_label_logits,
     multi_label_weights,
@@ -28,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 DEMO = HERE.parents[1] / "models" / "demo-lesions"
 EPS32 = float(np.finfo(np.float32).eps)
 FINDINGS = ["effusion", "nodule", "fracture"]
+INPUT_2 = {"channels": 2, "height": SIZE, "width": SIZE, "mean": [0.0, 0.0], "std": [1.0, 1.0]}
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,10 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_model(root, "root", linear_weights(), {**linear, "nonlinearity": "sqrt"}, two)
     negative = {"channels": 2, "classes": 2, "kernel": 3}
     write_model(root, "negative-evidence", negative_evidence_weights(), negative, two)
+    two_channels = {"channels": 2, "classes": 2, "nonlinearity": "none", "in_channels": 2}
+    for model_id, frames in (("frame-means", "consecutive"), ("frame-list", [2, 0])):
+        spec = {**INPUT_2, "frames": frames}
+        write_model(root, model_id, frame_means_weights(), two_channels, two, model_input=spec)
     (root / "demo-lesions").symlink_to(DEMO)
     return root
 
@@ -206,3 +213,87 @@ def test_integrated_gradients_that_did_not_converge_within_max_steps_is_flagged(
     overlay = overlay_pixels(explanation)
     assert tuple(overlay[0, 0]) == WARNING_BACKGROUND
     assert WARNING_INK in {tuple(pixel) for pixel in overlay[:16].reshape(-1, 3)}
+
+
+def multi_frame_dicom(frames: int, rows: int, columns: int) -> tuple[str, np.ndarray]:
+    """A MONOCHROME2 16-bit multi-frame DICOM (base64) of random frames, and its stored values."""
+    values = np.random.default_rng(frames * rows).integers(0, 4096, (frames, rows, columns))
+    stored = values.astype(np.uint16)
+    return base64.b64encode(dicom_file(stored, bits_stored=12)).decode(), stored
+
+
+def windowed(frames: np.ndarray) -> np.ndarray:
+    """Frames through the full-range window of all of them: (v − low) / (high − low)."""
+    values = frames.astype(np.float64)
+    return (values - values.min()) / (values.max() - values.min())
+
+
+def test_a_two_channel_model_reads_consecutive_dicom_frames_as_its_channels(
+    client: httpx.Client,
+) -> None:
+    image, stored = multi_frame_dicom(4, SIZE, SIZE)
+
+    answer = explain(
+        client,
+        "frame-means",
+        image,
+        dicom={"frame": 1},
+        methods=["integrated_gradients", "saliency"],
+        target="top2",
+    )
+
+    # Logit c is the mean of channel c: frames 1 and 2, windowed together.
+    channels = windowed(stored[1:3])
+    logits = {p["class_index"]: p["logit"] for p in answer["predictions"]}
+    for channel in (0, 1):
+        expected = float(channels[channel].mean())
+        assert abs(logits[channel] - expected) <= logit_bound(expected)
+    assert answer["provenance"]["dicom"]["frame"] == 1
+    for explanation in answer["explanations"]:
+        assert explanation["scores"]["shape"] == [SIZE, SIZE]
+        if explanation["method"] == "integrated_gradients":
+            # A linear model: the trapezoid rule is exact, so the map sums to the logit's change.
+            assert explanation["checks"]["completeness_gap"] <= 1e-5
+    info = client.get("/v1/models/frame-means").json()
+    assert info["input"]["channels"] == 2 and info["input"]["frames"] == "consecutive"
+
+
+def test_a_manifests_frame_list_fixes_the_frames_and_their_order(client: httpx.Client) -> None:
+    image, stored = multi_frame_dicom(3, SIZE, SIZE)
+
+    answer = explain(client, "frame-list", image, methods=["saliency"])
+
+    channels = windowed(stored[[2, 0]])
+    logits = {p["class_index"]: p["logit"] for p in answer["predictions"]}
+    for channel in (0, 1):
+        expected = float(channels[channel].mean())
+        assert abs(logits[channel] - expected) <= logit_bound(expected)
+
+
+def test_the_overlay_of_a_multi_channel_input_is_at_the_inputs_size(client: httpx.Client) -> None:
+    image, _ = multi_frame_dicom(2, 24, 20)
+
+    answer = explain(client, "frame-means", image, methods=["gradcam"], output={"heatmap": True})
+
+    (explanation,) = answer["explanations"]
+    assert overlay_pixels(explanation).shape == (24, 20, 3)
+    assert explanation["scores"]["shape"] == [24, 20]
+
+
+@pytest.mark.parametrize(
+    ("image", "detail"),
+    [
+        (random_png(6)[0], "a multi-frame MONOCHROME DICOM image"),
+        (multi_frame_dicom(1, SIZE, SIZE)[0], "the file has 1 frame(s)"),
+    ],
+    ids=["png", "too-few-frames"],
+)
+def test_an_image_without_the_models_channels_is_a_422_naming_the_input_it_takes(
+    client: httpx.Client, image: str, detail: str
+) -> None:
+    answer = client.post("/v1/explanations", json={"model": "frame-means", "image": image})
+
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "2 channels" in answer.json()["detail"]
+    assert detail in answer.json()["detail"]
