@@ -106,9 +106,7 @@ def gauss_legendre_map(case: Case, row: int, steps: int) -> torch.Tensor:
     alphas = torch.tensor((nodes + 1) / 2, dtype=inputs.dtype).view(-1, 1, 1, 1)
     gradients = torch.cat(
         [
-            input_gradient(
-                case.model, baseline + chunk * difference, case.targets[row].repeat(len(chunk))
-            )
+            input_gradient(case.model, baseline + chunk * difference, target.repeat(len(chunk)))
             for chunk in alphas.split(64)
         ]
     ).double()
@@ -168,9 +166,8 @@ def measure(case: Case) -> dict[str, Figures]:
 
 def report(case: Case, figures: dict[str, Figures]) -> None:
     print(f"\n{case.name}: {len(case.targets)} images, reference {REFERENCE_STEPS} trapezoid steps")
-    print(
-        f"{'rule':<10} {'median dev':>11} {'max dev':>9} {'median gap':>11} {'mean steps':>11} {'ms/map':>9}"
-    )
+    header = ("median dev", "max dev", "median gap", "mean steps", "ms/map")
+    print(f"{'rule':<10} " + " ".join(f"{name:>11}" for name in header))
     for rule, f in figures.items():
         print(
             f"{rule:<10} {statistics.median(f.deviations):>11.3%} {max(f.deviations):>11.3%} "
