@@ -12,7 +12,8 @@ map at 1,024 trapezoid steps, as max |map − reference| / range of the referenc
 
 It prints, per model and rule, the median and largest deviation, the median completeness gap,
 the mean steps and the time per map on this machine, then the ratio of the rules' largest
-deviations. Run: `python -m bench.ig_convergence [--images N]`.
+deviations. Run: `python -m bench.ig_convergence [--images N] [--models demo resnet18]
+[--size S]`.
 """
 
 import argparse
@@ -67,7 +68,7 @@ def demo_case(images: int) -> Case:
     return Case("demo-lesions", model, inputs, targets, DEMO_NORMALISATION)
 
 
-def resnet_case(images: int) -> Case:
+def resnet_case(images: int, size: int = SIZE) -> Case:
     torch.manual_seed(0)
     model = resnet18(weights=None)
     for module in model.modules():
@@ -76,12 +77,12 @@ def resnet_case(images: int) -> Case:
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(8, 3, SIZE, SIZE))
+            model(torch.randn(8, 3, size, size))
     model.eval().requires_grad_(False)
-    inputs = torch.randn(images, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    inputs = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         targets = model(inputs).argmax(dim=1)
-    return Case("resnet18 (random, 64x64)", model, inputs, targets, IMAGENET)
+    return Case(f"resnet18 (random, {size}x{size})", model, inputs, targets, IMAGENET)
 
 
 def service_maps(case: Case, params: dict[str, object]) -> tuple[torch.Tensor, dict]:
@@ -182,9 +183,15 @@ def report(case: Case, figures: dict[str, Figures]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=8, help="images per model")
+    parser.add_argument("--models", nargs="+", default=["demo", "resnet18"])
+    parser.add_argument("--size", type=int, default=SIZE, help="the ResNet's input side")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    for case in (demo_case(args.images), resnet_case(max(1, args.images // 2))):
+    cases = {
+        "demo": lambda: demo_case(args.images),
+        "resnet18": lambda: resnet_case(args.images, args.size),
+    }
+    for name in args.models:
+        case = cases[name]()
         report(case, measure(case))
 
 
