@@ -205,17 +205,23 @@ class Bench:
         )
 
     def compare_integrated_gradients(self, ms: float, values: torch.Tensor) -> str:
-        # The steps refinement reached at the defaults; Captum gets as many.
+        # The steps refinement reached at the defaults; Captum gets as many intervals of its
+        # trapezoid rule (steps + 1 points), its map rescaled by n / (n − 1): its weights 1/n
+        # sum to (n − 1)/n.
         steps = int(self.checks["steps"])
-        bare = self.rows_ms(self.gradient, steps, copies_per_pass(self.image))
+        bare = self.rows_ms(self.gradient, steps + 1, copies_per_pass(self.image))
         baseline = make_baseline("black", self.image)
         gradients = IntegratedGradients(self.model)
 
         def captum() -> torch.Tensor:
             attributions = gradients.attribute(
-                self.image, baselines=baseline, target=int(self.target), n_steps=steps
+                self.image,
+                baselines=baseline,
+                target=int(self.target),
+                n_steps=steps + 1,
+                method="riemann_trapezoid",
             )
-            return attributions.sum(dim=1).detach()
+            return attributions.sum(dim=1).detach() * (steps + 1) / steps
 
         captum_seconds, captum_values = timed(captum, self.repeats)
         captum_ms = 1000 * captum_seconds

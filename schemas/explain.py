@@ -310,7 +310,9 @@ class Prediction(BaseModel):
     class_index: int
     label: str
     score: float = Field(
-        description="the class's softmax probability; segmentation: its share of the pixels"
+        description="the class's probability under the model's `output.activation`: softmax "
+        "(the labels' probabilities sum to 1) or sigmoid (each label on its own); with `none`, "
+        "the logit itself; segmentation: the class's share of the pixels"
     )
     logit: float = Field(
         description="the model's raw output for the class; segmentation: its mean logit over "
@@ -343,6 +345,35 @@ class Scores(BaseModel):
     )
 
 
+DegenerateKind = Literal["all_zero", "constant", "non_finite", "not_converged"]
+"""Why a map deserves no trust as it stands: zero everywhere, one value everywhere, NaN or ±inf
+in it, or (Integrated Gradients) a quadrature that did not converge within `max_steps`."""
+
+
+class MapChecks(BaseModel):
+    """What the service measured about one map. Every figure is optional: a method reports
+    those it can, and a map that came out degenerate carries `degenerate` and `warning`."""
+
+    completeness_gap: float | None = Field(
+        default=None,
+        description="integrated_gradients: |Σ map − (f(x) − f(baseline))| / |f(x) − f(baseline)| "
+        "for the target logit f, before normalisation",
+    )
+    steps: int | None = Field(default=None, description="integrated_gradients: the steps it took")
+    convergence: float | None = Field(
+        default=None,
+        description="integrated_gradients: the largest difference between the map at `steps` "
+        "and at half as many (the trapezoid rule on every other point), as a share of the map's "
+        "range; null when `steps` is odd and no refinement ran",
+    )
+    degenerate: DegenerateKind | None = Field(
+        default=None, description="why the map deserves no trust as it stands; null when none"
+    )
+    warning: str | None = Field(
+        default=None, description="the reason, in words, when `degenerate` is set"
+    )
+
+
 class Explanation(BaseModel):
     method: str
     target: ExplanationTarget
@@ -355,12 +386,12 @@ class Explanation(BaseModel):
         description="the derived DICOM objects `output.dicom` asked for: kind → base64 of the "
         "DICOM Part 10 file",
     )
-    checks: dict[str, float] | None = Field(
+    checks: MapChecks | None = Field(
         default=None,
-        description="What the method measured about its own map, where it can: "
-        "integrated_gradients reports `completeness_gap` (|Σ map − (f(x) − f(baseline))| / "
-        "|f(x) − f(baseline)| for the target logit f, before normalisation) and the `steps` "
-        "it took to reach it.",
+        description="What the service measured about the map, where it can: integrated_gradients "
+        "reports its completeness gap, steps and convergence; any method's degenerate map (all "
+        "zero, constant, non-finite) carries `degenerate` and a `warning`. Null when there is "
+        "nothing to report.",
     )
 
 

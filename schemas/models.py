@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ModelFormat = Literal["onnx", "safetensors"]
 OutputActivation = Literal["softmax", "sigmoid", "none"]
@@ -25,20 +25,51 @@ class Architecture(BaseModel):
     kwargs: dict[str, object] = Field(default_factory=dict)
 
 
+MAX_INPUT_CHANNELS = 64
+
+FrameChoice = Literal["consecutive"] | Annotated[list[int], Field(min_length=1)]
+"""Which frames of a multi-frame DICOM fill an N-channel model's channels: `"consecutive"`, the
+request's `dicom.frame` and the N − 1 after it; or a list of N frame indices, always those."""
+
+
 class InputSpec(BaseModel):
-    """The tensor a model takes: channels, size and per-channel normalisation."""
+    """The tensor a model takes: channels, size and per-channel normalisation.
+
+    A 1- or 3-channel model takes PNG, JPEG and DICOM images (grey ones replicated to RGB, colour
+    ones reduced to luma, as the model needs). A model of any other channel count takes DICOM
+    frames as its channels, chosen by `frames`.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: Literal[1, 3]
+    channels: int = Field(ge=1, le=MAX_INPUT_CHANNELS)
     height: int = Field(gt=0)
     width: int = Field(gt=0)
     mean: list[float]
     std: list[float]
+    frames: FrameChoice = Field(
+        default="consecutive",
+        description="for a model of other than 1 or 3 channels: which frames of a multi-frame "
+        "DICOM become its channels, in order",
+    )
 
     @property
-    def color_mode(self) -> Literal["grayscale", "rgb"]:
-        return "grayscale" if self.channels == 1 else "rgb"
+    def color_mode(self) -> Literal["grayscale", "rgb", "frames"]:
+        """How an image becomes the model's input: grey, RGB, or DICOM frames as channels."""
+        if self.channels in (1, 3):
+            return "grayscale" if self.channels == 1 else "rgb"
+        return "frames"
+
+    @model_validator(mode="after")
+    def _one_frame_per_channel(self) -> "InputSpec":
+        if isinstance(self.frames, list):
+            if self.channels in (1, 3):
+                raise ValueError("a frame list is for models of other than 1 or 3 channels")
+            if len(self.frames) != self.channels:
+                raise ValueError(f"frames lists {len(self.frames)} frames for {self.channels}")
+            if min(self.frames) < 0:
+                raise ValueError("a frame index is never negative")
+        return self
 
 
 class OutputSpec(BaseModel):

@@ -373,10 +373,13 @@ def explanation_cache_key(
     principal: Principal,
 ) -> str:
     """Where an identical request's result is kept. Scoped to the key that asked: another key
-    could otherwise learn from a fast answer that someone sent the same image before."""
+    could otherwise learn from a fast answer that someone sent the same image before. Scoped to
+    the model too, not its weights alone: two models may share a weights file and differ in
+    their manifests (the output activation, the architecture's arguments)."""
     request = json.dumps(
         {
             "key": principal.name,
+            "model": {"id": info.id, "version": info.version},
             "methods": options.methods,
             "target": options.model_dump(mode="json", include={"target"})["target"],
             "params": params,

@@ -31,11 +31,10 @@ class Settings(SharedSettings):
         default=4_194_304, gt=0, description="values of one returned score array"
     )
     queue_limit: int = Field(default=1000, gt=0, description="queued jobs per model before 429")
-    # Admits all 17 methods at their defaults with top3 on the 128 × 128 demo model (1,505; 1,617
+    # Admits all 17 methods at their defaults with top3 on the 128 × 128 demo model (982; 1,094
     # were its CAM layer's channels unknown) and each method alone at its defaults on a 224 × 224
-    # one (at most 1,150); refuses RISE with
-    # 8,000 masks (2,000), Integrated Gradients refined to 4,096 steps (3,176) or occlusion
-    # with a window of 1 (4,096) on the demo model.
+    # one (at most 766); refuses RISE with 8,000 masks (2,000), Integrated Gradients from 1,024
+    # steps refined to 4,096 (2,049) or occlusion with a window of 1 (4,096) on the demo model.
     max_job_passes: float = Field(
         default=1800.0,
         gt=0,

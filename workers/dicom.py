@@ -4,6 +4,8 @@ Only the elements that describe the pixels are parsed; patient and study element
 unread, so none of them can reach a result, an error or a log.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
@@ -58,7 +60,9 @@ _REFUSALS: dict[ProblemKind, type[ImageError]] = {
 }
 
 
-def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> DecodedImage:
+def decode_dicom(
+    data: bytes, options: DicomOptions, max_pixels: int, frames: Sequence[int] | None = None
+) -> DecodedImage:
     """Decode one frame of a DICOM file in any of `DICOM_TRANSFER_SYNTAXES` (8 or 16 bits,
     signed or unsigned), monochrome or colour.
 
@@ -73,9 +77,15 @@ def decode_dicom(data: bytes, options: DicomOptions, max_pixels: int) -> Decoded
     `ImageTooLargeError` when Rows × Columns × frames exceeds `max_pixels` (from the header,
     before any pixel is decoded), `DicomOptionError` for a frame the file lacks or a window on a
     colour image, and `ImageDecodeError` for malformed files.
+
+    With `frames` (for a model of N channels), those frames of a MONOCHROME file become the N
+    channels of `pixels`, in order, rescaled and windowed alike (the full-range window spans
+    them all); `display` shows the middle one, and `DecodedImage.dicom.frame` is the first.
     """
     dataset = _read_image_elements(data, max_pixels)
     layout = _checked_layout(dataset, options, max_pixels)
+    if frames is not None:
+        return _decode_frames(dataset, layout, options, frames)
     _check_compressed_frame(dataset, layout, options.frame)
     try:
         with pydicom.config.disable_value_validation():
@@ -112,6 +122,42 @@ def _check_compressed_frame(dataset: Dataset, layout: DicomLayout, index: int) -
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed fragments
         raise ImageDecodeError("the DICOM pixel data cannot be decoded") from exc
     check_frame_size(frame, layout.transfer_syntax, layout.rows, layout.columns)
+
+
+def _decode_frames(
+    dataset: Dataset, layout: DicomLayout, options: DicomOptions, frames: Sequence[int]
+) -> DecodedImage:
+    """Frames of a MONOCHROME file as channels: float32 H×W×len(frames) in [0, 1]."""
+    wanted = f"the model takes frames {', '.join(map(str, frames))} as its {len(frames)} channels"
+    if layout.photometric not in DICOM_MONOCHROME:
+        raise DicomOptionError(
+            f"{wanted}, from a MONOCHROME image; this one is {layout.photometric}"
+        )
+    if max(frames) >= layout.frames:
+        raise DicomOptionError(f"{wanted}; the file has {layout.frames} frame(s)")
+    for frame in frames:
+        _check_compressed_frame(dataset, layout, frame)
+    plugin = decoding_plugin(layout.transfer_syntax, layout.bits_stored)
+    try:
+        with pydicom.config.disable_value_validation():
+            stored = np.stack(
+                [pixel_array(dataset, index=f, decoding_plugin=plugin) for f in frames], axis=-1
+            )
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on malformed pixel data
+        raise ImageDecodeError("the DICOM pixel data cannot be decoded") from exc
+    values = stored.astype(np.float64) * _decimal(dataset, "RescaleSlope", 1.0) + _decimal(
+        dataset, "RescaleIntercept", 0.0
+    )
+    pixels, applied = _voi(values, dataset, options.model_copy(update={"frame": frames[0]}))
+    if layout.photometric == "MONOCHROME1":
+        pixels = 1.0 - pixels
+    channels = np.ascontiguousarray(pixels, dtype=np.float32)
+    middle = len(frames) // 2
+    return DecodedImage(
+        pixels=channels,
+        display=display_of(channels[:, :, middle : middle + 1]),
+        dicom=applied,
+    )
 
 
 def _voi(

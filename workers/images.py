@@ -15,6 +15,7 @@ from schemas.dicom import DicomOptions
 from schemas.dicom_layout import is_dicom
 from schemas.models import InputSpec
 from schemas.settings import DEFAULT_MAX_IMAGE_PIXELS
+from workers.channels import ChannelCountError, channel_frames, expected_input
 from workers.decoded import (
     DecodedImage,
     ImageDecodeError,
@@ -59,6 +60,7 @@ def decode_image(
     dicom: DicomOptions | None = None,
     *,
     reduce_to: tuple[int, int] | None = None,
+    model_input: InputSpec | None = None,
 ) -> DecodedImage:
     """Decode PNG or JPEG bytes (8 or 16 bit; grey, grey + alpha, RGB, RGBA or palette), or
     DICOM bytes as `workers.dicom.decode_dicom` does with the options `dicom`.
@@ -73,11 +75,18 @@ def decode_image(
     factor that keeps them at least four times that size, so a large image costs its display's
     3 bytes per pixel, not 4 to 12 per pixel of float copies; `to_model_input` then resizes them
     as it would the full image, to within a fraction of a grey level.
+
+    For a `model_input` of other than 1 or 3 channels, only a multi-frame DICOM image is
+    decoded, its frames as the channels (`workers.channels.channel_frames`); any other image
+    raises `ChannelCountError` naming the input the model takes.
     """
     if not data:
         raise ImageDecodeError("the image is empty")
+    frames = None if model_input is None else channel_frames(model_input, dicom)
     if is_dicom(data):
-        return decode_dicom(data, dicom or DicomOptions(), max_pixels)
+        return decode_dicom(data, dicom or DicomOptions(), max_pixels, frames)
+    if frames is not None and model_input is not None:
+        raise ChannelCountError(expected_input(model_input))
     if data.startswith(_PNG_SIGNATURE):
         grey_source = (
             len(data) > _PNG_COLOUR_TYPE_OFFSET
@@ -212,7 +221,7 @@ def _match_channels(pixels: np.ndarray, channels: int) -> torch.Tensor:
     if channels == 1:
         weights = torch.tensor(_LUMA_WEIGHTS, dtype=torch.float32).view(3, 1, 1)
         return (image * weights).sum(dim=0, keepdim=True)
-    raise ValueError(f"models take 1 or 3 channels, not {channels}")
+    raise ChannelCountError(f"an image of {image.shape[0]} channels for a model of {channels}")
 
 
 def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from schemas.explain import (
     ExplainResponse,
     Explanation,
     ExplanationTarget,
+    MapChecks,
     ModelRef,
     OutputOptions,
     Prediction,
@@ -27,14 +28,20 @@ from schemas.explain import (
 )
 from schemas.jobs import ExplanationJob
 from schemas.methods import MethodParams
-from workers import render, segmentation
+from workers import map_checks, render, segmentation
 from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.dicom_objects import DerivedDescription, explanation_objects
 from workers.images import to_model_input
 from workers.methods import Normalisation, explain, get_method, resolve
-from workers.methods.base import Forward, UnsupportedModelError, class_probabilities
+from workers.methods.base import (
+    AttributionMap,
+    Forward,
+    UnsupportedModelError,
+    class_probabilities,
+)
 from workers.methods.passes import PassMethod, run_passes
+from workers.predictions import class_probabilities as activated
 from workers.repository import LoadedModel
 
 MAX_PREDICTIONS = 5
@@ -86,7 +93,7 @@ class ComputedMap:
     values: np.ndarray
     signed: bool
     compute_ms: float
-    checks: dict[str, float] | None
+    checks: MapChecks | None
 
 
 @dataclass(frozen=True)
@@ -249,7 +256,7 @@ def _classification_rows(
     plan = _SharedPlan(model, jobs, inputs, [(m, pm, params[m]) for m, pm in shared.items()], known)
     chunks = [plan.chunk(start, start + max_rows) for start in range(0, len(jobs), max_rows)]
     logits = torch.cat([chunk.logits for chunk in chunks])
-    probabilities = torch.softmax(logits, dim=1).cpu().tolist()
+    probabilities = activated(logits, model.manifest.output.activation).cpu().tolist()
     rows = [
         _Row(job=j, class_index=c)
         for j, job in enumerate(jobs)
@@ -297,7 +304,8 @@ class _SharedPlan:
 
         def choose(logits: torch.Tensor) -> list[list[int]]:
             scores = (logits if known is None else known).float()
-            probabilities = torch.softmax(scores, dim=1).cpu().tolist()
+            activation = self.model.manifest.output.activation
+            probabilities = activated(scores, activation).cpu().tolist()
             return [
                 resolve_target(job.message.target, p)
                 for job, p in zip(jobs, probabilities, strict=True)
@@ -318,12 +326,8 @@ class _SharedPlan:
         ]
         per_map_ms = (time.perf_counter() - started) * 1000 / max(1, len(rows) * len(result.maps))
         maps = {
-            method: [
-                ComputedMap(method, row, values[k], attribution.signed, per_map_ms, None)
-                for k, row in enumerate(rows)
-            ]
+            method: _computed_maps(method, rows, attribution, per_map_ms)
             for (method, _, _), attribution in zip(self.planned, result.maps, strict=True)
-            for values in [attribution.values.detach().float().cpu().numpy()]
         }
         logits = result.logits.float() if known is None else known
         return _SharedChunk(logits, maps)
@@ -409,9 +413,18 @@ def _attribute_rows(
         normalisation=Normalisation(tuple(spec.mean), tuple(spec.std)),
         probability=probability,
     )
-    values = attribution.values.detach().float().cpu().numpy()
     per_map_ms = (time.perf_counter() - started) * 1000 / len(rows)
-    checks = _row_checks(attribution.checks, len(rows))
+    return _computed_maps(method, rows, attribution, per_map_ms)
+
+
+def _computed_maps(
+    method: str, rows: Sequence[_Row], attribution: AttributionMap, per_map_ms: float
+) -> list[ComputedMap]:
+    """The rows' maps as numpy, each with its checks (a degenerate map flagged, non-finite
+    values zeroed)."""
+    values = attribution.values.detach().float().cpu().numpy()
+    checks = map_checks.row_checks(attribution, values)
+    values = map_checks.finite_values(values)
     return [
         ComputedMap(method, row, values[i], attribution.signed, per_map_ms, checks[i])
         for i, row in enumerate(rows)
@@ -440,8 +453,11 @@ def _explanation(
     colour_values = (full_size + 1) / 2 if computed.signed else full_size
     overlay = heatmap = None
     if output.overlay:
+        warned = computed.checks.degenerate if computed.checks else None
         overlay = _b64(
-            render.render_overlay(image.display, colour_values, output.colormap, output.alpha)
+            render.render_overlay(
+                image.display, colour_values, output.colormap, output.alpha, warning=warned
+            )
         )
     if output.heatmap:
         heatmap = _b64(render.render_heatmap(colour_values, output.colormap))
@@ -498,14 +514,6 @@ def _score_grid(
     if output.grid is not None:
         grid = render.pool_grid(grid, output.grid)
     return grid.astype(np.float32)
-
-
-def _row_checks(checks: Mapping[str, torch.Tensor], count: int) -> list[dict[str, float] | None]:
-    """The per-sample `AttributionMap.checks` split into one dict per row (None without any)."""
-    if not checks:
-        return [None] * count
-    columns = {name: values.detach().double().cpu().tolist() for name, values in checks.items()}
-    return [{name: float(values[i]) for name, values in columns.items()} for i in range(count)]
 
 
 def _b64(data: bytes) -> str:

@@ -4,7 +4,9 @@ import base64
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+from schemas.explain import DegenerateKind
 
 # Anchor colours (position in [0, 1], RGB in [0, 1]) that each 256-entry table interpolates.
 _ANCHORS: dict[str, list[tuple[float, tuple[float, float, float]]]] = {
@@ -121,18 +123,42 @@ def apply_colormap(values01: np.ndarray, name: str) -> np.ndarray:
 _BLEND_ROWS = 256
 
 
-def render_overlay(display: np.ndarray, values01: np.ndarray, colormap: str, alpha: float) -> bytes:
+WARNING_LABELS: dict[DegenerateKind, str] = {
+    "all_zero": "! zero map",
+    "constant": "! flat map",
+    "non_finite": "! NaN map",
+    "not_converged": "! not converged",
+}
+"""The words burned into the corner of an overlay whose map carries a warning."""
+WARNING_BACKGROUND = (0, 0, 0)
+WARNING_INK = (255, 214, 0)
+
+
+def render_overlay(
+    display: np.ndarray,
+    values01: np.ndarray,
+    colormap: str,
+    alpha: float,
+    *,
+    warning: DegenerateKind | None = None,
+) -> bytes:
     """PNG of the colour-mapped map blended over the picture (`blend_overlay`)."""
-    return _png(blend_overlay(display, values01, colormap, alpha))
+    return _png(blend_overlay(display, values01, colormap, alpha, warning=warning))
 
 
 def blend_overlay(
-    display: np.ndarray, values01: np.ndarray, colormap: str, alpha: float
+    display: np.ndarray,
+    values01: np.ndarray,
+    colormap: str,
+    alpha: float,
+    *,
+    warning: DegenerateKind | None = None,
 ) -> np.ndarray:
     """The colour-mapped map blended over the picture: (1 - alpha) image + alpha colour, uint8
     H×W×3.
 
-    `display` is uint8 H×W×3 and `values01` an H×W map in [0, 1] of the same size.
+    `display` is uint8 H×W×3 and `values01` an H×W map in [0, 1] of the same size. With a
+    `warning`, its label is burned into the top-left corner (`mark_warning`).
     """
     if display.shape[:2] != values01.shape:
         raise ValueError(f"map {values01.shape} and image {display.shape[:2]} differ in size")
@@ -147,7 +173,28 @@ def blend_overlay(
             np.float32
         )
         blended[rows] = np.rint(band).astype(np.uint8)
-    return blended
+    return blended if warning is None else mark_warning(blended, WARNING_LABELS[warning])
+
+
+def mark_warning(rgb: np.ndarray, label: str) -> np.ndarray:
+    """`rgb` (uint8 H×W×3) with `label` in `WARNING_INK` on a `WARNING_BACKGROUND` box in its
+    top-left corner, not antialiased (every pixel of the box is one of the two colours), the
+    text a twelfth of the shorter side tall (at least 8 pixels) and cut off where it does not
+    fit."""
+    image = Image.fromarray(rgb, mode="RGB")
+    size = max(8, min(image.size) // 12)
+    font = ImageFont.load_default(size=size)
+    pad = max(1, size // 4)
+    # The ink drawn alone first: its own extent, not the font's metrics, sizes the box.
+    ink = Image.new("1", image.size)
+    ImageDraw.Draw(ink).text((pad, pad), label, font=font, fill=1)
+    extent = ink.getbbox()
+    if extent is None:
+        return rgb
+    box = (0, 0, min(extent[2] + pad, image.width), min(extent[3] + pad, image.height))
+    image.paste(WARNING_BACKGROUND, box)
+    image.paste(WARNING_INK, (0, 0), ink)
+    return np.asarray(image)
 
 
 def render_heatmap(values01: np.ndarray, colormap: str) -> bytes:

@@ -130,7 +130,8 @@ def visualize(
     images = levels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [
         Visualization(
-            image=images[i, :, :, 0] if spec.channels == 1 else images[i],
+            # A model of other than 3 channels is shown by its first one, in grey.
+            image=images[i] if spec.channels == 3 else images[i, :, :, 0],
             activation=float(activations[i]),
             probability=float(probabilities[i]) if request.target is not None else None,
             compute_ms=per_image_ms,

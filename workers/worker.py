@@ -305,7 +305,11 @@ class Worker:
         )
         try:
             decoded = decode_image(
-                data, self.settings.max_image_pixels, message.dicom, reduce_to=reduce_to
+                data,
+                self.settings.max_image_pixels,
+                message.dicom,
+                reduce_to=reduce_to,
+                model_input=None if model is None else model.manifest.input,
             )
             return with_source_header(decoded, data) if message.output.dicom else decoded
         except ImageError as exc:

@@ -208,3 +208,38 @@ def test_on_each_device_matches_cpu(device: str) -> None:
     # within the loop's bound of the float64 map, so within twice that of each other.
     _, bound = loop_scorecams(model.cpu(), 6, inputs, targets)
     assert max_relative_deviation(on_device.values.cpu(), on_cpu) <= 2 * bound
+
+
+def negative_evidence_net() -> nn.Sequential:
+    """Two ReLU channels of positive 3×3 kernels that raise class 1 and lower class 0; no biases,
+    so that the all-zero input gets p = 0.5 for both; in float64."""
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 2, bias=False),
+    )
+    with torch.no_grad():
+        model[0].weight.copy_(torch.arange(1.0, 19.0).view(2, 1, 3, 3) / 20)
+        model[4].weight.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    return model.double().eval().requires_grad_(False)
+
+
+def test_a_target_every_channel_lowers_gets_a_zero_map_with_the_reason() -> None:
+    model = negative_evidence_net()
+    image = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)).double()
+    inputs = image.expand(2, -1, -1, -1)
+
+    result = explain("scorecam", model, inputs, torch.tensor([0, 1]), {}, cam_layer="1")
+
+    # The premise, from the loop written from the paper: class 0's map is zero, class 1's not.
+    for target, sign in ((0, -1), (1, 1)):
+        cam, _, _ = loop_scorecam(model, 2, image, target)
+        assert bool((cam == 0).all()) == (sign < 0)
+    assert not result.values[0].any()
+    assert result.values[1].amax() > 0
+    warning = result.warnings[0]
+    assert warning is not None and warning.kind == "all_zero"
+    assert "every channel weight was negative" in warning.reason
+    assert result.warnings[1] is None

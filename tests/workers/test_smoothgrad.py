@@ -139,10 +139,20 @@ def test_over_integrated_gradients_equals_captum_over_the_same_noise() -> None:
     result = explain("smoothgrad", model, inputs, targets, params, cam_layer="")
 
     gradients = IntegratedGradients(model)
+    # Captum's trapezoid rule on 50 intervals (51 points), its weights (summing to 50/51)
+    # rescaled to the rule's: see `captum_integrated_gradients` in test_integrated_gradients.
     expected = captum_mean_over_noise(
-        lambda x, target: gradients.attribute(
-            x, baselines=make_baseline("black", x), target=target, n_steps=50
-        ).sum(dim=1, keepdim=True),
+        lambda x, target: (
+            gradients.attribute(
+                x,
+                baselines=make_baseline("black", x),
+                target=target,
+                n_steps=51,
+                method="riemann_trapezoid",
+            ).sum(dim=1, keepdim=True)
+            * 51
+            / 50
+        ),
         inputs,
         targets,
         SmoothGradParams.model_validate(params),

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from schemas.explain import DegenerateKind
 from schemas.methods import LayerParams, MethodParams, Need
 from workers.methods.facts import ModelFacts, describe_model
 
@@ -54,6 +55,14 @@ NEED_DESCRIPTIONS: Mapping[Need, str] = {
 
 
 @dataclass(frozen=True)
+class MapWarning:
+    """A method's own word on why one of its maps deserves no trust, and which kind of failure."""
+
+    kind: DegenerateKind
+    reason: str
+
+
+@dataclass(frozen=True)
 class AttributionMap:
     """One map per sample, (N, H, W) float32 at the model's input resolution.
 
@@ -65,6 +74,8 @@ class AttributionMap:
     checks: Mapping[str, torch.Tensor] = field(default_factory=dict)
     """Per-sample figures the method measured about its own result, each an (N,) tensor: for
     example `completeness_gap`, |Σ map − (f(x) − f(x0))| / |f(x) − f(x0)|."""
+    warnings: tuple[MapWarning | None, ...] = ()
+    """Per sample, the method's reason when it knows its map failed (empty: none did)."""
 
 
 @dataclass(frozen=True)

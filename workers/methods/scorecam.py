@@ -10,6 +10,7 @@ from workers.methods.base import (
     AttributionMap,
     AttributionMethod,
     Batch,
+    MapWarning,
     MethodParameterError,
     captured_output,
     class_activation_map,
@@ -64,7 +65,21 @@ class ScoreCam(AttributionMethod[ScoreCamParams]):
                 scores[image, channel] = target_columns(probabilities, classes)
         weights = scores[image_of_row, :, column_of_row] - baseline[0, column_of_row][:, None]
         cam = class_activation_map(activation[image_of_row], weights, size)
-        return AttributionMap(cam, signed=params.is_signed())
+        return AttributionMap(cam, signed=params.is_signed(), warnings=_warnings(weights, cam))
+
+
+NEGATIVE_WEIGHTS = MapWarning(
+    "all_zero",
+    "every channel weight was negative or zero for this target (masking the input with any "
+    "channel's map lowered its probability below the empty input's), so relu(Σ w_k A_k) is zero "
+    "everywhere",
+)
+
+
+def _warnings(weights: torch.Tensor, cam: torch.Tensor) -> tuple[MapWarning | None, ...]:
+    """`NEGATIVE_WEIGHTS` for each row whose weights (rows, K) are all ≤ 0 and map is zero."""
+    failed = (weights <= 0).all(dim=1) & (cam.flatten(1) == 0).all(dim=1)
+    return tuple(NEGATIVE_WEIGHTS if bool(row) else None for row in failed)
 
 
 def _layer_output(batch: Batch, layer: str) -> torch.Tensor:

@@ -1,0 +1,101 @@
+"""Degenerate maps found by inspection, told in the method's words where it knows why, and
+marked on the overlay."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from schemas.explain import MapChecks
+from workers import render
+from workers.map_checks import degenerate_kind, finite_values, map_warning, row_checks
+from workers.methods.base import AttributionMap, MapWarning
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        (np.zeros((4, 4)), "all_zero"),
+        (np.full((4, 4), 0.25), "constant"),
+        (np.full((4, 4), -2.0), "constant"),
+        (np.array([[1.0, np.nan], [0.0, 2.0]]), "non_finite"),
+        (np.array([[1.0, np.inf], [0.0, 2.0]]), "non_finite"),
+        (np.array([[0.0, 0.0], [0.0, 1e-30]]), None),
+    ],
+)
+def test_inspection_names_the_kind(values: np.ndarray, kind: str | None) -> None:
+    assert degenerate_kind(values) == kind
+
+
+def test_the_methods_reason_is_used_only_for_the_failure_it_explains() -> None:
+    noted = MapWarning("all_zero", "every weight was negative")
+
+    assert map_warning(np.zeros((2, 2)), noted) == noted
+    # A constant map is not what the method explained: inspection's own words.
+    constant = map_warning(np.ones((2, 2)), noted)
+    assert constant is not None and constant.kind == "constant"
+    assert constant.reason != noted.reason
+    # A method's warning about a map that looks fine (a quadrature not converged) stands.
+    unconverged = MapWarning("not_converged", "gap above tolerance")
+    assert map_warning(np.eye(2), unconverged) == unconverged
+    assert map_warning(np.eye(2), None) is None
+
+
+def test_row_checks_carry_the_figures_and_the_warnings_per_row() -> None:
+    values = np.stack([np.eye(3), np.zeros((3, 3)), np.eye(3)]).astype(np.float32)
+    attribution = AttributionMap(
+        torch.from_numpy(values),
+        signed=False,
+        checks={"completeness_gap": torch.tensor([0.5, 0.25, float("nan")])},
+    )
+
+    checks = row_checks(attribution, values)
+
+    assert checks[0] == MapChecks(completeness_gap=0.5)
+    assert checks[1] is not None and checks[1].degenerate == "all_zero"
+    assert checks[1].completeness_gap == 0.25 and checks[1].warning
+    # A figure the method could not compute is absent, not NaN.
+    assert checks[2] == MapChecks()
+    assert row_checks(AttributionMap(torch.from_numpy(values), signed=False), values)[0] is None
+
+
+def test_non_finite_values_become_zero_and_the_others_stay() -> None:
+    values = np.array([[1.5, np.nan], [-np.inf, 2.0]], dtype=np.float32)
+
+    cleaned = finite_values(values)
+
+    assert cleaned.tolist() == [[1.5, 0.0], [0.0, 2.0]]
+    finite = np.eye(2, dtype=np.float32)
+    assert finite_values(finite) is finite
+
+
+@pytest.mark.parametrize("size", [(16, 16), (40, 200), (300, 120)])
+def test_a_warning_is_burned_into_the_corner_and_nowhere_else(size: tuple[int, int]) -> None:
+    display = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    values = np.random.default_rng(1).random(size)
+
+    plain = decode(render.render_overlay(display, values, "jet", 0.45))
+    marked = decode(render.render_overlay(display, values, "jet", 0.45, warning="all_zero"))
+
+    changed = np.argwhere((plain != marked).any(axis=2))
+    rows, columns = changed[:, 0].max() + 1, changed[:, 1].max() + 1
+    box = marked[:rows, :columns].reshape(-1, 3)
+    colours = {tuple(pixel) for pixel in box}
+    # Only the box changed, it holds only its two colours, and both are there: text on a ground.
+    assert colours == {render.WARNING_BACKGROUND, render.WARNING_INK}
+    assert tuple(marked[0, 0]) == render.WARNING_BACKGROUND
+    assert rows <= max(size[0] // 4, 14)
+    np.testing.assert_array_equal(marked[rows:], plain[rows:])
+    np.testing.assert_array_equal(marked[:, columns:], plain[:, columns:])
+
+
+def test_each_kind_has_its_own_label() -> None:
+    labels = render.WARNING_LABELS
+    assert set(labels) == {"all_zero", "constant", "non_finite", "not_converged"}
+    assert len(set(labels.values())) == len(labels)
+
+
+def decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
