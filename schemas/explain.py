@@ -19,6 +19,7 @@ from pydantic import (
 from pydantic.json_schema import JsonDict
 
 from schemas.dicom import DicomOptions
+from schemas.evaluation import Evaluation
 from schemas.methods import PARAMS_BY_METHOD, MethodParams
 
 MAX_TOP_K = 5
@@ -173,6 +174,12 @@ class ExplainParameters(BaseModel):
         default_factory=dict, json_schema_extra=PARAMS_SCHEMA
     )
     output: OutputOptions = Field(default_factory=OutputOptions)
+    evaluate: bool = Field(
+        default=False,
+        strict=True,
+        description="also measure each map's faithfulness (`evaluation` in each explanation); "
+        "costs `evaluation_passes` forward passes per map (`GET /v1/methods`)",
+    )
     _method_params: dict[str, MethodParams] = PrivateAttr(default_factory=dict)
 
     @field_validator("methods")
@@ -283,6 +290,9 @@ class Explanation(BaseModel):
         "integrated_gradients reports `completeness_gap` (|Σ map − (f(x) − f(baseline))| / "
         "|f(x) − f(baseline)| for the target logit f, before normalisation) and the `steps` "
         "it took to reach it.",
+    )
+    evaluation: Evaluation | None = Field(
+        default=None, description='faithfulness figures, with `"evaluate": true`'
     )
 
 

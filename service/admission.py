@@ -38,7 +38,7 @@ from service.idempotency import IdempotentRequest, idempotent_request
 from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue, NewJob
 
-JSON_FIELDS = ("target", "params", "output", "dicom")
+JSON_FIELDS = ("target", "params", "output", "dicom", "evaluate")
 
 log = logging.getLogger("glimpse.gateway")
 
@@ -148,7 +148,7 @@ def check_cost(options: ExplainOptions, info: ModelInfo, settings: Settings) -> 
         layer_channels=info.cam_layer_channels,
         default_layer=info.default_cam_layer,
     )
-    cost = job_passes(options.method_params(), work)
+    cost = job_passes(options.method_params(), work, evaluate=options.evaluate)
     if cost > settings.max_job_passes:
         raise InvalidRequest(
             f"The job would cost {cost:,.0f} passes (over a 256×256 input) on {info.id!r}; "
@@ -230,6 +230,7 @@ def prepare_job(
         params=params,
         output=options.output,
         dicom=options.dicom,
+        evaluate=options.evaluate,
         cache_key=explanation_cache_key(options, params, image, info, caller.principal)
         if settings.result_cache
         else None,
@@ -350,6 +351,7 @@ def explanation_cache_key(
             "params": params,
             "output": options.output.model_dump(mode="json"),
             "dicom": (options.dicom or DicomOptions()).model_dump(mode="json"),
+            "evaluate": options.evaluate,
         },
         sort_keys=True,
     )

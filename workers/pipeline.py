@@ -5,12 +5,13 @@ import base64
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from schemas import SERVICE_VERSION
+from schemas.evaluation import Evaluation
 from schemas.explain import (
     ExplainResponse,
     Explanation,
@@ -26,7 +27,7 @@ from schemas.explain import (
 )
 from schemas.jobs import ExplanationJob
 from schemas.methods import MethodParams
-from workers import render
+from workers import faithfulness, render
 from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.images import to_model_input
@@ -81,6 +82,7 @@ class ComputedMap:
     signed: bool
     compute_ms: float
     checks: dict[str, float] | None
+    evaluation: Evaluation | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
         for start in range(0, len(rows), max_rows):
             chunk = rows[start : start + max_rows]
             maps.extend(_attribute_rows(model, method, params[method], inputs, chunk))
+    if any(job.message.evaluate for job in jobs):
+        maps = _with_evaluations(model, jobs, inputs, params, maps)
     return ComputedBatch(
         probabilities=probabilities,
         logits=logits.cpu().tolist(),
@@ -241,6 +245,36 @@ def _attribute_rows(
     ]
 
 
+def _with_evaluations(
+    model: LoadedModel,
+    jobs: Sequence[PreparedJob],
+    inputs: torch.Tensor,
+    params: Mapping[str, MethodParams],
+    maps: list[ComputedMap],
+) -> list[ComputedMap]:
+    """The maps, those of jobs that asked `evaluate` with their faithfulness figures: one batched
+    evaluation per method."""
+    spec = model.manifest.input
+    normalisation = Normalisation(tuple(spec.mean), tuple(spec.std))
+    evaluated = list(maps)
+    for method, method_params in params.items():
+        picked = [
+            i for i, m in enumerate(maps) if m.method == method and jobs[m.row.job].message.evaluate
+        ]
+        check_deadline()
+        figures = faithfulness.evaluate(
+            model.forward_logits,
+            inputs[[maps[i].row.job for i in picked]],
+            torch.tensor([maps[i].row.class_index for i in picked], device=model.device),
+            torch.from_numpy(np.stack([maps[i].values for i in picked])).to(model.device),
+            method_params,
+            normalisation,
+        )
+        for i, figure in zip(picked, figures, strict=True):
+            evaluated[i] = replace(maps[i], evaluation=figure)
+    return evaluated
+
+
 def _predictions(
     probabilities: Sequence[float], logits: Sequence[float], labels: Sequence[str]
 ) -> list[Prediction]:
@@ -276,6 +310,7 @@ def _explanation(
         scores=_scores(computed.values, full_size, computed.signed, output),
         compute_ms=computed.compute_ms,
         checks=computed.checks,
+        evaluation=computed.evaluation,
     )
 
 

@@ -22,6 +22,12 @@ class GuidedBackpropParams(MethodParams):
     cost = "1 forward + 1 backward to the input"
     signed = False
     needs: ClassVar[frozenset[Need]] = frozenset({"gradients", "relu"})
+    caveats: ClassVar[tuple[str, ...]] = (
+        "Fails the model-parameter randomisation check (Adebayo et al., NeurIPS 2018, "
+        '"Sanity Checks for Saliency Maps"): the map stays much the same when the model\'s top '
+        "layers are randomised, so it shows the image's edges more than what the model learnt; "
+        "measured on demo-lesions in docs/quality.md.",
+    )
 
     abs: bool = Field(default=True, description="max over channels of |·| or signed channel sum")
 

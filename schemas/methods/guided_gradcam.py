@@ -21,6 +21,12 @@ class GuidedGradCamParams(LayerParams):
     cost = "2 forward + 2 backward (one to the layer, one guided to the input)"
     signed = False
     needs: ClassVar[frozenset[Need]] = frozenset({"gradients", "cam_layer", "relu"})
+    caveats: ClassVar[tuple[str, ...]] = (
+        "Fails the model-parameter randomisation check (Adebayo et al., NeurIPS 2018, "
+        '"Sanity Checks for Saliency Maps"): the map stays much the same when the model\'s top '
+        "layers are randomised, so it shows the image's edges more than what the model learnt; "
+        "measured on demo-lesions in docs/quality.md.",
+    )
 
     @override
     def passes(self, work: Workload) -> int:
