@@ -193,19 +193,27 @@ def randomisation_cuts(model: nn.Module) -> list[str]:
 @contextmanager
 def randomised(model: nn.Module, layers: list[str], seed: int = 0) -> Iterator[nn.Module]:
     """`model` with the weights and biases of `layers` re-drawn by their own initialiser, the
-    generator seeded with `seed` before each (as Quantus's cascade does), restored on exit."""
+    generator seeded with `seed` before each (as Quantus's cascade does); the originals are back
+    on exit.
+
+    The re-drawn values go into new tensors: a method that caches a rewrite of the model (LRP's
+    BatchNorm-folded form) rebuilds it when the model's tensors change, not when their values
+    do in place.
+    """
     modules = dict(model.named_modules())
-    saved = {name: [p.detach().clone() for p in modules[name].parameters()] for name in layers}
+    originals = {name: dict(modules[name].named_parameters(recurse=False)) for name in layers}
     generator_state = torch.random.get_rng_state()
     try:
         with torch.no_grad():
             for name in layers:
+                for parameter_name, parameter in originals[name].items():
+                    fresh = nn.Parameter(parameter.detach().clone(), requires_grad=False)
+                    setattr(modules[name], parameter_name, fresh)
                 torch.manual_seed(seed)
                 modules[name].reset_parameters()  # type: ignore[operator]
         yield model
     finally:
         torch.random.set_rng_state(generator_state)
-        with torch.no_grad():
-            for name in layers:
-                for parameter, value in zip(modules[name].parameters(), saved[name], strict=True):
-                    parameter.copy_(value)
+        for name in layers:
+            for parameter_name, parameter in originals[name].items():
+                setattr(modules[name], parameter_name, parameter)

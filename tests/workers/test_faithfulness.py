@@ -316,3 +316,35 @@ def test_cascading_randomisation_matches_quantus_mprt() -> None:
         np.testing.assert_allclose(correlations, theirs[name], rtol=0, atol=1e-12)
     # Re-drawing every layer leaves little of the map: the check can tell.
     assert np.mean(ours[-1]) < 0.5
+
+
+def test_randomisation_reaches_methods_that_cache_a_rewritten_model() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+    model.requires_grad_(False)
+    inputs, targets = images(2, torch.float32), torch.tensor([0, 1])
+
+    def lrp() -> torch.Tensor:
+        # LRP folds each BatchNorm into the convolution before it and caches the folded copy.
+        return explain(
+            "lrp", model, inputs, targets, {}, cam_layer="", normalisation=NORMALISATION
+        ).values
+
+    original = lrp()
+    cuts = faithfulness.randomisation_cuts(model)
+    assert cuts == ["8", "3", "0"]
+    # The convolutions only: those are what the folded copy holds (the head it shares).
+    with faithfulness.randomised(model, cuts[1:]) as _:
+        randomised_map = lrp()
+    assert not torch.allclose(randomised_map, original)
+    torch.testing.assert_close(lrp(), original, rtol=0, atol=0)
