@@ -20,6 +20,7 @@ from pydantic.json_schema import JsonDict
 
 from schemas.dicom import AppliedDicom, DicomOptions
 from schemas.dicomweb import DicomwebSource, DicomwebStore, StoredObjects
+from schemas.evaluation import Evaluation
 from schemas.methods import PARAMS_BY_METHOD, MethodParams
 from schemas.regions import REGION_TARGET_SCHEMA, RegionKind, RegionTarget
 
@@ -204,6 +205,12 @@ class ExplainParameters(BaseModel):
         default_factory=dict, json_schema_extra=PARAMS_SCHEMA
     )
     output: OutputOptions = Field(default_factory=OutputOptions)
+    evaluate: bool = Field(
+        default=False,
+        strict=True,
+        description="also measure each map's faithfulness (`evaluation` in each explanation); "
+        "costs `evaluation_passes` forward passes per map (`GET /v1/methods`)",
+    )
     _method_params: dict[str, MethodParams] = PrivateAttr(default_factory=dict)
 
     @field_validator("methods")
@@ -392,6 +399,9 @@ class Explanation(BaseModel):
         "reports its completeness gap, steps and convergence; any method's degenerate map (all "
         "zero, constant, non-finite) carries `degenerate` and a `warning`. Null when there is "
         "nothing to report.",
+    )
+    evaluation: Evaluation | None = Field(
+        default=None, description='faithfulness figures, with `"evaluate": true`'
     )
 
 

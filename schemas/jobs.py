@@ -46,6 +46,7 @@ class ExplanationJob(QueuedJob):
     params: dict[str, dict[str, object]] = Field(description="as requested, defaults filled in")
     output: OutputOptions
     dicom: DicomOptions | None = Field(default=None, description="as requested, for DICOM images")
+    evaluate: bool = Field(default=False, description="measure each map's faithfulness")
     cache_key: str | None = Field(
         default=None, description="where the result is also kept for identical requests"
     )

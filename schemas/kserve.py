@@ -89,6 +89,7 @@ class KServeExplainRequest(BaseModel):
             target=shared.target if instance.target is None else instance.target,
             params=shared.params,
             output=shared.output,
+            evaluate=shared.evaluate,
             dicom=instance.dicom,
         )
 

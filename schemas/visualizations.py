@@ -165,6 +165,7 @@ def activation_max_spec() -> MethodSpec:
         reference="Olah et al., Distill 2017",
         passes="`steps` forward + backward passes to the input",
         signed=False,
+        evaluation_passes=None,
         parameters=VisualizationParams.model_json_schema(),
         endpoint="POST /v1/models/{id}/visualizations",
     )

@@ -15,6 +15,7 @@ from starlette.datastructures import UploadFile
 
 from schemas import keys
 from schemas.dicom import DicomOptions
+from schemas.evaluation import EVALUATE_CLASSIFIERS_ONLY
 from schemas.explain import ExplainOptions, ExplainRequest
 from schemas.jobs import ExplanationJob, VisualizationJob
 from schemas.logs import LogFields, log_fields
@@ -45,7 +46,7 @@ from service.images import ImageHeader, decode_base64_image, inspect_image
 from service.queue import JobQueue, NewJob
 from service.region_targets import check_region_target
 
-JSON_FIELDS = ("target", "params", "output", "dicom", "store")
+JSON_FIELDS = ("target", "params", "output", "dicom", "store", "evaluate")
 
 log = logging.getLogger("glimpse.gateway")
 
@@ -119,6 +120,8 @@ def check_against_model(options: ExplainOptions, info: ModelInfo) -> None:
         )
     if options.top_k() > len(info.labels):
         raise InvalidRequest(f"{info.id!r} has only {len(info.labels)} classes.")
+    if options.evaluate and info.task == "segmentation":
+        raise InvalidRequest(f"Model {info.id!r}: {EVALUATE_CLASSIFIERS_ONLY}.")
     for method, params in options.params.items():
         layer = params.get("layer")
         if layer is not None and layer not in info.cam_layers:
@@ -160,7 +163,7 @@ def check_cost(options: ExplainOptions, info: ModelInfo, settings: Settings) -> 
         layer_channels=info.cam_layer_channels,
         default_layer=info.default_cam_layer,
     )
-    cost = job_passes(options.method_params(), work)
+    cost = job_passes(options.method_params(), work, evaluate=options.evaluate)
     if cost > settings.max_job_passes:
         raise InvalidRequest(
             f"The job would cost {cost:,.0f} passes (over a 256×256 input) on {info.id!r}; "
@@ -242,6 +245,7 @@ def prepare_job(
         params=params,
         output=options.output,
         dicom=dicom,
+        evaluate=options.evaluate,
         # Storing is the point of a `store` request: it is never answered from the cache.
         cache_key=explanation_cache_key(options, params, image, info, caller.principal)
         if settings.result_cache and options.store is None
@@ -387,6 +391,7 @@ def explanation_cache_key(
             "dicom": (options.dicom or DicomOptions()).model_dump(mode="json"),
             # A fetched instance is known by its server and UIDs (with no image bytes).
             "source": None if options.source is None else options.source.model_dump(mode="json"),
+            "evaluate": options.evaluate,
         },
         sort_keys=True,
     )

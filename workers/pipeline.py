@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from schemas import SERVICE_VERSION
+from schemas.evaluation import EVALUATE_CLASSIFIERS_ONLY, Evaluation
 from schemas.explain import (
     ExplainResponse,
     Explanation,
@@ -28,7 +29,7 @@ from schemas.explain import (
 )
 from schemas.jobs import ExplanationJob
 from schemas.methods import MethodParams
-from workers import map_checks, render, segmentation
+from workers import faithfulness, map_checks, render, segmentation
 from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.dicom_objects import DerivedDescription, explanation_objects
@@ -94,6 +95,7 @@ class ComputedMap:
     signed: bool
     compute_ms: float
     checks: MapChecks | None
+    evaluation: Evaluation | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,8 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
         for start in range(0, len(rows), max_rows):
             chunk_rows = rows[start : start + max_rows]
             maps.extend(_attribute_rows(model, method, params[method], inputs, chunk_rows))
+    if any(job.message.evaluate for job in jobs):
+        maps = _with_evaluations(model, jobs, inputs, params, maps)
     return ComputedBatch(
         probabilities=passed.probabilities,
         logits=passed.logits,
@@ -431,6 +435,41 @@ def _computed_maps(
     ]
 
 
+def _with_evaluations(
+    model: LoadedModel,
+    jobs: Sequence[PreparedJob],
+    inputs: torch.Tensor,
+    params: Mapping[str, MethodParams],
+    maps: list[ComputedMap],
+) -> list[ComputedMap]:
+    """The maps, those of jobs that asked `evaluate` with their faithfulness figures: one batched
+    evaluation per method."""
+    if model.manifest.task == "segmentation":
+        raise UnsupportedModelError(EVALUATE_CLASSIFIERS_ONLY)
+    spec = model.manifest.input
+    normalisation = Normalisation(tuple(spec.mean), tuple(spec.std))
+    evaluated = list(maps)
+    for method, method_params in params.items():
+        picked = [
+            i for i, m in enumerate(maps) if m.method == method and jobs[m.row.job].message.evaluate
+        ]
+        check_deadline()
+        if not picked:
+            continue
+        figures = faithfulness.evaluate(
+            model.forward_logits,
+            inputs[[maps[i].row.job for i in picked]],
+            torch.tensor([maps[i].row.class_index for i in picked], device=model.device),
+            torch.from_numpy(np.stack([maps[i].values for i in picked])).to(model.device),
+            method_params,
+            normalisation,
+            activation=model.manifest.output.activation,
+        )
+        for i, figure in zip(picked, figures, strict=True):
+            evaluated[i] = replace(maps[i], evaluation=figure)
+    return evaluated
+
+
 def _predictions(
     probabilities: Sequence[float], logits: Sequence[float], labels: Sequence[str]
 ) -> list[Prediction]:
@@ -480,6 +519,7 @@ def _explanation(
         compute_ms=computed.compute_ms,
         checks=computed.checks,
         dicom=dicom,
+        evaluation=computed.evaluation,
     )
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.evaluation import EVALUATION_PASSES
+
 Baseline = Literal["black", "blur", "mean", "uniform"]
 
 MAX_SEED = 2**63 - 1
@@ -71,6 +73,8 @@ class MethodParams(BaseModel):
     class_specific: ClassVar[bool] = True
     """Whether the map depends on the target class; False for a method that explains what the
     model sees whatever the class (every target gets the same map)."""
+    caveats: ClassVar[tuple[str, ...]] = ()
+    """What a reader of the map should know that its definition does not say, with the source."""
 
     def is_signed(self) -> bool:
         """Whether the map these parameters give is signed; `signed` unless a parameter says."""
@@ -104,6 +108,15 @@ class MethodSpec(BaseModel):
     needs: list[Need] = Field(default_factory=list, description="what the method needs of a model")
     class_specific: bool = Field(
         default=True, description="whether the map depends on the target (false: one map for all)"
+    )
+    caveats: list[str] = Field(
+        default_factory=list,
+        description="known limits of the method's maps, each with its source (docs/quality.md)",
+    )
+    evaluation_passes: int | None = Field(
+        default=EVALUATION_PASSES,
+        description='forward passes per map that `"evaluate": true` adds (deletion and '
+        "insertion curves); null where the method is not requested on explanations",
     )
     parameters: dict[str, object] = Field(description="JSON Schema of `params.<id>`")
     endpoint: str = Field(
@@ -141,6 +154,7 @@ def method_spec(params: type[MethodParams]) -> MethodSpec:
         signed=params().is_signed(),
         needs=sorted(params.needs),
         class_specific=params.class_specific,
+        caveats=list(params.caveats),
         parameters=params.model_json_schema(),
     )
 
@@ -150,8 +164,11 @@ def method_catalogue() -> list[MethodSpec]:
     return [method_spec(PARAMS_BY_METHOD[method]) for method in sorted(PARAMS_BY_METHOD)]
 
 
-def job_passes(params: Mapping[str, MethodParams], work: Workload) -> float:
+def job_passes(
+    params: Mapping[str, MethodParams], work: Workload, *, evaluate: bool = False
+) -> float:
     """A job's cost: each method's passes over its model input for its targets, summed, in passes
-    over `REFERENCE_PASS_PIXELS` pixels."""
+    over `REFERENCE_PASS_PIXELS` pixels; with `evaluate`, each map's `EVALUATION_PASSES` too."""
     scale = work.height * work.width / REFERENCE_PASS_PIXELS
-    return scale * sum(method.passes(work) for method in params.values())
+    per_map = EVALUATION_PASSES * work.targets if evaluate else 0
+    return scale * sum(method.passes(work) + per_map for method in params.values())

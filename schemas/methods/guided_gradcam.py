@@ -21,6 +21,14 @@ class GuidedGradCamParams(LayerParams):
     cost = "2 forward + 2 backward (one to the layer, one guided to the input)"
     signed = False
     needs: ClassVar[frozenset[Need]] = frozenset({"gradients", "cam_layer", "relu"})
+    caveats: ClassVar[tuple[str, ...]] = (
+        "Its fine detail is guided backpropagation's, which fails the model-parameter "
+        "randomisation check (Adebayo et al., NeurIPS 2018, 'Sanity Checks for Saliency Maps', "
+        "report Guided Grad-CAM failing it too): that detail shows the image's edges more than "
+        "what the model learnt. On demo-lesions the map as a whole passes (rank correlation "
+        "-0.37 once the head is randomised) because its Grad-CAM factor follows the head "
+        "(docs/quality.md); guided backpropagation alone fails (0.62).",
+    )
 
     @override
     def passes(self, work: Workload) -> int:
