@@ -12,7 +12,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from schemas import problems
-from schemas.dicom import DicomOptions, DicomWindow
+from schemas.dicom import AppliedDicom, DicomOptions, DicomWindow
 from schemas.models import InputSpec
 from workers.channels import ChannelCountError, channel_frames
 from workers.decoded import DicomOptionError
@@ -77,7 +77,7 @@ def test_consecutive_frames_become_channels_windowed_together() -> None:
     # The display shows the middle channel (frame 3), in grey.
     middle = np.rint(expected[2] * 255).astype(np.uint8)
     assert (image.display == middle[:, :, None]).all()
-    assert image.dicom == DicomOptions(frame=1, window=image.dicom.window if image.dicom else None)
+    assert image.dicom == AppliedDicom(frame=1, window=image.dicom.window if image.dicom else None)
 
 
 def test_a_frame_list_keeps_its_order_and_the_files_window_applies() -> None:
