@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,6 @@ from workers.methods.base import (
     AttributionMap,
     Forward,
     UnsupportedModelError,
-    class_probabilities,
 )
 from workers.methods.passes import PassMethod, run_passes
 from workers.predictions import class_probabilities as activated
@@ -398,7 +398,8 @@ def _attribute_rows(
     spec = model.manifest.input
     started = time.perf_counter()
     regions = [row.region for row in rows if row.region is not None]
-    probability: Forward = class_probabilities
+    # RISE and Score-CAM weigh by the target's probability under the model's own activation.
+    probability: Forward = partial(activated, activation=model.manifest.output.activation)
     if regions:
         region_batch = segmentation.region_batch(model.module, model.forward_logits, regions)
         network, forward, targets = region_batch.model, region_batch.forward, region_batch.targets
