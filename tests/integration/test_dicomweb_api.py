@@ -24,6 +24,7 @@ from redis import Redis
 
 from schemas.dicomweb import DicomwebServers, DicomwebSource
 from service.devstack import DevStack, free_port
+from service.redis_server import PrivateRedis
 from workers.decoded import ImageTooLargeError
 from workers.demo.data import make_sample
 from workers.dicomweb import DicomwebServerCall
@@ -108,6 +109,14 @@ def servers_file(
     path = folder / "servers.json"
     path.write_text(json.dumps({"servers": servers}))
     return path
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A Redis of this module's own: the session's stack serves `demo-lesions` too, and its
+    worker, which knows no DICOMweb server, would take this module's jobs."""
+    with PrivateRedis() as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
