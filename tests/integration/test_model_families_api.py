@@ -136,8 +136,11 @@ def test_a_sigmoid_head_reports_each_labels_probability_and_explains_both_findin
     assert [e["target"]["label"] for e in answer["explanations"]] == ["effusion", "nodule"]
 
     info = client.get("/v1/models/multi-label").json()
-    assert info["output"] == {"activation": "sigmoid"}
-    assert client.get("/v1/models/softmax").json()["output"] == {"activation": "softmax"}
+    assert info["output"] == {"activation": "sigmoid", "key": None}
+    assert client.get("/v1/models/softmax").json()["output"] == {
+        "activation": "softmax",
+        "key": None,
+    }
 
 
 def test_with_no_activation_the_score_is_the_logit_and_softmax_stays_the_default(
