@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from torch import nn
 from transformer_models import VIT_SIZE, build_tiny_deit, random_swin_t, random_vit_b_16
 
 from service.devstack import DevStack, free_port
+from service.redis_server import PrivateRedis
 
 HERE = Path(__file__).resolve().parent
 REFUSED_WITHOUT_RELU = {"deeplift", "guided_backprop", "guided_gradcam", "lrp"}
@@ -105,7 +107,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(
+def client(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    # A Redis of its own: nothing another module's workers left there reaches these models.
+    with PrivateRedis() as server, serving(server.url, repository, tmp_path_factory) as http:
+        yield http
+
+
+@contextmanager
+def serving(
     redis_url: str, repository: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[httpx.Client]:
     stack = DevStack(
