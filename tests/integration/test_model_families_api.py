@@ -21,9 +21,9 @@ from family_models import (  # type: ignore[import-not-found]
     write_model,
 )
 from PIL import Image
+from private_stacks import private_stack  # type: ignore[import-not-found]
 
-from service.devstack import DevStack, free_port
-from service.redis_server import PrivateRedis
+from service.devstack import DevStack
 from workers.render import WARNING_BACKGROUND, WARNING_INK
 
 HERE = Path(__file__).resolve().parent
@@ -58,20 +58,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    with PrivateRedis() as server:
-        running = DevStack(
-            port=free_port(),
-            redis_url=server.url,
-            log_dir=tmp_path_factory.mktemp("family-logs"),
-            env={
-                "GLIMPSE_AUTH": "off",
-                "GLIMPSE_DEVICE": "cpu",
-                "GLIMPSE_MODEL_REPOSITORY": str(repository),
-                "PYTHONPATH": str(HERE),
-            },
-        )
-        with running.serving():
-            yield running
+    logs = tmp_path_factory.mktemp("family-logs")
+    with private_stack(repository, logs, {"PYTHONPATH": str(HERE)}) as running:
+        yield running
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from private_stacks import private_stack  # type: ignore[import-not-found]
 from segmentation_zoo import (  # type: ignore[import-not-found]
     NEVER_PREDICTED,
     SIZE,
@@ -19,8 +20,7 @@ from segmentation_zoo import (  # type: ignore[import-not-found]
 )
 
 from schemas.methods import PARAMS_BY_METHOD
-from service.devstack import DevStack, free_port
-from service.redis_server import PrivateRedis
+from service.devstack import DevStack
 
 DEMO = Path(__file__).resolve().parents[2] / "models" / "demo-lesions"
 CHEAP = {
@@ -47,19 +47,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def stack(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    with PrivateRedis() as server:
-        running = DevStack(
-            port=free_port(),
-            redis_url=server.url,
-            log_dir=tmp_path_factory.mktemp("segmentation-logs"),
-            env={
-                "GLIMPSE_AUTH": "off",
-                "GLIMPSE_DEVICE": "cpu",
-                "GLIMPSE_MODEL_REPOSITORY": str(repository),
-            },
-        )
-        with running.serving():
-            yield running
+    with private_stack(repository, tmp_path_factory.mktemp("segmentation-logs")) as running:
+        yield running
 
 
 @pytest.fixture()

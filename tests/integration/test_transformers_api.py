@@ -6,7 +6,6 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -14,13 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from private_stacks import private_stack  # type: ignore[import-not-found]
 from safetensors.torch import save_file
 from test_all_methods_api import CHEAP, METHODS
 from torch import nn
 from transformer_models import VIT_SIZE, build_tiny_deit, random_swin_t, random_vit_b_16
-
-from service.devstack import DevStack, free_port
-from service.redis_server import PrivateRedis
 
 HERE = Path(__file__).resolve().parent
 REFUSED_WITHOUT_RELU = {"deeplift", "guided_backprop", "guided_gradcam", "lrp"}
@@ -108,27 +105,15 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    # A Redis of its own: nothing another module's workers left there reaches these models.
-    with PrivateRedis() as server, serving(server.url, repository, tmp_path_factory) as http:
-        yield http
-
-
-@contextmanager
-def serving(
-    redis_url: str, repository: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[httpx.Client]:
-    stack = DevStack(
-        port=free_port(),
-        redis_url=redis_url,
-        log_dir=tmp_path_factory.mktemp("transformer-logs"),
-        env={
-            "GLIMPSE_AUTH": "off",
-            "GLIMPSE_DEVICE": "cpu",
-            "GLIMPSE_MODEL_REPOSITORY": str(repository),
-            "PYTHONPATH": str(HERE),
-        },
-    )
-    with stack.serving(timeout_s=240), httpx.Client(base_url=stack.url, timeout=60) as http:
+    with (
+        private_stack(
+            repository,
+            tmp_path_factory.mktemp("transformer-logs"),
+            {"PYTHONPATH": str(HERE)},
+            timeout_s=240,
+        ) as stack,
+        httpx.Client(base_url=stack.url, timeout=60) as http,
+    ):
         yield http
 
 
