@@ -53,6 +53,8 @@ MAX_LISTED_ERRORS = 20
 
 Result = ExplainResponse | VisualizationResponse
 Deferred = Callable[[], Sequence[Result]]
+STORE_RETRY_S = 0.5
+"""Wait between attempts to store a computed batch while Redis is unavailable."""
 """A group's results still to render: computed, then finished off the compute path."""
 
 
@@ -382,11 +384,25 @@ class Worker:
                 for member in group.members:
                     self._fail(member.entry, _problem_for(RuntimeError("rendering failed")))
                 return
-            self._store_results(group, results)
+            self._store_with_retries(group, results)
             self._record(group, results)
 
         entries = [(member.entry.model_id, member.entry.entry_id) for member in group.members]
         self.finisher.submit(entries, work)
+
+    def _store_with_retries(self, group: JobGroup[JobT], results: Sequence[Result]) -> None:
+        """Store the results, asking again while Redis is briefly unavailable (storing a result
+        twice stores it once), for up to a third of the visibility timeout: a computed batch
+        is not computed again for a blip. A longer outage leaves its jobs to redelivery."""
+        give_up = time.monotonic() + self.settings.visibility_timeout_s / 3
+        while True:
+            try:
+                self._store_results(group, results)
+                return
+            except RedisError:
+                if time.monotonic() >= give_up or self.stopping.wait(STORE_RETRY_S):
+                    raise
+                log.warning("Redis unavailable while storing a batch; asking again")
 
     def _split_or_fail(
         self,

@@ -119,7 +119,9 @@ def test_a_killed_primary_fails_over_and_every_admitted_job_succeeds(
         assert primary.xlen(keys.job_stream("slow")) == 0
         assert primary.xpending(keys.job_stream("slow"), keys.CONSUMER_GROUP)["pending"] == 0
         replicated = int(primary.get(WriteProbe.KEY) or 0)
-        assert replicated <= probe.acknowledged
+        # The probe has one INCR in flight at a time: the one the kill cut off may have been
+        # applied and replicated though its answer never came back.
+        assert replicated <= probe.acknowledged + 1
         print(
             f"\nfailover: a job admitted again {outage_s:.1f} s after the kill, {refused} requests "
             f"answered 503 before; {recomputed} of {len(before)} jobs computed twice; "
