@@ -23,6 +23,7 @@ EXTRA_FIELDS = 300_000
 # A ping may take this much longer than the slowest one to an idle gateway just before: the
 # machine's own load is measured, not counted against the gateway.
 HEALTHZ_MAX_S = 0.050
+STALLS_TO_SEE = 3
 PING_EVERY_S = 0.005
 HEADER_TIMEOUT_S = 1.0
 
@@ -113,7 +114,12 @@ def test_a_body_of_many_fields_is_refused_while_healthz_answers(
     for answer in answers:
         assert_refused_at_once(answer)
     assert len(latencies) >= 5
-    assert max(latencies) < max(idle) + HEALTHZ_MAX_S, (sorted(idle)[-3:], sorted(latencies)[-5:])
+    # A parse that held the event loop would delay one ping per body sent; several bodies were
+    # sent, so the third-slowest ping shows it, and one scheduling hiccup of a busy machine
+    # (a single slow ping) does not.
+    assert len(answers) >= STALLS_TO_SEE
+    slowest = sorted(latencies)[-STALLS_TO_SEE]
+    assert slowest < max(idle) + HEALTHZ_MAX_S, (sorted(idle)[-3:], sorted(latencies)[-5:])
 
 
 def test_field_errors_are_listed_up_to_twenty(client: httpx.Client) -> None:
