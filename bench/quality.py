@@ -15,9 +15,7 @@ Time per image is given for each figure. Run: `python -m bench.quality [--images
 """
 
 import argparse
-import json
 import platform
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.methods_perturbation import onnx_twin
 from schemas.methods import PARAMS_BY_METHOD
 from workers import faithfulness
 from workers.demo.data import make_dataset
@@ -73,18 +72,6 @@ def held_out(count: int, model: LoadedModel) -> HeldOut:
     spec = model.manifest.input
     inputs = (torch.from_numpy(images)[:, None] - spec.mean[0]) / spec.std[0]
     return HeldOut(inputs, torch.from_numpy(labels), masks)
-
-
-def onnx_twin(folder: Path) -> Path:
-    """A version folder that serves the demo model from its ONNX file."""
-    version = folder / "demo-lesions" / "1"
-    version.mkdir(parents=True)
-    manifest = json.loads((DEMO / "manifest.json").read_text())
-    manifest.update(format="onnx", cam_layer=None)
-    del manifest["architecture"]
-    (version / "manifest.json").write_text(json.dumps(manifest))
-    shutil.copy(DEMO / "model.onnx", version / "model.onnx")
-    return version
 
 
 def timed(run: Callable[[], np.ndarray], images: int) -> tuple[np.ndarray, float]:
