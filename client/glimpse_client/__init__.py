@@ -22,6 +22,7 @@ from glimpse_client.errors import (
     UnsupportedMedia,
 )
 from glimpse_client.results import (
+    Evaluation,
     ExplainResult,
     Explanation,
     Job,
@@ -44,6 +45,7 @@ __all__ = [
     "Client",
     "ClientError",
     "Conflict",
+    "Evaluation",
     "ExplainResult",
     "Explanation",
     "FieldError",

@@ -27,6 +27,7 @@ class ExplainJob:
     output: Mapping[str, Any]
     out_dir: Path
     timeout: float | None = None
+    evaluate: bool = False
 
 
 @dataclass
@@ -99,6 +100,7 @@ async def explain_all(
                     target=job.target,
                     params=job.params,
                     output=job.output,
+                    evaluate=job.evaluate,
                     timeout=job.timeout,
                 )
             except GlimpseError as error:

@@ -56,6 +56,7 @@ def explain_body(  # noqa: PLR0913 - one parameter per field of the request
     params: Mapping[str, Mapping[str, Any]] | None,
     output: Mapping[str, Any] | None,
     dicom: Mapping[str, Any] | None,
+    evaluate: bool = False,
 ) -> dict[str, Any]:
     """The JSON body of an explain request. Scores come as base64 float32 unless `output`
     asks otherwise: a quarter of the bytes of JSON numbers, and exact."""
@@ -70,6 +71,8 @@ def explain_body(  # noqa: PLR0913 - one parameter per field of the request
         body["params"] = {method: dict(values) for method, values in params.items()}
     if dicom is not None:
         body["dicom"] = dict(dicom)
+    if evaluate:
+        body["evaluate"] = True
     return body
 
 

@@ -138,6 +138,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     explain.add_argument("--heatmap", action="store_true", help="also write the bare heatmaps")
     explain.add_argument("--no-overlay", action="store_true", help="write no overlays")
     explain.add_argument("--no-scores", action="store_true", help="write no .npy score arrays")
+    explain.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="add each map's deletion and insertion AUC and top-10 %% drop to response.json "
+        "(22 forward passes a map)",
+    )
     explain.add_argument("--colormap", help="jet, viridis, inferno, gray or coolwarm")
     explain.add_argument("--alpha", type=float, help="overlay opacity in [0, 1]")
     explain.add_argument(
@@ -213,6 +219,7 @@ def _explain(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Exit:
         output=output,
         out_dir=args.output_dir,
         timeout=args.timeout,
+        evaluate=args.evaluate,
     )
 
     concurrency = max(1, args.concurrency)

@@ -76,6 +76,16 @@ class Scores(_Answer):
         raise ValueError("these scores carry neither `values` nor `base64`")
 
 
+class Evaluation(_Answer):
+    """How faithful one map is to the model (`evaluate=True`): the target's probability as the
+    map's most relevant pixels are removed (deletion, lower is better) or restored into a
+    blurred copy (insertion, higher is better), and its drop at the top 10 % removed."""
+
+    deletion_auc: float
+    insertion_auc: float
+    top10_drop: float
+
+
 class Explanation(_Answer):
     """One method's map for one target."""
 
@@ -86,6 +96,7 @@ class Explanation(_Answer):
     scores: Scores | None = None
     compute_ms: float = 0.0
     checks: dict[str, Any] | None = None
+    evaluation: Evaluation | None = None
     dicom: dict[str, str] | None = None
 
     @cached_property

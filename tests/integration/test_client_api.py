@@ -101,6 +101,20 @@ def test_base64_and_json_scores_decode_to_the_same_map(glimpse: Client) -> None:
     assert heatmap is not None and heatmap.size == (WIDTH, HEIGHT)
 
 
+def test_evaluate_adds_typed_faithfulness_figures_to_each_map(glimpse: Client) -> None:
+    image = lesion_image(seed=5)
+    evaluated = glimpse.explain(image, MODEL, ["gradcam", "saliency"], evaluate=True)
+    plain = glimpse.explain(image, MODEL, ["gradcam", "saliency"])
+    for explanation, raw in zip(evaluated.explanations, evaluated.raw["explanations"], strict=True):
+        figures = explanation.evaluation
+        assert figures is not None, explanation.method
+        assert figures.model_dump() == raw["evaluation"]
+        assert 0 <= figures.deletion_auc <= 1 and 0 <= figures.insertion_auc <= 1
+        assert -1 <= figures.top10_drop <= 1
+    assert all(explanation.evaluation is None for explanation in plain.explanations)
+    assert plain.raw["explanations"][0].get("evaluation") is None
+
+
 def test_a_pooled_grid_and_a_class_list(glimpse: Client) -> None:
     result = glimpse.explain(
         lesion_image(seed=3), MODEL, "saliency", target=[0, 2], output={"grid": 8}

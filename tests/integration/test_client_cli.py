@@ -107,6 +107,7 @@ def test_params_targets_and_output_options_reach_the_service(
         "--grid",
         "16",
         "--no-overlay",
+        "--evaluate",
         "-o",
         str(tmp_path / "out"),
         url=stack.url,
@@ -114,6 +115,10 @@ def test_params_targets_and_output_options_reach_the_service(
     assert ran.returncode == 0, ran.stderr
     folder = tmp_path / "out" / image.stem
     response = json.loads((folder / "response.json").read_text())
+    for explanation in response["explanations"]:
+        figures = explanation["evaluation"]
+        assert set(figures) == {"deletion_auc", "insertion_auc", "top10_drop"}
+        assert 0 <= figures["deletion_auc"] <= 1 and 0 <= figures["insertion_auc"] <= 1
     params = response["provenance"]["params"]["smoothgrad"]
     assert (params["samples"], params["noise"]) == (4, 0.1)
     assert sorted(p.name for p in folder.iterdir()) == [
