@@ -18,6 +18,7 @@ other work on the machine does not inflate it. Run: `python -m bench.quality [--
 """
 
 import argparse
+import dataclasses
 import platform
 import tempfile
 import time
@@ -237,12 +238,17 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("--methods", nargs="*", default=sorted(PARAMS_BY_METHOD))
     parser.add_argument("--formats", nargs="*", default=["safetensors", "onnx"])
+    parser.add_argument(
+        "--cam-layer", help="the CAM methods' layer instead of the model's default (`cam_layer`)"
+    )
     args = parser.parse_args(argv)
     counts = (min(args.curve_images, args.images), min(args.randomisation_images, args.images))
     rows: list[Row] = []
     cuts: list[str] = []
     with tempfile.TemporaryDirectory() as folder:
-        for fmt, model, twin in models(Path(folder), args.formats):
+        for fmt, served, twin in models(Path(folder), args.formats):
+            layer = args.cam_layer or served.default_cam_layer
+            model = dataclasses.replace(served, default_cam_layer=layer)
             data = held_out(args.images, model)
             cuts = cuts or faithfulness.randomisation_cuts(model.module)
             for method in args.methods:
@@ -252,6 +258,7 @@ def main(argv: list[str] | None = None) -> str:
     report = (
         f"{args.images} held-out images (seeds {HELDOUT_SEED}…, {lesions} with a lesion), "
         f"curves on {counts[0]}, randomisation on {counts[1]}; "
+        f"CAM layer {args.cam_layer or 'the model default'}; "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads\n\n"
         + table(rows, cuts)
     )
