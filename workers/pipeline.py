@@ -35,10 +35,11 @@ from workers.deadline import check_deadline
 from workers.decoded import DecodedImage
 from workers.dicom_objects import DerivedDescription, explanation_objects
 from workers.images import to_model_input
-from workers.methods import Normalisation, explain, get_method, resolve
+from workers.methods import Normalisation, explain, explain_jointly, get_method, resolve
 from workers.methods.base import (
     AttributionMap,
     Forward,
+    ForwardOnlyMethod,
     UnsupportedModelError,
 )
 from workers.methods.passes import PassMethod, run_passes
@@ -175,10 +176,11 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
     else:
         passed = _classification_rows(model, jobs, inputs, params, max_rows)
     rows = passed.rows
+    joint = _jointly_computed(model, methods, params, inputs, rows, max_rows)
     maps: list[ComputedMap] = []
     for method in methods:
-        if method in passed.shared_maps:
-            maps.extend(passed.shared_maps[method])
+        if method in passed.shared_maps or method in joint:
+            maps.extend(passed.shared_maps.get(method) or joint[method])
             continue
         for start in range(0, len(rows), max_rows):
             chunk_rows = rows[start : start + max_rows]
@@ -193,6 +195,27 @@ def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int)
         compute_ms=(time.perf_counter() - started) * 1000,
         predictions=passed.predictions,
     )
+
+
+def _jointly_computed(  # noqa: PLR0913 - the batch and what computes it
+    model: LoadedModel,
+    methods: Sequence[str],
+    params: Mapping[str, MethodParams],
+    inputs: torch.Tensor,
+    rows: Sequence[_Row],
+    max_rows: int,
+) -> dict[str, list[ComputedMap]]:
+    """The maps of a request's forward-only methods (occlusion, RISE) when it asks for more than
+    one: their forward passes shared (`explain_jointly`), in calls of at most `max_rows` rows."""
+    joint = [m for m in methods if isinstance(get_method(m), ForwardOnlyMethod)]
+    if len(joint) < 2:
+        return {}
+    maps: dict[str, list[ComputedMap]] = {method: [] for method in joint}
+    for start in range(0, len(rows), max_rows):
+        chunk_rows = rows[start : start + max_rows]
+        for method, computed in _attribute_rows_jointly(model, joint, params, inputs, chunk_rows):
+            maps[method].extend(computed)
+    return maps
 
 
 def _region_rows(
@@ -395,8 +418,55 @@ def _attribute_rows(
 ) -> list[ComputedMap]:
     """One call of the method over the rows' images, each for its own class."""
     check_deadline()
-    spec = model.manifest.input
     started = time.perf_counter()
+    call = _row_call(model, inputs, rows)
+    attribution = explain(method, call.network, call.inputs, call.targets, params, **call.settings)
+    per_map_ms = (time.perf_counter() - started) * 1000 / len(rows)
+    return _computed_maps(method, rows, attribution, per_map_ms)
+
+
+def _attribute_rows_jointly(
+    model: LoadedModel,
+    methods: Sequence[str],
+    params: Mapping[str, MethodParams],
+    inputs: torch.Tensor,
+    rows: Sequence[_Row],
+) -> list[tuple[str, list[ComputedMap]]]:
+    """One joint call of the forward-only methods over the rows' images (`explain_jointly`);
+    the call's time is divided among its maps."""
+    check_deadline()
+    started = time.perf_counter()
+    call = _row_call(model, inputs, rows)
+    attributions = explain_jointly(
+        methods,
+        call.network,
+        call.inputs,
+        call.targets,
+        [params[m] for m in methods],
+        **call.settings,
+    )
+    per_map_ms = (time.perf_counter() - started) * 1000 / (len(rows) * len(methods))
+    return [
+        (method, _computed_maps(method, rows, attribution, per_map_ms))
+        for method, attribution in zip(methods, attributions, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class _RowCall:
+    """What a method call over some rows takes: the network, the rows' images and targets, and
+    the keyword settings of `explain`."""
+
+    network: torch.nn.Module
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    settings: dict[str, Any]
+
+
+def _row_call(model: LoadedModel, inputs: torch.Tensor, rows: Sequence[_Row]) -> _RowCall:
+    """The call over `rows`: each row's image for its own class, or a segmentation row's region
+    score."""
+    spec = model.manifest.input
     regions = [row.region for row in rows if row.region is not None]
     # RISE and Score-CAM weigh by the target's probability under the model's own activation.
     probability: Forward = partial(activated, activation=model.manifest.output.activation)
@@ -407,19 +477,17 @@ def _attribute_rows(
     else:
         network, forward = model.module, model.forward_logits
         targets = torch.tensor([row.class_index for row in rows], device=model.device)
-    attribution = explain(
-        method,
+    return _RowCall(
         network,
         inputs[[row.job for row in rows]],
         targets,
-        params,
-        cam_layer=model.default_cam_layer,
-        forward=forward,
-        normalisation=Normalisation(tuple(spec.mean), tuple(spec.std)),
-        probability=probability,
+        {
+            "cam_layer": model.default_cam_layer,
+            "forward": forward,
+            "normalisation": Normalisation(tuple(spec.mean), tuple(spec.std)),
+            "probability": probability,
+        },
     )
-    per_map_ms = (time.perf_counter() - started) * 1000 / len(rows)
-    return _computed_maps(method, rows, attribution, per_map_ms)
 
 
 def _computed_maps(

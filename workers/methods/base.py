@@ -7,10 +7,10 @@ on every exit path.
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Generic, TypeVar, cast, get_args
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import nn
 
 from schemas.explain import DegenerateKind
 from schemas.methods import LayerParams, MethodParams, Need
+from workers.deadline import check_deadline
 from workers.methods.facts import ModelFacts, describe_model
 
 P = TypeVar("P", bound=MethodParams)
@@ -210,26 +211,100 @@ class AttributionMethod(ABC, Generic[P]):
         """Maps for the batch's inputs and targets, with `params` resolved."""
 
 
+Perturbations = Generator[torch.Tensor, torch.Tensor, torch.Tensor]
+"""A forward-only method's passes over one image: it yields each batch of inputs it needs
+scored, is sent that batch's outputs (the model's, in the same order), and returns the image's
+maps (T, H, W)."""
+
+
 class ForwardOnlyMethod(AttributionMethod[P]):
     """A method computed from forward passes alone (`Batch.forward`), image by image.
 
     Rows that repeat an image share its passes: each distinct image is explained once, for the
-    targets of all its rows.
+    targets of all its rows. The method writes its passes as a generator (`perturbations`), so
+    that several forward-only methods of one request can share their forward calls
+    (`attribute_jointly`).
     """
 
     def attribute(self, batch: Batch, params: P) -> AttributionMap:
-        inputs = batch.inputs
-        images, image_of_row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
-        values = inputs.new_empty((inputs.shape[0], *inputs.shape[2:]), dtype=torch.float32)
-        for index, flat_image in enumerate(images):
-            rows = (image_of_row == index).nonzero()[:, 0]
-            image = batch.rows(rows, inputs=flat_image.view_as(inputs[0])[None])
-            values[rows] = self.attribute_image(image, params).float()
-        return AttributionMap(values, signed=params.is_signed())
+        return attribute_jointly(batch, [(self, params)])[0]
 
     @abstractmethod
-    def attribute_image(self, image: Batch, params: P) -> torch.Tensor:
-        """Maps (T, H, W) of a batch holding one image (1, C, H, W) and its targets (T,)."""
+    def perturbations(self, image: Batch, params: P) -> Perturbations:
+        """The passes and maps (T, H, W) of a batch holding one image (1, C, H, W) and its
+        targets (T,)."""
+
+    @abstractmethod
+    def rows_per_pass(self, params: P) -> int:
+        """The most inputs one forward call may take (the memory bound of its passes)."""
+
+
+def attribute_jointly(
+    batch: Batch, methods: Sequence[tuple[ForwardOnlyMethod[Any], MethodParams]]
+) -> list[AttributionMap]:
+    """Each forward-only method's maps of the batch, their passes run together: per distinct
+    image, the methods' perturbed inputs fill common forward calls of at most the smallest
+    `rows_per_pass` rows (`run_perturbations`). A method alone runs exactly its own calls."""
+    inputs = batch.inputs
+    images, image_of_row = torch.unique(inputs.flatten(1), dim=0, return_inverse=True)
+    limit = min(method.rows_per_pass(params) for method, params in methods)
+    values = [
+        inputs.new_empty((inputs.shape[0], *inputs.shape[2:]), dtype=torch.float32) for _ in methods
+    ]
+    for index, flat_image in enumerate(images):
+        rows = (image_of_row == index).nonzero()[:, 0]
+        image = batch.rows(rows, inputs=flat_image.view_as(inputs[0])[None])
+        plans = [method.perturbations(image, params) for method, params in methods]
+        for value, maps in zip(values, run_perturbations(image.forward, plans, limit), strict=True):
+            value[rows] = maps.float()
+    return [
+        AttributionMap(value, signed=params.is_signed())
+        for value, (_, params) in zip(values, methods, strict=True)
+    ]
+
+
+def run_perturbations(
+    forward: Forward, plans: Sequence[Perturbations], limit: int
+) -> list[torch.Tensor]:
+    """Drive `plans` to their maps, their pending inputs batched into forward calls of at most
+    `limit` rows, filled in the plans' order (a plan's batch may straddle two calls). One plan
+    whose batches hold at most `limit` rows runs exactly the calls it asks for."""
+    results: list[torch.Tensor | None] = [None] * len(plans)
+    pending: dict[int, torch.Tensor] = {}
+    scored: dict[int, list[torch.Tensor]] = {}
+
+    def advance(index: int, outputs: torch.Tensor | None) -> None:
+        try:
+            pending[index] = plans[index].send(outputs)  # type: ignore[arg-type]
+            scored[index] = []
+        except StopIteration as finished:
+            results[index] = finished.value
+            pending.pop(index, None)
+
+    for index in range(len(plans)):
+        advance(index, None)
+    while pending:
+        check_deadline()
+        taken: list[tuple[int, int]] = []
+        room = limit
+        for index, rows in pending.items():
+            if room == 0:
+                break
+            count = min(room, rows.shape[0])
+            taken.append((index, count))
+            room -= count
+        parts = [pending[index][:count] for index, count in taken]
+        outputs = forward(parts[0] if len(parts) == 1 else torch.cat(parts))
+        offset = 0
+        for index, count in taken:
+            scored[index].append(outputs[offset : offset + count])
+            offset += count
+            pending[index] = pending[index][count:]
+            if pending[index].shape[0] == 0:
+                parts_out = scored[index]
+                advance(index, parts_out[0] if len(parts_out) == 1 else torch.cat(parts_out))
+    assert all(result is not None for result in results)
+    return cast(list[torch.Tensor], results)
 
 
 def target_columns(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

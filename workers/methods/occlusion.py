@@ -5,11 +5,11 @@ import math
 import torch
 
 from schemas.methods.occlusion import OcclusionParams
-from workers.deadline import check_deadline
 from workers.methods.base import (
     Batch,
     ForwardOnlyMethod,
     MethodParameterError,
+    Perturbations,
     target_columns,
 )
 from workers.methods.baselines import make_baseline
@@ -29,7 +29,10 @@ class Occlusion(ForwardOnlyMethod[OcclusionParams]):
     than the image covers all of it.
     """
 
-    def attribute_image(self, image: Batch, params: OcclusionParams) -> torch.Tensor:
+    def rows_per_pass(self, params: OcclusionParams) -> int:
+        return params.batch_size
+
+    def perturbations(self, image: Batch, params: OcclusionParams) -> Perturbations:
         pixels, targets, window, stride = image.inputs, image.targets, params.window, params.stride
         height, width = pixels.shape[2:]
         tops = _window_starts(height, min(window, height), stride)
@@ -37,14 +40,13 @@ class Occlusion(ForwardOnlyMethod[OcclusionParams]):
         corners = torch.cartesian_prod(tops, lefts).to(pixels.device)
         filled = make_baseline(params.fill, pixels, normalisation=image.normalisation)
 
-        score = target_columns(image.forward(pixels).float(), targets)
+        score = target_columns((yield pixels).float(), targets)
         drops = pixels.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
         coverage = pixels.new_zeros(height * width, dtype=torch.float32)
         for chunk in corners.split(params.batch_size):
-            check_deadline()
             covered = _covered(chunk, window, height, width)
             occluded = torch.where(covered[:, None], filled, pixels)
-            drop = score - target_columns(image.forward(occluded).float(), targets)
+            drop = score - target_columns((yield occluded).float(), targets)
             flat = covered.flatten(1).float()
             drops += drop.T @ flat
             coverage += flat.sum(0)

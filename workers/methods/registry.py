@@ -4,7 +4,7 @@ Each method's module registers its class with `@register`; `workers.methods` imp
 of the package, so implementing a method is adding its file.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -17,9 +17,11 @@ from workers.methods.base import (
     AttributionMethod,
     Batch,
     Forward,
+    ForwardOnlyMethod,
     Normalisation,
     UnknownMethodError,
     UnsupportedModelError,
+    attribute_jointly,
     check_batch,
     class_probabilities,
 )
@@ -96,6 +98,66 @@ def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled 
     `MethodParameterError` or `TargetError` for bad requests, and `UnsupportedModelError` with
     the reason for a method that does not apply to the model.
     """
+    implementation, resolved = _applied(method, model, params, cam_layer)
+    batch = _batch(model, inputs, targets, forward, cam_layer, normalisation, probability)
+    return implementation.attribute(batch, resolved)
+
+
+def explain_jointly(  # noqa: PLR0913 - as `explain`
+    methods: Sequence[str],
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    params: Sequence[Mapping[str, object] | MethodParams],
+    *,
+    cam_layer: str,
+    forward: Forward | None = None,
+    normalisation: Normalisation | None = None,
+    probability: Forward = class_probabilities,
+) -> list[AttributionMap]:
+    """`explain` for several forward-only methods (`ForwardOnlyMethod`: occlusion, RISE) over
+    one batch, their forward passes shared (`attribute_jointly`): each method's maps are those
+    `explain` gives it alone, but for the rounding of a forward call's other rows."""
+    applied = [
+        _applied(method, model, method_params, cam_layer)
+        for method, method_params in zip(methods, params, strict=True)
+    ]
+    joint: list[tuple[ForwardOnlyMethod[Any], MethodParams]] = []
+    for implementation, resolved in applied:
+        if not isinstance(implementation, ForwardOnlyMethod):
+            raise TypeError(f"{implementation.id} does not run on forward passes alone")
+        joint.append((implementation, resolved))
+    batch = _batch(model, inputs, targets, forward, cam_layer, normalisation, probability)
+    return attribute_jointly(batch, joint)
+
+
+def _batch(  # noqa: PLR0913 - the fields of a `Batch`
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    forward: Forward | None,
+    cam_layer: str,
+    normalisation: Normalisation | None,
+    probability: Forward,
+) -> Batch:
+    """The checked batch; forward passes through `model` unless `forward` is given."""
+    check_batch(inputs, targets)
+    return Batch(
+        model=model,
+        inputs=inputs,
+        targets=targets.to(inputs.device),
+        forward=model if forward is None else forward,
+        cam_layer=cam_layer,
+        normalisation=normalisation,
+        probability=probability,
+    )
+
+
+def _applied(
+    method: str, model: nn.Module, params: Mapping[str, object] | MethodParams, cam_layer: str
+) -> tuple[AttributionMethod[Any], MethodParams]:
+    """The method's implementation and its parameters as applied; a method that does not apply
+    to `model` raises `UnsupportedModelError` with the reason, before anything runs."""
     implementation = get_method(method)
     refusal = implementation.refusal(model)
     if refusal is not None:
@@ -105,14 +167,4 @@ def explain(  # noqa: PLR0913 - the keyword-only settings of a `Batch`, spelled 
         if isinstance(params, implementation.params_model)
         else implementation.resolve(dict(params), cam_layer=cam_layer)
     )
-    check_batch(inputs, targets)
-    batch = Batch(
-        model=model,
-        inputs=inputs,
-        targets=targets.to(inputs.device),
-        forward=model if forward is None else forward,
-        cam_layer=cam_layer,
-        normalisation=normalisation,
-        probability=probability,
-    )
-    return implementation.attribute(batch, resolved)
+    return implementation, resolved

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from schemas.methods.rise import RiseParams
-from workers.deadline import check_deadline
-from workers.methods.base import Batch, ForwardOnlyMethod, target_columns
+from workers.methods.base import Batch, ForwardOnlyMethod, Perturbations, target_columns
 from workers.methods.baselines import make_baseline
 from workers.methods.registry import register
 
@@ -24,7 +23,10 @@ class Rise(ForwardOnlyMethod[RiseParams]):
     and device.
     """
 
-    def attribute_image(self, image: Batch, params: RiseParams) -> torch.Tensor:
+    def rows_per_pass(self, params: RiseParams) -> int:
+        return params.batch_size
+
+    def perturbations(self, image: Batch, params: RiseParams) -> Perturbations:
         count, p, pixels, targets = params.masks, params.p, image.inputs, image.targets
         height, width = pixels.shape[2:]
         grids, shifts = draw_masks(count, params.cell, p, (height, width), params.seed)
@@ -32,10 +34,9 @@ class Rise(ForwardOnlyMethod[RiseParams]):
         saliency = pixels.new_zeros((targets.shape[0], height * width), dtype=torch.float32)
         batch_size = params.batch_size
         for grid, shift in zip(grids.split(batch_size), shifts.split(batch_size), strict=True):
-            check_deadline()
             masks = smooth_masks(grid.to(pixels.device), shift.to(pixels.device), (height, width))
             masked = torch.addcmul(black, pixels - black, masks[:, None].to(pixels.dtype))
-            probabilities = image.probability(image.forward(masked).float())
+            probabilities = image.probability((yield masked).float())
             saliency += target_columns(probabilities, targets).T @ masks.flatten(1)
         return (saliency / (count * p)).view(-1, height, width)
 
