@@ -2,7 +2,9 @@
 
 For each model, one image, one target: the method's time, the bare cost of its forward passes
 (the same number of rows in batches of the same size) and their ratio, and for occlusion Captum's
-`Occlusion` on the same windows and fill, with the ratio Captum / ours. Models: the demo model
+`Occlusion` on the same windows and fill, with the ratio Captum / ours; then both methods in one
+call (`explain_jointly`: their perturbed inputs fill common forward calls, as the worker runs a
+request for both) against the two alone. Models: the demo model
 (128 x 128 grayscale) in PyTorch and through ONNX Runtime, and torchvision's ResNet-50 with random
 weights and calibrated BatchNorm (224 x 224). CPU unless `--device` says otherwise; `--models` and
 `--methods` pick a subset.
@@ -25,7 +27,7 @@ from torchvision.models import resnet50
 
 from schemas.methods.occlusion import OcclusionParams
 from schemas.methods.rise import RiseParams
-from workers.methods import explain
+from workers.methods import explain, explain_jointly
 from workers.methods.base import Forward
 from workers.methods.baselines import make_baseline
 from workers.repository import load_model
@@ -112,9 +114,11 @@ def measure(subject: Subject, image: torch.Tensor, methods: list[str], with_capt
     }
     # Warm-up: first calls pay for allocation and kernel selection.
     explain("occlusion", module, image, target, {"window": 64, "stride": 64}, cam_layer="")
+    alone: dict[str, float] = {}
     for method in methods:
         rows, batch_size = runs[method]
         map_s = seconds(explain, method, module, image, target, {}, cam_layer="", forward=forward)
+        alone[method] = map_s
         passes_s = seconds(bare_passes, forward, image, rows, batch_size)
         line = (
             f"{name:<22} {method:<10} {rows:>5} passes  map {map_s:7.2f} s  "
@@ -124,6 +128,23 @@ def measure(subject: Subject, image: torch.Tensor, methods: list[str], with_capt
             captum_s = seconds(captum_occlusion, module, image, 0, occlusion)
             line += f"  captum {captum_s:7.2f} s  captum/ours {captum_s / map_s:5.2f}"
         print(line, flush=True)
+    if len(alone) == len(METHODS):
+        joint_s = seconds(
+            explain_jointly,
+            list(METHODS),
+            module,
+            image,
+            target,
+            [{}, {}],
+            cam_layer="",
+            forward=forward,
+        )
+        summed = sum(alone.values())
+        print(
+            f"{name:<22} {' + '.join(METHODS):<10} jointly {joint_s:7.2f} s  "
+            f"alone, summed {summed:7.2f} s  jointly/alone {joint_s / summed:5.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
