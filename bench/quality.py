@@ -19,6 +19,7 @@ other work on the machine does not inflate it. Run: `python -m bench.quality [--
 
 import argparse
 import dataclasses
+import json
 import platform
 import tempfile
 import time
@@ -241,7 +242,18 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--cam-layer", help="the CAM methods' layer instead of the model's default (`cam_layer`)"
     )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="METHOD.NAME=VALUE",
+        help="a method parameter other than the benchmark's (VALUE read as JSON), repeatable",
+    )
     args = parser.parse_args(argv)
+    for setting in args.param:
+        name, value = setting.split("=", 1)
+        method, key = name.split(".", 1)
+        BENCH_PARAMS.setdefault(method, {})[key] = json.loads(value)
     counts = (min(args.curve_images, args.images), min(args.randomisation_images, args.images))
     rows: list[Row] = []
     cuts: list[str] = []
@@ -255,10 +267,12 @@ def main(argv: list[str] | None = None) -> str:
                 rows.append(measure(model, twin, fmt, method, data, counts))
                 print(table(rows[-1:], cuts).splitlines()[-1], flush=True)
     lesions = int((make_dataset(args.images, HELDOUT_SEED)[1] != 0).sum())
+    applied = {m: BENCH_PARAMS[m] for m in args.methods if m in BENCH_PARAMS}
     report = (
         f"{args.images} held-out images (seeds {HELDOUT_SEED}…, {lesions} with a lesion), "
         f"curves on {counts[0]}, randomisation on {counts[1]}; "
         f"CAM layer {args.cam_layer or 'the model default'}; "
+        f"parameters {json.dumps(applied)}; "
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads\n\n"
         + table(rows, cuts)
     )
