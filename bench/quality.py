@@ -247,13 +247,17 @@ def main(argv: list[str] | None = None) -> str:
         action="append",
         default=[],
         metavar="METHOD.NAME=VALUE",
-        help="a method parameter other than the benchmark's (VALUE read as JSON), repeatable",
+        help="a method parameter other than the benchmark's (VALUE read as JSON where it can be)",
     )
     args = parser.parse_args(argv)
     for setting in args.param:
         name, value = setting.split("=", 1)
         method, key = name.split(".", 1)
-        BENCH_PARAMS.setdefault(method, {})[key] = json.loads(value)
+        try:
+            parsed: object = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value  # a bare word: a string
+        BENCH_PARAMS.setdefault(method, {})[key] = parsed
     counts = (min(args.curve_images, args.images), min(args.randomisation_images, args.images))
     rows: list[Row] = []
     cuts: list[str] = []
