@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from bench.shared_passes import CAM_LAYERS, calibrated
+from bench.harness import CAM_LAYERS, calibrated
 from workers.methods import METHODS, Normalisation, available_methods, explain
 from workers.precision import computing
 
