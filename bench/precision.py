@@ -3,7 +3,7 @@ random-weight torchvision model, in float32 and under `GLIMPSE_PRECISION`'s auto
 batch: the largest |difference| relative to the float32 map's range, per method, and the time of
 each. On a CPU only bfloat16 is meaningful; `--device cuda` measures a GPU.
 
-    python bench/precision.py [--model resnet18] [--size 64] [--batch 2] [--device cpu]
+    python -m bench.precision [--model resnet18] [--size 64] [--batch 2] [--device cpu]
 """
 
 import argparse

@@ -10,7 +10,7 @@ then the method) with after / Captum. Then a request of gradcam + saliency + gui
 against guided_gradcam alone and against the three alone. Every figure is a median of
 `--repeats` runs in this one process, so the ratios compare like with like on a shared machine.
 
-    python bench/shared_passes.py [--model resnet50|densenet121|resnet18] [--size 224] [--batch 8]
+    python -m bench.shared_passes [--model resnet50|densenet121|resnet18] [--size 224] [--batch 8]
 """
 
 import argparse
