@@ -35,7 +35,9 @@ def calibrated(name: str, size: int) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def write_torchvision_model(repository: Path, name: str, model: nn.Module, size: int) -> Path:
+def write_torchvision_model(
+    repository: Path, name: str, model: nn.Module, size: int, description: str | None = None
+) -> Path:
     """`<repository>/<name>/1/`: `model`'s weights as safetensors and a manifest that builds it
     with `torchvision.models:<name>`, ImageNet's normalisation and 1000 numbered classes."""
     folder = repository / name / "1"
@@ -55,7 +57,7 @@ def write_torchvision_model(repository: Path, name: str, model: nn.Module, size:
             "std": list(IMAGENET_STD),
         },
         "cam_layer": CAM_LAYERS[name],
-        "description": f"torchvision {name} with random weights, BatchNorm calibrated",
+        "description": description or f"torchvision {name} with random weights, calibrated",
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
