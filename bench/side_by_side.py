@@ -312,7 +312,7 @@ class Service:
 
     def add_worker(self, timeout_s: float = 120.0) -> None:
         """One more worker, once it serves the model."""
-        self.stack.start_worker(sum(1 for _ in self.workers()))
+        self.stack.start_worker(len(self.workers()))
         assert self.stack.redis_url is not None
         redis = sync_redis(self.stack.redis_url)
         deadline = time.monotonic() + timeout_s
