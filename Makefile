@@ -77,11 +77,14 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy schemas service workers client/glimpse_client
 
+# The side-by-side suite first (docs/benchmarks.md, "Side by side"). The scripts that import the
+# bench package run as modules, from the repository root.
 bench: install
+	$(BIN)/python -m bench.side_by_side
 	$(BIN)/python bench/latency.py
-	$(BIN)/python bench/shared_passes.py --model resnet50
-	$(BIN)/python bench/shared_passes.py --model densenet121
-	$(BIN)/python bench/precision.py
+	$(BIN)/python -m bench.shared_passes --model resnet50
+	$(BIN)/python -m bench.shared_passes --model densenet121
+	$(BIN)/python -m bench.precision
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

@@ -3,7 +3,7 @@ random-weight torchvision model, in float32 and under `GLIMPSE_PRECISION`'s auto
 batch: the largest |difference| relative to the float32 map's range, per method, and the time of
 each. On a CPU only bfloat16 is meaningful; `--device cuda` measures a GPU.
 
-    python bench/precision.py [--model resnet18] [--size 64] [--batch 2] [--device cpu]
+    python -m bench.precision [--model resnet18] [--size 64] [--batch 2] [--device cpu]
 """
 
 import argparse
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from bench.shared_passes import CAM_LAYERS, calibrated
+from bench.harness import CAM_LAYERS, calibrated
 from workers.methods import METHODS, Normalisation, available_methods, explain
 from workers.precision import computing
 

@@ -10,20 +10,17 @@ then the method) with after / Captum. Then a request of gradcam + saliency + gui
 against guided_gradcam alone and against the three alone. Every figure is a median of
 `--repeats` runs in this one process, so the ratios compare like with like on a shared machine.
 
-    python bench/shared_passes.py [--model resnet50|densenet121|resnet18] [--size 224] [--batch 8]
+    python -m bench.shared_passes [--model resnet50|densenet121|resnet18] [--size 224] [--batch 8]
 """
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from captum import attr as captum_attr
 from torch import nn
-from torchvision import models
 
+from bench.harness import CAM_LAYERS, calibrated, median_seconds
 from workers.methods import explain, get_method, resolve
 from workers.methods.base import input_gradient
 from workers.methods.passes import PassMethod, run_passes
@@ -31,34 +28,6 @@ from workers.precision import PRECISIONS, computing
 
 SINGLE = ["gradcam", "saliency", "guided_backprop", "guided_gradcam"]
 TRIO = ["gradcam", "saliency", "guided_gradcam"]
-CAM_LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "densenet121": "features"}
-
-
-def calibrated(name: str, size: int) -> nn.Module:
-    """A torchvision model, seeded random weights, BatchNorm statistics from 2 random batches."""
-    torch.manual_seed(0)
-    model = getattr(models, name)(weights=None)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(4, 3, size, size))
-    return model.eval().requires_grad_(False)
-
-
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    """The median wall time of `run`, after a warm-up (canonical forms, allocator, cuDNN)."""
-    run()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 class Bench:

@@ -16,14 +16,13 @@ The CPU-seconds each process used are printed to show where the time went.
 import argparse
 import asyncio
 import base64
-import os
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
+from bench.harness import cpu_seconds, send_all
 from service.devstack import DevStack, free_port
 from workers.demo.data import make_sample, to_png_bytes
 from workers.methods import Normalisation, explain
@@ -62,34 +61,6 @@ def in_process_rate(method: str, images: list[np.ndarray]) -> float:
     return len(inputs) / (time.perf_counter() - started)
 
 
-async def send_all(url: str, method: str, bodies: list[str], clients: int) -> float:
-    pending = list(range(len(bodies)))
-
-    async def client_loop() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-            while pending:
-                index = pending.pop()
-                answer = await client.post(
-                    "/v1/explanations",
-                    json={
-                        "model": "demo-lesions",
-                        "image": bodies[index],
-                        "methods": [method],
-                        "output": {"overlay": False, "scores": "none"},
-                    },
-                )
-                answer.raise_for_status()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client_loop() for _ in range(clients)))
-    return len(bodies) / (time.perf_counter() - started)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["gradcam", "saliency"])
@@ -113,12 +84,17 @@ def main() -> None:
         worker, gateway = stack.processes[0], stack.processes[-1]
         for method in args.methods:
             alone = in_process_rate(method, samples)
-            asyncio.run(send_all(stack.url, method, bodies[:BATCH], args.clients))  # warm
+            request = {
+                "model": "demo-lesions",
+                "methods": [method],
+                "output": {"overlay": False, "scores": "none"},
+            }
+            asyncio.run(send_all(stack.url, request, bodies[:BATCH], args.clients))  # warm
             before = {
                 name: cpu_seconds(p.pid) for name, p in (("worker", worker), ("gateway", gateway))
             }
             client_before = time.process_time()
-            served = asyncio.run(send_all(stack.url, method, bodies, args.clients))
+            served = asyncio.run(send_all(stack.url, request, bodies, args.clients))
             used = {
                 name: cpu_seconds(p.pid) - before[name]
                 for name, p in (("worker", worker), ("gateway", gateway))

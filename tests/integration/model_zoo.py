@@ -13,10 +13,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torchvision.models import resnet50
 
+from bench.harness import write_torchvision_model
+
 SIZE = 64
-LABELS = [f"class {index}" for index in range(1000)]
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def calibrated_resnet50() -> nn.Module:
@@ -35,32 +34,10 @@ def calibrated_resnet50() -> nn.Module:
 def add_resnet50(repository: Path) -> None:
     """`resnet50` (safetensors + torchvision factory) and `resnet50-onnx` in `repository`."""
     model = calibrated_resnet50()
-    manifest = {
-        "version": "1",
-        "labels": LABELS,
-        "input": {
-            "channels": 3,
-            "height": SIZE,
-            "width": SIZE,
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-        },
-        "description": "torchvision ResNet-50 with random weights, for tests",
-    }
-    folder = repository / "resnet50" / "1"
-    folder.mkdir(parents=True)
-    save_file(model.state_dict(), str(folder / "model.safetensors"))
-    (folder / "manifest.json").write_text(
-        json.dumps(
-            {
-                **manifest,
-                "id": "resnet50",
-                "format": "safetensors",
-                "architecture": {"factory": "torchvision.models:resnet50", "kwargs": {}},
-                "cam_layer": "layer4",
-            }
-        )
-    )
+    description = "torchvision ResNet-50 with random weights, for tests"
+    written = write_torchvision_model(repository, "resnet50", model, SIZE, description)
+    manifest = json.loads((written / "manifest.json").read_text())
+    del manifest["architecture"], manifest["cam_layer"]
     folder = repository / "resnet50-onnx" / "1"
     folder.mkdir(parents=True)
     # BatchNorm kept as its own node rather than folded into the convolutions, so that the twin
