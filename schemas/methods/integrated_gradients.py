@@ -21,8 +21,9 @@ class IntegratedGradientsParams(MethodParams):
     )
     reference = "Sundararajan et al., ICML 2017"
     cost = (
-        "2 forward, then `steps` + 1 forward + backward to the input; each doubling adds as "
-        "many as the last step count (the new midpoints), for the images that need it"
+        "`steps` + 1 forward + backward to the input (the end points' forwards give the "
+        "completeness check its logits); each doubling adds as many as the last step count "
+        "(the new midpoints), for the images that need it"
     )
     signed = True
 
@@ -57,4 +58,4 @@ class IntegratedGradientsParams(MethodParams):
         while 2 * steps <= self.max_steps:
             points += steps
             steps *= 2
-        return 2 + 2 * points * work.targets
+        return 2 * points * work.targets

@@ -59,9 +59,9 @@ def test_every_method_at_its_defaults_is_within_the_default_cost() -> None:
     ("method", "params", "cost"),
     [
         ("rise", {"masks": 8000}, "2,000"),
-        ("integrated_gradients", {"steps": 1024, "max_steps": 4096}, "2,049"),
+        ("integrated_gradients", {"steps": 1024, "max_steps": 4096}, "2,048"),
         ("occlusion", {"window": 1, "stride": 1}, "4,096"),
-        ("smoothgrad", {"samples": 256, "base": "integrated_gradients"}, "6,656"),
+        ("smoothgrad", {"samples": 256, "base": "integrated_gradients"}, "6,528"),
     ],
 )
 def test_a_job_above_the_cost_limit_is_refused_naming_its_cost_and_the_limit(

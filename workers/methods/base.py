@@ -385,11 +385,19 @@ def copies_per_pass(inputs: torch.Tensor) -> int:
 
 def input_gradient(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """d(target logit)/d(input) for each sample, shaped like `inputs`."""
+    return input_gradient_and_logits(model, inputs, targets)[0]
+
+
+def input_gradient_and_logits(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`input_gradient`, and each sample's target logit (N,) from the same forward pass."""
     leaf = inputs.detach().requires_grad_(True)
     with torch.enable_grad():
-        score = target_score(model(leaf), targets)
+        logits = model(leaf)
+        score = target_score(logits, targets)
         (gradient,) = torch.autograd.grad(score, leaf)
-    return gradient
+    return gradient, logits.detach().gather(1, targets[:, None])[:, 0]
 
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:

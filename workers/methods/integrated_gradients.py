@@ -15,7 +15,7 @@ from workers.methods.base import (
     Batch,
     MapWarning,
     copies_per_pass,
-    input_gradient,
+    input_gradient_and_logits,
 )
 from workers.methods.baselines import make_baseline
 from workers.methods.registry import register
@@ -35,7 +35,8 @@ class IntegratedGradients(AttributionMethod[IntegratedGradientsParams]):
     `steps` equal intervals: the `steps + 1` points α = i / steps (Captum's `riemann_trapezoid`
     with `steps + 1` points). The rule nests: on every other point it is the rule on half the
     intervals, so two figures come without another pass. The completeness gap, how far the map's
-    sum misses S(x) − S(x0); and the convergence, the largest difference between the map at
+    sum misses S(x) − S(x0) (read from the forward passes of the path's end points, so it costs
+    no pass of its own); and the convergence, the largest difference between the map at
     `steps` and at half as many, as a share of the map's range. A ReLU network's kinks along the
     path keep either at a percent or more for some images at 50 steps, and a small gap alone
     does not make a converged map. So an image whose gap or convergence exceeds `tolerance` is
@@ -123,10 +124,8 @@ def refined_integrated_gradients(
     """
     steps = params.steps
     rows = torch.arange(len(targets), device=inputs.device)
-    with torch.no_grad():
-        change = (model(inputs)[rows, targets] - model(baselines)[rows, targets]).double()
     difference = inputs.detach() - baselines
-    path = _Path(model, baselines, difference, targets, change)
+    path = _Path(model, baselines, difference, targets, difference.new_empty(len(rows)).double())
     ends, even, odd = path.gradient_sums(rows, *_first_points(steps))
     sums = PathSums(ends, even, odd)
     refined = RefinedAttributions(
@@ -197,7 +196,8 @@ def _midpoints(steps: int) -> tuple[list[float], list[float], list[int], int]:
 @dataclass(frozen=True)
 class _Path:
     """The straight paths baselines + α · difference of a batch, its targets, and the change
-    of each target logit from baseline to input (float64)."""
+    of each target logit from baseline to input (float64), which the first pass over the end
+    points fills in."""
 
     model: nn.Module
     baselines: torch.Tensor
@@ -222,16 +222,25 @@ class _Path:
         baselines, difference = self.baselines[rows], self.difference[rows]
         targets = self.targets[rows]
         sums = [torch.zeros_like(difference) for _ in range(count)]
+        ends: dict[float, torch.Tensor] = {}
         points_per_pass = copies_per_pass(difference)
         for start in range(0, len(alphas), points_per_pass):
             check_deadline()
             chunk = slice(start, start + points_per_pass)
             alpha = difference.new_tensor(alphas[chunk]).view(-1, 1, 1, 1, 1)
             path = (baselines + alpha * difference).flatten(0, 1)
-            gradients = input_gradient(self.model, path, targets.repeat(alpha.shape[0]))
+            gradients, logits = input_gradient_and_logits(
+                self.model, path, targets.repeat(alpha.shape[0])
+            )
             gradients = gradients.view(-1, *difference.shape)
+            logits = logits.view(-1, len(rows))
             for point, (weight, group) in enumerate(
                 zip(weights[chunk], groups[chunk], strict=True)
             ):
                 sums[group] += weight * gradients[point]
+                if alphas[start + point] in (0.0, 1.0):
+                    ends[alphas[start + point]] = logits[point]
+        if len(ends) == 2:
+            # The path's own end points: S(x0) and S(x0 + (x − x0)), which the integral spans.
+            self.change[rows] = (ends[1.0] - ends[0.0]).double()
         return sums
