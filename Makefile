@@ -82,6 +82,7 @@ bench: install
 	$(BIN)/python bench/shared_passes.py --model resnet50
 	$(BIN)/python bench/shared_passes.py --model densenet121
 	$(BIN)/python bench/precision.py
+	$(BIN)/python bench/torchserve_peer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info
