@@ -36,6 +36,7 @@ clients run in this process on the same cores.
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -48,7 +49,6 @@ import textwrap
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -251,12 +251,16 @@ class TorchServe:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def command(self, *arguments: str) -> None:
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "tmp" / ".model_server.pid"
+
+    def command(self, *arguments: str, check: bool = True) -> None:
         subprocess.run(
             [str(self.venv / "bin" / "torchserve"), *arguments],
             env=self.env,
             cwd=self.home,
-            check=True,
+            check=check,
             stdout=subprocess.DEVNULL,
         )
 
@@ -287,7 +291,7 @@ class TorchServe:
         raise RuntimeError(f"TorchServe not ready after {timeout_s:.0f} s; logs in {self.home}")
 
     def frontend_pid(self) -> int:
-        return int((self.home / "tmp" / ".model_server.pid").read_text().strip())
+        return int(self.pid_file.read_text().strip())
 
     def worker_threads(self) -> str:
         found = re.findall(
@@ -295,11 +299,19 @@ class TorchServe:
         )
         return ", ".join(found) or "not logged"
 
-    def stop(self) -> None:
-        self.command("--stop")
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """`torchserve --stop`, then wait until the frontend and its workers have exited."""
+        pids = process_tree(self.frontend_pid()) if self.pid_file.exists() else []
+        # Unchecked: after a failed start there is nothing to stop, and the failure is the news.
+        self.command("--stop", check=False)
+        deadline = time.monotonic() + timeout_s
+        while any(running(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"TorchServe still running {timeout_s:.0f} s after --stop")
+            time.sleep(0.5)
 
 
-@contextmanager
+@contextlib.contextmanager
 def torchserve(venv: Path, store: Path, home: Path, threads: int) -> Iterator[TorchServe]:
     server = TorchServe(venv, store, home, threads)
     try:
@@ -315,9 +327,17 @@ def process_tree(pid: int) -> list[int]:
     pids = [pid]
     for parent in pids:
         for task in Path(f"/proc/{parent}/task").glob("*"):
-            children = (task / "children").read_text().split() if task.exists() else []
-            pids.extend(int(child) for child in children)
+            with contextlib.suppress(FileNotFoundError):  # a thread or process that just ended
+                pids.extend(int(child) for child in (task / "children").read_text().split())
     return pids
+
+
+def running(pid: int) -> bool:
+    """The process `pid` exists and has not exited (a zombie has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def cpu_seconds(pids: list[int]) -> float:
