@@ -85,6 +85,7 @@ bench: install
 	$(BIN)/python -m bench.shared_passes --model resnet50
 	$(BIN)/python -m bench.shared_passes --model densenet121
 	$(BIN)/python -m bench.precision
+	$(BIN)/python -m bench.torchserve_peer
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

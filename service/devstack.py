@@ -125,6 +125,11 @@ class DevStack:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def redis_pid(self) -> int | None:
+        """The process id of the Redis the stack started, if it started one."""
+        return self._redis.pid if self._redis is not None else None
+
     def child_env(self) -> dict[str, str]:
         assert self.redis_url is not None
         # Unbuffered, so that a line shows (and survives a crash) when it is written.
