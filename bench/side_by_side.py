@@ -28,7 +28,8 @@ The parameters are the same on both sides; where the definitions differ:
   × the batch's mean range. Both pass as many noisy copies at once as the service's pass budget.
 - integrated_gradients: 20 intervals from black (steps = max_steps = 20, no refinement), the
   trapezoid rule on 21 points; Captum runs `riemann_trapezoid` with n_steps=21, chunked as the
-  service's passes. The service also runs 2 forwards for its completeness check.
+  service's passes. The service also runs the prediction forward (its completeness check reads
+  the path's end points).
 - deeplift: from the black baseline; Captum refuses models that reuse an activation module.
 - lrp: ε+ (z+ on convolutions, ε = 1e-6 on dense layers) with the same rule at the first layer
   (the service's `first_layer: "same"`, zennit's EpsilonPlus); the service folds BatchNorm and

@@ -18,9 +18,9 @@ calibrated, saved as safetensors) and get the same `--images` distinct 224² RGB
 - Glimpse: a private Redis, the gateway and one worker (result cache off, auth off),
   `POST /v1/explanations` with `integrated_gradients` at `steps` 15 and `max_steps` 15 (at or
   below `steps`, no refinement: a fixed 15 intervals), no overlay, scores "none". Its trapezoid
-  rule on 15 intervals takes 16 points, and it runs 2 forwards of its own (the prediction, which
-  gives the top-1 target, and the baseline's logit for the completeness gap it reports): about
-  19 passes' worth of work per map against TorchServe's 15.
+  rule on 15 intervals takes 16 points, and it runs the prediction forward first (the top-1
+  target); the completeness gap it reports reads its logits from the path's end points: about
+  16⅓ passes' worth of work per map against TorchServe's 15.
 
 Threads: every model process computes with `--threads` torch threads (default: this machine's
 cores), set through OMP_NUM_THREADS for Glimpse's worker and TorchServe's backend worker (its
