@@ -21,8 +21,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def calibrated(name: str, size: int) -> nn.Module:
-    """A torchvision model, seeded random weights, BatchNorm statistics from 2 random batches."""
+def calibrated(name: str, size: int, batches: int = 2, batch_size: int = 4) -> nn.Module:
+    """A torchvision model, seeded random weights, BatchNorm statistics from `batches` random
+    batches of `batch_size` images (a cumulative average)."""
     torch.manual_seed(0)
     model = getattr(models, name)(weights=None)
     for module in model.modules():
@@ -30,8 +31,8 @@ def calibrated(name: str, size: int) -> nn.Module:
             module.momentum = None
     model.train()
     with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn(4, 3, size, size))
+        for _ in range(batches):
+            model(torch.randn(batch_size, 3, size, size))
     return model.eval().requires_grad_(False)
 
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
+from bench.harness import calibrated
 from workers.demo.data import make_dataset
 from workers.methods import Normalisation, explain
 from workers.methods.base import input_gradient
@@ -69,16 +69,7 @@ def demo_case(images: int) -> Case:
 
 
 def resnet_case(images: int, size: int = SIZE) -> Case:
-    torch.manual_seed(0)
-    model = resnet18(weights=None)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, size, size))
-    model.eval().requires_grad_(False)
+    model = calibrated("resnet18", size, batches=3, batch_size=8)
     inputs = torch.randn(images, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         targets = model(inputs).argmax(dim=1)

@@ -2,7 +2,7 @@
 torchvision's ResNet-50 (random weights, BatchNorm calibrated) at 224×224.
 
 Prints the time per visualisation, the activation reached and the class probability the model
-gives the returned (uint8) image.
+gives the returned (uint8) image. Run: `python -m bench.visualize`.
 """
 
 import argparse
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet50
 
+from bench.harness import calibrated
 from schemas.models import InputSpec
 from schemas.visualizations import VisualizationParams
 from workers.repository import load_model
@@ -26,16 +26,7 @@ IMAGENET = InputSpec(
 
 
 def calibrated_resnet50() -> nn.Module:
-    torch.manual_seed(0)
-    model = resnet50(weights=None)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, 64, 64))
-    return model.eval().requires_grad_(False)
+    return calibrated("resnet50", 64, batches=3, batch_size=8)
 
 
 def report(name: str, requests: list[VisualizationParams], results: list[Visualization]) -> None:
