@@ -68,6 +68,7 @@ class Row:
     format: str
     figures: dict[str, float] = field(default_factory=dict)
     correlations: list[float] = field(default_factory=list)
+    randomised_images: int = 0
     ms_per_image: dict[str, float] = field(default_factory=dict)
     reason: str = ""
 
@@ -185,6 +186,7 @@ def measure(  # noqa: PLR0913 - the model, its twin for the curves, and what to 
         lambda: perturbation(twin, method, maps[:curves], subset(data, curves)), curves
     )
     row.figures |= figures
+    row.randomised_images = min(randomised, len(maps))
     row.correlations, row.ms_per_image["randomisation"] = timed(
         lambda: randomisation(model, method, maps[:randomised], subset(data, randomised)),
         randomised,
@@ -205,7 +207,7 @@ def models(folder: Path, formats: list[str]) -> Iterator[tuple[str, LoadedModel,
 def table(rows: list[Row], cuts: list[str]) -> str:
     head = (
         "| method | format | pointing | mass | mass / share | deletion AUC | insertion AUC "
-        "| top-10 % drop | " + " | ".join(f"ρ {cut}" for cut in cuts) + " | CPU-ms/img maps | "
+        "| top-10 % drop | " + " | ".join(f"ρ {cut}" for cut in cuts) + " | ρ images | CPU-ms/img maps | "
         "CPU-ms/img localisation | CPU-ms/img curves | CPU-ms/img randomisation |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -222,6 +224,7 @@ def table(rows: list[Row], cuts: list[str]) -> str:
             f"{f['insertion_auc']:.3f}",
             f"{f['top10_drop']:.3f}",
             *(f"{rho:.2f}" for rho in row.correlations),
+            str(row.randomised_images),
             *(f"{t[k]:.1f}" for k in ("maps", "localisation", "curves", "randomisation")),
         ]
         lines.append(f"| {row.method} | {row.format} | " + " | ".join(cells) + " |")

@@ -24,7 +24,10 @@ def test_quality_benchmark_prints_every_figure_for_both_formats() -> None:
     assert cuts[0] == "classifier" and len(cuts) == 5
     rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| ")]
     header, body = rows[0], rows[1:]
-    assert [cell.strip() for cell in header[8 : 8 + len(cuts)]] == [f"ρ {cut}" for cut in cuts]
+    assert [cell.strip() for cell in header[8 : 9 + len(cuts)]] == [
+        *(f"ρ {cut}" for cut in cuts),
+        "ρ images",
+    ]
     assert [(r[0].strip(), r[1].strip()) for r in body] == [
         ("gradcam", "safetensors"),
         ("guided_backprop", "safetensors"),
@@ -38,6 +41,7 @@ def test_quality_benchmark_prints_every_figure_for_both_formats() -> None:
         assert all(0.0 <= v <= 1.0 for v in (pointing, mass, deletion, insertion))
         assert -1.0 <= drop <= 1.0
         assert all(math.isnan(r) or -1.0 <= r <= 1.0 for r in values[6 : 6 + len(cuts)])
+        assert values[6 + len(cuts)] == 2  # the images of the randomisation check
         maps_ms, _, curves_ms, randomisation_ms = values[-4:]  # localisation may round to 0.0
         assert maps_ms > 0 and curves_ms > 0 and randomisation_ms > 0
     assert "6 held-out images" in report
