@@ -33,7 +33,7 @@ from pydicom.valuerep import validate_value
 
 from schemas import SERVICE_VERSION
 from schemas.dicom_layout import DICOM_UNREADABLE, is_dicom
-from schemas.explain import DicomKind, OutputOptions
+from schemas.explain import DegenerateKind, DicomKind, OutputOptions
 from workers import render
 from workers.decoded import DecodedImage, DicomOptionError, ImageDecodeError
 from workers.repository import LoadedModel
@@ -119,13 +119,14 @@ class DerivedDescription:
     threshold: float
     signed: bool = False
     frame: int = 0
+    warning: DegenerateKind | None = None
 
     @classmethod
     def of(
         cls, method: str, class_index: int, model: LoadedModel, output: OutputOptions
     ) -> "DerivedDescription":
         """The description of `method`'s map for `class_index` by `model`, as `output` asks
-        (`signed` and `frame` are set by `replace`)."""
+        (`signed`, `frame` and `warning` are set by `replace`)."""
         return cls(
             method=method,
             class_index=class_index,
@@ -137,9 +138,14 @@ class DerivedDescription:
         )
 
     def series_description(self, kind: DicomKind) -> str:
-        """LO (≤ 64): method, target and model, then the kind; cut at the standard's limit."""
+        """LO (≤ 64): the overlay's warning label of a degenerate map first, where there is one
+        (a viewer lists series by it), then method, target and model, then the kind; cut at the
+        standard's limit."""
         target = f"class {self.class_index} {self.label}"
-        return _lo(f"{self.method} {target} {self.model_id} {self.model_version} {_TAGS[kind]}")
+        flag = f"{render.WARNING_LABELS[self.warning]} " if self.warning else ""
+        return _lo(
+            f"{flag}{self.method} {target} {self.model_id} {self.model_version} {_TAGS[kind]}"
+        )
 
     def content_label(self) -> str:
         """CS (≤ 16, upper case): the method."""
@@ -157,6 +163,8 @@ class DerivedDescription:
             f"({self.label}) of model {self.model_id} version {self.model_version}, weights "
             f"sha256 {self.weights_sha256}"
         )
+        if self.warning:
+            text += f"; the map is degenerate ({self.warning}), see the explanation's checks"
         return _NOT_LO.sub("/", text)[:1024]
 
 
@@ -218,19 +226,19 @@ def with_source_header(image: DecodedImage, data: bytes) -> DecodedImage:
 def explanation_objects(
     image: DecodedImage,
     scores: np.ndarray,
-    values01: np.ndarray,
+    overlay: np.ndarray,
     description: DerivedDescription,
-    output: OutputOptions,
+    kinds: Sequence[DicomKind],
 ) -> dict[DicomKind, str]:
-    """Base64 of each derived object `output.dicom` asks for, of a map at the image's size
-    (`scores` as normalised, `values01` as colour-mapped) and its overlay as `output` renders
-    it. `image.source` must hold the header (`with_source_header`)."""
+    """Base64 of each derived object in `kinds`, of a map at the image's size (`scores` as
+    normalised) and its overlay as rendered for the response (`render.blend_overlay`, a
+    degenerate map's warning marked). `image.source` must hold the header
+    (`with_source_header`)."""
     if image.source is None or image.dicom is None:
         raise DicomOptionError("output.dicom applies only to DICOM images")
-    overlay = render.blend_overlay(image.display, values01, output.colormap, output.alpha)
     frame = replace(description, frame=image.dicom.frame)
     try:
-        built = derived_objects(image.source, overlay, scores, frame, output.dicom)
+        built = derived_objects(image.source, overlay, scores, frame, kinds)
     except Exception:  # noqa: BLE001 - highdicom and pydicom raise many types
         # Not chained: their messages may quote a header value, which the log must not show.
         raise DerivedObjectError("the derived DICOM objects could not be built") from None

@@ -559,22 +559,23 @@ def _explanation(
     )
     # Colormaps read [0, 1]; a signed map's zero sits in the middle.
     colour_values = (full_size + 1) / 2 if computed.signed else full_size
-    overlay = heatmap = None
-    if output.overlay:
-        warned = computed.checks.degenerate if computed.checks else None
-        overlay = _b64(
-            render.render_overlay(
-                image.display, colour_values, output.colormap, output.alpha, warning=warned
-            )
+    warned = computed.checks.degenerate if computed.checks else None
+    overlay = heatmap = dicom = None
+    if output.overlay or output.dicom:
+        # Blended once, a degenerate map's warning in its corner, for the PNG and the Secondary
+        # Capture alike.
+        blended = render.blend_overlay(
+            image.display, colour_values, output.colormap, output.alpha, warning=warned
         )
+        if output.overlay:
+            overlay = _b64(render.encode_png(blended))
     if output.heatmap:
         heatmap = _b64(render.render_heatmap(colour_values, output.colormap))
     class_index = computed.row.class_index
-    dicom = None
     if output.dicom:
         about = DerivedDescription.of(computed.method, class_index, model, output)
-        about = replace(about, signed=computed.signed)
-        dicom = explanation_objects(image, full_size, colour_values, about, output)
+        about = replace(about, signed=computed.signed, warning=warned)
+        dicom = explanation_objects(image, full_size, blended, about, output.dicom)
     return Explanation(
         method=computed.method,
         target=ExplanationTarget(

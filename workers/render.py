@@ -143,7 +143,7 @@ def render_overlay(
     warning: DegenerateKind | None = None,
 ) -> bytes:
     """PNG of the colour-mapped map blended over the picture (`blend_overlay`)."""
-    return _png(blend_overlay(display, values01, colormap, alpha, warning=warning))
+    return encode_png(blend_overlay(display, values01, colormap, alpha, warning=warning))
 
 
 def blend_overlay(
@@ -199,7 +199,7 @@ def mark_warning(rgb: np.ndarray, label: str) -> np.ndarray:
 
 def render_heatmap(values01: np.ndarray, colormap: str) -> bytes:
     """PNG of the colour-mapped map alone."""
-    return _png(apply_colormap(values01, colormap))
+    return encode_png(apply_colormap(values01, colormap))
 
 
 def encode_scores_base64(values: np.ndarray) -> str:
@@ -207,7 +207,8 @@ def encode_scores_base64(values: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
 
 
-def _png(rgb: np.ndarray) -> bytes:
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG of a uint8 H×W×3 RGB array."""
     buffer = io.BytesIO()
     Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()

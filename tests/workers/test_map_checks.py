@@ -1,17 +1,31 @@
 """Degenerate maps found by inspection, told in the method's words where it knows why, and
 marked on the overlay."""
 
+import base64
 import io
+import time
+import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from dicom_files import ct_file  # type: ignore[import-not-found]
 from PIL import Image
+from pydicom import dcmread
 
-from schemas.explain import MapChecks
+from schemas.explain import MapChecks, OutputOptions
+from schemas.jobs import ExplanationJob
 from workers import render
+from workers.demo.data import make_sample
+from workers.dicom_objects import with_source_header
+from workers.images import decode_image
 from workers.map_checks import degenerate_kind, finite_values, map_warning, row_checks
 from workers.methods.base import AttributionMap, MapWarning
+from workers.pipeline import ComputedMap, PreparedJob, _Row, render_explanations
+from workers.repository import load_model
+
+DEMO = Path(__file__).resolve().parents[2] / "models" / "demo-lesions" / "1"
 
 
 @pytest.mark.parametrize(
@@ -95,6 +109,44 @@ def test_each_kind_has_its_own_label() -> None:
     labels = render.WARNING_LABELS
     assert set(labels) == {"all_zero", "constant", "non_finite", "not_converged"}
     assert len(set(labels.values())) == len(labels)
+
+
+def test_the_secondary_capture_carries_the_overlays_mark_and_every_object_names_it() -> None:
+    model = load_model(DEMO, torch.device("cpu"))
+    data = ct_file(make_sample(3).image)
+    image = with_source_header(decode_image(data), data)
+    kinds = ["secondary_capture", "parametric_map", "segmentation"]
+    job = ExplanationJob.model_validate(
+        {
+            "job_id": uuid.uuid4().hex,
+            "model": "demo-lesions",
+            "enqueued_at": time.time(),
+            "methods": ["scorecam"],
+            "target": 1,
+            "params": {"scorecam": {}},
+            "output": OutputOptions(overlay=True, dicom=kinds),
+        }
+    )
+    height, width = model.manifest.input.height, model.manifest.input.width
+    checks = MapChecks(degenerate="all_zero", warning="every channel weight was negative")
+    computed = ComputedMap(
+        "scorecam", _Row(job=0, class_index=1), np.zeros((height, width)), False, 1.0, checks
+    )
+
+    (explanation,) = render_explanations(
+        model, PreparedJob(job, image, time.time()), [computed]
+    ).explanations
+
+    assert explanation.overlay_png is not None and explanation.dicom is not None
+    overlay = decode(base64.b64decode(explanation.overlay_png))
+    assert tuple(overlay[0, 0]) == render.WARNING_BACKGROUND  # the corner is marked
+    objects = {k: dcmread(io.BytesIO(base64.b64decode(v))) for k, v in explanation.dicom.items()}
+    # The Secondary Capture is the response's overlay, its mark included, pixel for pixel.
+    np.testing.assert_array_equal(objects["secondary_capture"].pixel_array, overlay)
+    label = render.WARNING_LABELS["all_zero"]
+    for kind in kinds:
+        assert objects[kind].SeriesDescription.startswith(f"{label} scorecam"), kind
+    assert "degenerate (all_zero)" in objects["secondary_capture"].DerivationDescription
 
 
 def decode(png: bytes) -> np.ndarray:
