@@ -22,7 +22,6 @@ from contextlib import contextmanager
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 from torch import nn
 
 from schemas.evaluation import EVALUATION_STEPS, TOP_SHARE, Evaluation
@@ -179,6 +178,10 @@ def lesion_share(masks: np.ndarray) -> np.ndarray:
 def rank_correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Spearman's rank correlation of each pair of maps (N,), ties given their average rank; NaN
     where a map is constant."""
+    # Imported here: scipy.stats takes about a second to import, and only the quality
+    # benchmark's randomisation check ranks maps, not a worker.
+    from scipy.stats import rankdata
+
     a = rankdata(first.reshape(len(first), -1), axis=1)
     b = rankdata(second.reshape(len(second), -1), axis=1)
     a = a - a.mean(axis=1, keepdims=True)

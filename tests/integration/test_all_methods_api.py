@@ -35,7 +35,18 @@ def rgb_png(seed: int, size: int = 64) -> bytes:
     return out.getvalue()
 
 
+# Score-CAM runs a forward pass per channel of its layer: 2,048 at ResNet-50's default `layer4`,
+# 512 at the last block's second BatchNorm, the same module in both formats.
+SCORECAM_LAYER = {
+    "resnet50": "layer4.2.bn2",
+    "resnet50-onnx": "layer4/layer4/2/bn2/BatchNormalization",
+}
+
+
 def explain(client: httpx.Client, model: str, image: bytes, methods: list[str]) -> httpx.Response:
+    params = {m: CHEAP[m] for m in methods if m in CHEAP}
+    if model in SCORECAM_LAYER and "scorecam" in params:
+        params["scorecam"] = {**params["scorecam"], "layer": SCORECAM_LAYER[model]}
     return client.post(
         "/v1/explanations?timeout=280",
         timeout=300,
@@ -43,7 +54,7 @@ def explain(client: httpx.Client, model: str, image: bytes, methods: list[str]) 
             "model": model,
             "image": base64.b64encode(image).decode(),
             "methods": methods,
-            "params": {m: CHEAP[m] for m in methods if m in CHEAP},
+            "params": params,
             "output": {"size": "model", "overlay": False},
         },
     )
