@@ -401,7 +401,10 @@ class Explanation(BaseModel):
         "nothing to report.",
     )
     evaluation: Evaluation | None = Field(
-        default=None, description='faithfulness figures, with `"evaluate": true`'
+        default=None,
+        description='faithfulness figures, with `"evaluate": true`; null for a degenerate map '
+        "whose pixels have no order to delete them by (all zero, constant, non-finite): its "
+        "`checks.warning` says why",
     )
 
 

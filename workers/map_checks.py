@@ -38,6 +38,18 @@ def map_warning(values: np.ndarray, noted: MapWarning | None) -> MapWarning | No
     return MapWarning(kind, _REASONS[kind])
 
 
+UNORDERED: frozenset[DegenerateKind] = frozenset({"all_zero", "constant", "non_finite"})
+"""The kinds of degenerate map that give no order of relevance among the pixels the map covers:
+zero or constant maps tie every pixel, and a non-finite map's order is that of values replaced by
+0. Deleting or inserting their pixels "most relevant first" would measure an arbitrary order, so
+they get no `evaluation`. A map that did not converge still orders its pixels."""
+
+
+def orders_pixels(checks: MapChecks | None) -> bool:
+    """Whether a map with these checks ranks its pixels, so that its evaluation means something."""
+    return checks is None or checks.degenerate not in UNORDERED
+
+
 def finite_values(values: np.ndarray) -> np.ndarray:
     """The map with NaN and ±inf replaced by 0, so that it renders and serialises."""
     if np.isfinite(values).all():

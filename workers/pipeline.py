@@ -512,7 +512,8 @@ def _with_evaluations(
     maps: list[ComputedMap],
 ) -> list[ComputedMap]:
     """The maps, those of jobs that asked `evaluate` with their faithfulness figures: one batched
-    evaluation per method."""
+    evaluation per method. A degenerate map without an order of its pixels gets none
+    (`map_checks.orders_pixels`): its `checks.warning` says why."""
     if model.manifest.task == "segmentation":
         raise UnsupportedModelError(EVALUATE_CLASSIFIERS_ONLY)
     spec = model.manifest.input
@@ -520,7 +521,11 @@ def _with_evaluations(
     evaluated = list(maps)
     for method, method_params in params.items():
         picked = [
-            i for i, m in enumerate(maps) if m.method == method and jobs[m.row.job].message.evaluate
+            i
+            for i, m in enumerate(maps)
+            if m.method == method
+            and jobs[m.row.job].message.evaluate
+            and map_checks.orders_pixels(m.checks)
         ]
         check_deadline()
         if not picked:

@@ -172,12 +172,14 @@ def test_a_degenerate_map_is_flagged_in_checks_and_on_the_overlay(
 ) -> None:
     image, _ = random_png(4)
 
-    answer = explain(client, model, image, methods=[method], target=0)
+    answer = explain(client, model, image, methods=[method], target=0, evaluate=True)
 
     (explanation,) = answer["explanations"]
     checks = explanation["checks"]
     assert checks["degenerate"] == kind
     assert reason in checks["warning"]
+    # Its pixels have no order to delete them by: no figures of an arbitrary one.
+    assert explanation["evaluation"] is None
     assert_marked(overlay_pixels(explanation))
     values = np.asarray(explanation["scores"]["values"])
     assert np.isfinite(values).all()
@@ -194,9 +196,18 @@ def test_integrated_gradients_that_did_not_converge_within_max_steps_is_flagged(
     image, _ = random_png(5)
     params = {"integrated_gradients": {"steps": 4, "max_steps": 4, "tolerance": 0.0}}
 
-    answer = explain(client, "demo-lesions", image, methods=["integrated_gradients"], params=params)
+    answer = explain(
+        client,
+        "demo-lesions",
+        image,
+        methods=["integrated_gradients"],
+        params=params,
+        evaluate=True,
+    )
 
     (explanation,) = answer["explanations"]
+    # A rough map still ranks its pixels: it is evaluated.
+    assert set(explanation["evaluation"]) == {"deletion_auc", "insertion_auc", "top10_drop"}
     checks = explanation["checks"]
     assert checks["steps"] == 4
     assert checks["completeness_gap"] > 0 and checks["convergence"] > 0

@@ -20,7 +20,13 @@ from workers import render
 from workers.demo.data import make_sample
 from workers.dicom_objects import with_source_header
 from workers.images import decode_image
-from workers.map_checks import degenerate_kind, finite_values, map_warning, row_checks
+from workers.map_checks import (
+    degenerate_kind,
+    finite_values,
+    map_warning,
+    orders_pixels,
+    row_checks,
+)
 from workers.methods.base import AttributionMap, MapWarning
 from workers.pipeline import ComputedMap, PreparedJob, _Row, render_explanations
 from workers.repository import load_model
@@ -73,6 +79,13 @@ def test_row_checks_carry_the_figures_and_the_warnings_per_row() -> None:
     # A figure the method could not compute is absent, not NaN.
     assert checks[2] == MapChecks()
     assert row_checks(AttributionMap(torch.from_numpy(values), signed=False), values)[0] is None
+
+
+def test_only_maps_that_rank_their_pixels_are_evaluated() -> None:
+    assert orders_pixels(None) and orders_pixels(MapChecks(completeness_gap=0.01))
+    assert orders_pixels(MapChecks(degenerate="not_converged", warning="gap above tolerance"))
+    for kind in ("all_zero", "constant", "non_finite"):
+        assert not orders_pixels(MapChecks(degenerate=kind, warning="it points at nothing"))
 
 
 def test_non_finite_values_become_zero_and_the_others_stay() -> None:
