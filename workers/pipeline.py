@@ -153,12 +153,28 @@ def respond(
 ) -> list[ExplainResponse]:
     """Each job's response from the batch's maps: rendered, then built (the worker runs this
     off its compute path, see `workers.finishing`)."""
-    return [
-        build_response(
-            model, job, j, computed, render_explanations(model, job, computed.maps_of(j))
-        )
-        for j, job in enumerate(jobs)
-    ]
+    return [_response(model, job, j, computed) for j, job in enumerate(jobs)]
+
+
+def respond_each(
+    model: LoadedModel, jobs: Sequence[PreparedJob], computed: "ComputedBatch"
+) -> list[ExplainResponse | Exception]:
+    """`respond`, job by job: a job whose rendering raises (its derived DICOM objects, say) gets
+    the exception in its place, and every other job its response."""
+    outcomes: list[ExplainResponse | Exception] = []
+    for j, job in enumerate(jobs):
+        try:
+            outcomes.append(_response(model, job, j, computed))
+        except Exception as exc:  # noqa: BLE001 - one job's failure is that job's alone
+            outcomes.append(exc)
+    return outcomes
+
+
+def _response(
+    model: LoadedModel, job: PreparedJob, index: int, computed: "ComputedBatch"
+) -> ExplainResponse:
+    rendered = render_explanations(model, job, computed.maps_of(index))
+    return build_response(model, job, index, computed, rendered)
 
 
 def compute_maps(model: LoadedModel, jobs: Sequence[PreparedJob], max_rows: int) -> ComputedBatch:

@@ -36,7 +36,7 @@ from workers.groups import BatchGroups, Entry, JobGroup, JobT
 from workers.images import decode_image
 from workers.methods import MethodParameterError, TargetError, available_methods
 from workers.methods.base import UnsupportedModelError
-from workers.pipeline import PreparedJob, compute_maps, respond
+from workers.pipeline import PreparedJob, compute_maps, respond_each
 from workers.precision import computing, prepare
 from workers.repository import LoadedModel, ModelLoadError
 from workers.store import JobStore, StreamJob
@@ -52,7 +52,7 @@ MAX_LISTED_ERRORS = 20
 
 
 Result = ExplainResponse | VisualizationResponse
-Deferred = Callable[[], Sequence[Result]]
+Deferred = Callable[[], Sequence[Result | Exception]]
 STORE_RETRY_S = 0.5
 """Wait between attempts to store a computed batch while Redis is unavailable."""
 """A group's results still to render: computed, then finished off the compute path."""
@@ -291,7 +291,7 @@ class Worker:
     def _explain(self, model: LoadedModel, jobs: list[PreparedJob]) -> Deferred:
         with computing(model.device, self.settings.precision):
             computed = compute_maps(model, jobs, self.settings.max_batch)
-        return lambda: respond(model, jobs, computed)
+        return lambda: respond_each(model, jobs, computed)
 
     def _visualize(
         self, model: LoadedModel, jobs: list[VisualizationJob]
@@ -373,19 +373,35 @@ class Worker:
         self._record(group, results)
 
     def _finish_later(self, group: JobGroup[JobT], finish: Deferred) -> None:
-        """Render, store and acknowledge the group's results on the finishing pool; a render
-        that raises fails the group's jobs (a Redis error leaves them to be redelivered)."""
+        """Render, store and acknowledge the group's results on the finishing pool; a job whose
+        rendering raised fails alone, with the others stored (a Redis error leaves them to be
+        redelivered)."""
 
         def work() -> None:
             try:
-                results = finish()
+                outcomes = finish()
             except Exception:
                 log.exception("rendering a batch of %d jobs failed", len(group.members))
                 for member in group.members:
                     self._fail(member.entry, _problem_for(RuntimeError("rendering failed")))
                 return
-            self._store_with_retries(group, results)
-            self._record(group, results)
+            rendered: JobGroup[JobT] = JobGroup(group.model_id)
+            results: list[Result] = []
+            for member, outcome in zip(group.members, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    entry = member.entry
+                    log.error(
+                        "rendering job %s failed",
+                        entry.message.job_id,
+                        exc_info=outcome,
+                        extra=log_fields(**_job_fields(entry)),
+                    )
+                    self._fail(entry, _problem_for(outcome))
+                else:
+                    rendered.members.append(member)
+                    results.append(outcome)
+            self._store_with_retries(rendered, results)
+            self._record(rendered, results)
 
         entries = [(member.entry.model_id, member.entry.entry_id) for member in group.members]
         self.finisher.submit(entries, work)

@@ -1,6 +1,6 @@
 """A stream entry the worker cannot parse: its job fails with a 422 problem, or, when the entry
 names no job, the entry is acknowledged and deleted. Never left pending, never a queued job that
-no one will run."""
+no one will run. And a job whose rendering fails after its batch was computed fails alone."""
 
 import dataclasses
 import json
@@ -8,17 +8,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import torch
 
 from schemas import keys, problems
-from schemas.jobs import JobRecord, JobState, VisualizationJob
+from schemas.explain import OutputOptions
+from schemas.jobs import ExplanationJob, JobRecord, JobState, VisualizationJob
 from schemas.problems import Problem
 from schemas.sealing import PayloadSealer
 from schemas.visualizations import VisualizationParams
+from workers import pipeline
 from workers.config import WorkerSettings
+from workers.demo.data import make_sample, to_png_bytes
+from workers.dicom_objects import DerivedObjectError
 from workers.repository import LoadedModel, load_model
 from workers.worker import Worker
 
@@ -185,3 +190,50 @@ def test_a_good_entry_beside_a_bad_one_is_still_served(worker: Worker) -> None:
     (entry,) = worker._next_batch()
 
     assert entry.message.job_id == job_id
+
+
+def explanation_entry(worker: Worker, model_id: str, seed: int) -> str:
+    """A queued explanation job of a demo image, its image sealed in Redis as the gateway
+    stores it; its id."""
+    job_id = uuid.uuid4().hex
+    queue_record(worker, job_id, model_id)
+    image_key = keys.job_image(job_id)
+    data = to_png_bytes(make_sample(seed).image)
+    worker.store.redis.set(image_key, worker.store.sealer.seal(data, image_key), ex=60)
+    message = ExplanationJob(
+        job_id=job_id,
+        model=model_id,
+        enqueued_at=time.time(),
+        methods=["gradcam"],
+        target="top1",
+        params={},
+        output=OutputOptions(overlay=False, size="model"),
+    )
+    add_entry(worker, model_id, {"job": message.model_dump_json().encode()})
+    return job_id
+
+
+def test_a_job_whose_rendering_fails_fails_alone_and_its_batch_mate_is_stored(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (model_id,) = worker.model_ids
+    good, bad = explanation_entry(worker, model_id, 1), explanation_entry(worker, model_id, 2)
+    render = pipeline.render_explanations
+
+    def render_all_but_bad(*args: Any) -> pipeline.RenderedJob:
+        _, job, _ = args
+        if job.message.job_id == bad:  # as a source header highdicom cannot derive from
+            raise DerivedObjectError("the derived DICOM objects could not be built")
+        return render(*args)
+
+    monkeypatch.setattr(pipeline, "render_explanations", render_all_but_bad)
+    entries = worker._next_batch()
+    assert len(entries) == 2
+
+    worker.process(entries)  # one group: the two jobs share every pass
+    worker.finisher.close()
+
+    assert failure_of(worker, bad).status == 500
+    record = worker.store.redis.hgetall(keys.job_record(good))
+    assert record[JobRecord.STATUS.encode()].decode() == JobState.SUCCEEDED.value
+    nothing_left(worker, model_id)
