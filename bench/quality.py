@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> str:
         "--curve-images", type=int, default=500, help="images of the deletion/insertion curves"
     )
     parser.add_argument(
-        "--randomisation-images", type=int, default=50, help="images of the randomisation check"
+        "--randomisation-images", type=int, default=500, help="images of the randomisation check"
     )
     parser.add_argument("--methods", nargs="*", default=sorted(PARAMS_BY_METHOD))
     parser.add_argument("--formats", nargs="*", default=["safetensors", "onnx"])

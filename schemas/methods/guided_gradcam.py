@@ -26,8 +26,8 @@ class GuidedGradCamParams(LayerParams):
         "randomisation check (Adebayo et al., NeurIPS 2018, 'Sanity Checks for Saliency Maps', "
         "report Guided Grad-CAM failing it too): that detail shows the image's edges more than "
         "what the model learnt. On demo-lesions the map as a whole passes (rank correlation "
-        "-0.22 once the head is randomised) because its Grad-CAM factor follows the head "
-        "(docs/quality.md); guided backpropagation alone fails (0.70).",
+        "-0.21 once the head is randomised) because its Grad-CAM factor follows the head "
+        "(docs/quality.md); guided backpropagation alone fails (0.71).",
     )
 
     @override
