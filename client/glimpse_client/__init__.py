@@ -21,6 +21,7 @@ from glimpse_client.errors import (
     Unreachable,
     UnsupportedMedia,
 )
+from glimpse_client.images import DicomwebInstance
 from glimpse_client.results import (
     Evaluation,
     ExplainResult,
@@ -32,6 +33,8 @@ from glimpse_client.results import (
     ModelInfo,
     Prediction,
     Scores,
+    StoredInstance,
+    StoredObjects,
     Visualization,
 )
 from glimpse_client.retry import Retry
@@ -45,6 +48,7 @@ __all__ = [
     "Client",
     "ClientError",
     "Conflict",
+    "DicomwebInstance",
     "Evaluation",
     "ExplainResult",
     "Explanation",
@@ -65,6 +69,8 @@ __all__ = [
     "Retry",
     "Scores",
     "ServerError",
+    "StoredInstance",
+    "StoredObjects",
     "Timeout",
     "TooLarge",
     "Unauthenticated",

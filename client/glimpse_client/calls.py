@@ -1,6 +1,7 @@
 """The HTTP calls of the API, built and read the same way by `Client` and `AsyncClient`."""
 
 import base64
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -10,7 +11,7 @@ from typing import Any, TypeAlias
 import httpx
 
 from glimpse_client.errors import GlimpseError, ServerError, Timeout, Unreachable, problem_error
-from glimpse_client.images import ImageInput, image_bytes
+from glimpse_client.images import DicomwebInstance, ExplainInput, image_bytes
 from glimpse_client.retry import RETRY_STATUSES, Retry, parse_retry_after
 from glimpse_client.version import VERSION
 
@@ -49,7 +50,7 @@ def headers(api_key: str | None) -> dict[str, str]:
 
 
 def explain_body(  # noqa: PLR0913 - one parameter per field of the request
-    image: ImageInput,
+    image: ExplainInput,
     model: str,
     methods: str | Sequence[str],
     target: Target,
@@ -57,12 +58,14 @@ def explain_body(  # noqa: PLR0913 - one parameter per field of the request
     output: Mapping[str, Any] | None,
     dicom: Mapping[str, Any] | None,
     evaluate: bool = False,
+    store: str | None = None,
 ) -> dict[str, Any]:
-    """The JSON body of an explain request. Scores come as base64 float32 unless `output`
-    asks otherwise: a quarter of the bytes of JSON numbers, and exact."""
+    """The JSON body of an explain request: the image's bytes as `image`, or a DICOMweb
+    instance as `source`. Scores come as base64 float32 unless `output` asks otherwise: a
+    quarter of the bytes of JSON numbers, and exact."""
     body: dict[str, Any] = {
         "model": model,
-        "image": base64.b64encode(image_bytes(image)).decode("ascii"),
+        **_image_or_source(image),
         "methods": [methods] if isinstance(methods, str) else list(methods),
         "target": _target_json(target),
         "output": {"scores": "base64", **(output or {})},
@@ -73,7 +76,15 @@ def explain_body(  # noqa: PLR0913 - one parameter per field of the request
         body["dicom"] = dict(dicom)
     if evaluate:
         body["evaluate"] = True
+    if store is not None:
+        body["store"] = {"dicomweb": store}
     return body
+
+
+def _image_or_source(image: ExplainInput) -> dict[str, Any]:
+    if isinstance(image, DicomwebInstance):
+        return {"source": dataclasses.asdict(image)}
+    return {"image": base64.b64encode(image_bytes(image)).decode("ascii")}
 
 
 def _target_json(target: Target) -> object:

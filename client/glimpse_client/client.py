@@ -11,7 +11,7 @@ import httpx
 from glimpse_client import calls
 from glimpse_client.calls import Call, Target
 from glimpse_client.errors import JobFailed, Timeout, problem_error
-from glimpse_client.images import ImageInput
+from glimpse_client.images import ExplainInput
 from glimpse_client.results import (
     ExplainResult,
     Job,
@@ -71,7 +71,7 @@ class Client:
 
     def explain(  # noqa: PLR0913 - one parameter per field of the request
         self,
-        image: ImageInput,
+        image: ExplainInput,
         model: str,
         methods: str | Sequence[str] = "gradcam",
         *,
@@ -80,22 +80,27 @@ class Client:
         output: Mapping[str, Any] | None = None,
         dicom: Mapping[str, Any] | None = None,
         evaluate: bool = False,
+        store: str | None = None,
         timeout: float | None = None,
     ) -> ExplainResult:
         """Explain one image and wait for its maps (`timeout`: the service's wait, seconds).
 
-        `image` is a path, file bytes (PNG, JPEG, DICOM), a PIL image or a numpy array. `params`
+        `image` is a path, file bytes (PNG, JPEG, DICOM), a PIL image or a numpy array, or a
+        `DicomwebInstance` for the service to fetch from a DICOMweb server it knows. `params`
         maps a method to its parameters, `output` and `dicom` are the request's objects of the
         same names. `evaluate` asks for each map's deletion and insertion AUC and top-10 % drop
-        (`Explanation.evaluation`), at 22 forward passes a map. A 504 raises `Timeout` with the
-        `job_id` to `wait` for.
+        (`Explanation.evaluation`), at 22 forward passes a map. `store` names a DICOMweb server
+        to send the derived DICOM objects (`output["dicom"]`) to by STOW-RS; the result's
+        `stored` lists them. A 504 raises `Timeout` with the `job_id` to `wait` for.
         """
-        body = calls.explain_body(image, model, methods, target, params, output, dicom, evaluate)
+        body = calls.explain_body(
+            image, model, methods, target, params, output, dicom, evaluate, store
+        )
         return ExplainResult.from_json(self._send(calls.explain_call(body, timeout)))
 
     def submit(  # noqa: PLR0913 - one parameter per field of the request
         self,
-        image: ImageInput,
+        image: ExplainInput,
         model: str,
         methods: str | Sequence[str] = "gradcam",
         *,
@@ -104,9 +109,12 @@ class Client:
         output: Mapping[str, Any] | None = None,
         dicom: Mapping[str, Any] | None = None,
         evaluate: bool = False,
+        store: str | None = None,
     ) -> JobAccepted:
         """Queue an explanation (`POST /v1/jobs`) and return at once; `wait` for its result."""
-        body = calls.explain_body(image, model, methods, target, params, output, dicom, evaluate)
+        body = calls.explain_body(
+            image, model, methods, target, params, output, dicom, evaluate, store
+        )
         return JobAccepted.model_validate(self._send(Call("POST", "/v1/jobs", json=body)))
 
     def job(self, job_id: str) -> Job:
@@ -219,7 +227,7 @@ class AsyncClient:
 
     async def explain(  # noqa: PLR0913 - one parameter per field of the request
         self,
-        image: ImageInput,
+        image: ExplainInput,
         model: str,
         methods: str | Sequence[str] = "gradcam",
         *,
@@ -228,15 +236,18 @@ class AsyncClient:
         output: Mapping[str, Any] | None = None,
         dicom: Mapping[str, Any] | None = None,
         evaluate: bool = False,
+        store: str | None = None,
         timeout: float | None = None,
     ) -> ExplainResult:
         """As `Client.explain`."""
-        body = calls.explain_body(image, model, methods, target, params, output, dicom, evaluate)
+        body = calls.explain_body(
+            image, model, methods, target, params, output, dicom, evaluate, store
+        )
         return ExplainResult.from_json(await self._send(calls.explain_call(body, timeout)))
 
     async def submit(  # noqa: PLR0913 - one parameter per field of the request
         self,
-        image: ImageInput,
+        image: ExplainInput,
         model: str,
         methods: str | Sequence[str] = "gradcam",
         *,
@@ -245,9 +256,12 @@ class AsyncClient:
         output: Mapping[str, Any] | None = None,
         dicom: Mapping[str, Any] | None = None,
         evaluate: bool = False,
+        store: str | None = None,
     ) -> JobAccepted:
         """As `Client.submit`."""
-        body = calls.explain_body(image, model, methods, target, params, output, dicom, evaluate)
+        body = calls.explain_body(
+            image, model, methods, target, params, output, dicom, evaluate, store
+        )
         return JobAccepted.model_validate(await self._send(Call("POST", "/v1/jobs", json=body)))
 
     async def job(self, job_id: str) -> Job:

@@ -2,6 +2,7 @@
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
@@ -12,6 +13,23 @@ ImageInput: TypeAlias = (
     str | os.PathLike[str] | bytes | bytearray | memoryview | Image.Image | np.ndarray
 )
 """A file path, the bytes of a PNG, JPEG or DICOM file, a PIL image, or a numpy array."""
+
+
+@dataclass(frozen=True)
+class DicomwebInstance:
+    """A DICOM instance on a DICOMweb server the service is configured with (`dicomweb`, the
+    server's name there), to explain in place of an image: the service fetches it by WADO-RS,
+    and the image never passes through the caller. `frame` counts from 0."""
+
+    dicomweb: str
+    study: str
+    series: str
+    instance: str
+    frame: int = 0
+
+
+ExplainInput: TypeAlias = ImageInput | DicomwebInstance
+"""What `explain` and `submit` take: an image, or an instance on a DICOMweb server."""
 
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 

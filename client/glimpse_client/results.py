@@ -142,8 +142,25 @@ class Provenance(_Answer):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
+class StoredInstance(_Answer):
+    """A derived DICOM object the service stored on a DICOMweb server."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    series_instance_uid: str
+    kind: str
+
+
+class StoredObjects(_Answer):
+    """What a `store` request sent to its DICOMweb server, as the server acknowledged it."""
+
+    dicomweb: str
+    instances: list[StoredInstance]
+
+
 class ExplainResult(_RawAnswer):
-    """The answer of `explain`: predictions and one explanation per method and target."""
+    """The answer of `explain`: predictions and one explanation per method and target, and
+    for a `store` request the objects stored."""
 
     job_id: str
     model: ModelRef
@@ -152,6 +169,7 @@ class ExplainResult(_RawAnswer):
     timings: Timings = Field(default_factory=Timings)
     provenance: Provenance = Field(default_factory=Provenance)
     cached: bool = False
+    stored: StoredObjects | None = None
 
     def explanation(self, method: str, class_index: int | None = None) -> Explanation:
         """The explanation of `method` (for `class_index`, when several targets were asked)."""

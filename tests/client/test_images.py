@@ -1,11 +1,13 @@
-"""Every kind of image input becomes the bytes of a file the service decodes, losslessly."""
+"""Every kind of image input becomes the bytes of a file the service decodes, losslessly; a
+DICOMweb instance becomes the request's `source`."""
 
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-from glimpse_client.images import image_bytes
+from glimpse_client.calls import explain_body
+from glimpse_client.images import DicomwebInstance, image_bytes
 from PIL import Image
 
 
@@ -69,3 +71,21 @@ def test_pil_images_are_sent_as_png_in_a_mode_png_keeps() -> None:
 def test_other_objects_are_a_type_error() -> None:
     with pytest.raises(TypeError):
         image_bytes(42)  # type: ignore[arg-type]
+
+
+def test_a_dicomweb_instance_is_sent_as_the_source_and_store_names_the_server() -> None:
+    instance = DicomwebInstance("pacs", study="1.2", series="1.2.3", instance="1.2.3.4", frame=2)
+
+    body = explain_body(instance, "m", "gradcam", "top1", None, None, None, store="archive")
+
+    assert "image" not in body
+    assert body["source"] == {
+        "dicomweb": "pacs",
+        "study": "1.2",
+        "series": "1.2.3",
+        "instance": "1.2.3.4",
+        "frame": 2,
+    }
+    assert body["store"] == {"dicomweb": "archive"}
+    uploaded = explain_body(b"DICM", "m", "gradcam", "top1", None, None, None)
+    assert "source" not in uploaded and "store" not in uploaded

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from dicom_files import PLANTED_VALUES, ct_file, dicom_file  # type: ignore[import-not-found]
 from dicomweb_client import DICOMwebClient
+from glimpse_client import Client, DicomwebInstance
 from log_lines import logged_text  # type: ignore[import-not-found]
 from orthanc_server import PASSWORD, USER, PrivateOrthanc  # type: ignore[import-not-found]
 from PIL import Image
@@ -480,6 +481,32 @@ def test_store_round_trip_through_orthanc(
                 io.BytesIO(base64.b64decode(body["explanations"][0]["overlay_png"]))
             )
             np.testing.assert_array_equal(read_back.pixel_array, np.asarray(overlay.convert("RGB")))
+
+
+def test_the_python_client_explains_an_instance_in_place_and_stores_its_objects(
+    stack: DevStack, pacs: PrivateOrthanc, ct: bytes
+) -> None:
+    source = uids(ct)
+    with Client(stack.url) as glimpse:
+        result = glimpse.explain(
+            DicomwebInstance("pacs", **source),
+            MODEL,
+            METHODS,
+            store="pacs",
+            output={"dicom": DERIVED, "size": "original"},
+        )
+        uploaded = glimpse.explain(ct, MODEL, METHODS, output={"size": "original"})
+
+    assert result.stored is not None and result.stored.dicomweb == "pacs"
+    assert sorted(i.kind for i in result.stored.instances) == sorted(DERIVED)
+    # The instance fetched by WADO-RS is the file uploaded: the same map.
+    np.testing.assert_array_equal(result.explanations[0].map, uploaded.explanations[0].map)
+    reader = pacs_client(pacs)
+    for instance in result.stored.instances:
+        found = reader.search_for_instances(
+            study_instance_uid=source["study"], series_instance_uid=instance.series_instance_uid
+        )
+        assert [item["00080018"]["Value"][0] for item in found] == [instance.sop_instance_uid]
 
 
 def expected_shape(dataset: Dataset) -> tuple[int, ...]:
