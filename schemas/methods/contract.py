@@ -50,6 +50,23 @@ class Workload:
         return self.layer_channels.get(layer or self.default_layer)
 
 
+RANDOMISATION_PASS = 0.5
+"""The rank correlation, once the model's head is re-drawn, below which a method's maps pass the
+cascading model-parameter randomisation check (`docs/quality.md`)."""
+
+
+def randomisation_caveat(rho: float, why: str) -> str:
+    """The caveat of a method whose maps failed the randomisation check on demo-lesions' held-out
+    images: `rho`, their mean rank correlation with the trained model's once the head is
+    re-drawn, and `why`."""
+    return (
+        "Fails the model-parameter randomisation check (Adebayo et al., NeurIPS 2018) on "
+        f"demo-lesions: its maps keep a rank correlation of {rho:.2f} with the trained model's "
+        f"once the head is re-drawn, above the check's {RANDOMISATION_PASS} (docs/quality.md). "
+        + why
+    )
+
+
 class MethodParams(BaseModel):
     """Parameters of one method, as a request gives them, and the method's catalogue entry.
 

@@ -4,7 +4,13 @@ from typing import ClassVar
 
 from typing_extensions import override
 
-from schemas.methods.contract import LayerParams, Need, Workload, register_method
+from schemas.methods.contract import (
+    LayerParams,
+    Need,
+    Workload,
+    randomisation_caveat,
+    register_method,
+)
 
 
 @register_method
@@ -20,6 +26,13 @@ class EigenCamParams(LayerParams):
     reference = "Muhammad & Yeasin, IJCNN 2020"
     cost = "1 forward per image, shared by its targets"
     signed = False
+    caveats = (
+        randomisation_caveat(
+            1.00,
+            "It does not read the head (class_specific: false): every target gets the same map, "
+            "which shows what the layer responds to, not the class.",
+        ),
+    )
     needs: ClassVar[frozenset[Need]] = frozenset({"cam_layer"})
     class_specific: ClassVar[bool] = False
 

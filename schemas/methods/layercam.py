@@ -1,6 +1,6 @@
 """LayerCAM's parameters and catalogue entry."""
 
-from schemas.methods.contract import LayerParams, register_method
+from schemas.methods.contract import LayerParams, randomisation_caveat, register_method
 
 
 @register_method
@@ -17,3 +17,11 @@ class LayerCamParams(LayerParams):
     reference = "Jiang et al., IEEE TIP 2021"
     cost = "1 forward + 1 backward to the layer"
     signed = False
+    caveats = (
+        randomisation_caveat(
+            0.62,
+            "Its weights keep only positive gradients, so with a random head it still marks where "
+            "the layer's activations are strong; it passes once the last convolution is re-drawn "
+            "too.",
+        ),
+    )

@@ -5,7 +5,13 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from typing_extensions import override
 
-from schemas.methods.contract import MethodParams, Need, Workload, register_method
+from schemas.methods.contract import (
+    MethodParams,
+    Need,
+    Workload,
+    randomisation_caveat,
+    register_method,
+)
 
 # Well inside float32, in which relevance is computed; useful values are far smaller.
 MAX_LRP_EPSILON = 1e3
@@ -29,6 +35,14 @@ class LrpParams(MethodParams):
     reference = "Bach et al., PLOS ONE 2015; Montavon et al., 2019"
     cost = "1 forward (+1 per rule share) + 1 backward to the input"
     signed = True
+    caveats = (
+        randomisation_caveat(
+            0.64,
+            "The default composite's z+ rule passes only positive contributions through the "
+            "convolutions, and such rules give maps that depend little on the top layers (Sixt, "
+            "Granz and Landgraf, ICML 2020); the composite 'epsilon' passes the check.",
+        ),
+    )
     needs: ClassVar[frozenset[Need]] = frozenset(
         {"gradients", "canonical_form", "piecewise_linear"}
     )

@@ -6,7 +6,13 @@ from typing import ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator
 from typing_extensions import override
 
-from schemas.methods.contract import MethodParams, Need, Workload, register_method
+from schemas.methods.contract import (
+    MethodParams,
+    Need,
+    Workload,
+    randomisation_caveat,
+    register_method,
+)
 
 
 @register_method
@@ -23,6 +29,13 @@ class OcclusionParams(MethodParams):
     reference = "Zeiler & Fergus, ECCV 2014"
     cost = "1 + (ceil((side - window) / stride) + 1)^2 forward per image, shared by its targets"
     signed = True
+    caveats = (
+        randomisation_caveat(
+            0.63,
+            "On that model a black patch anywhere raises the target's score, so the map holds "
+            "almost no positive relevance: choose the `fill` for the model.",
+        ),
+    )
     needs: ClassVar[frozenset[Need]] = frozenset()
 
     window: int = Field(

@@ -5,7 +5,14 @@ from typing import ClassVar
 from pydantic import Field
 from typing_extensions import override
 
-from schemas.methods.contract import MethodParams, Need, Seed, Workload, register_method
+from schemas.methods.contract import (
+    MethodParams,
+    Need,
+    Seed,
+    Workload,
+    randomisation_caveat,
+    register_method,
+)
 
 
 @register_method
@@ -22,6 +29,13 @@ class RiseParams(MethodParams):
     reference = "Petsiuk et al., BMVC 2018"
     cost = "`masks` forward per image, shared by its targets"
     signed = False
+    caveats = (
+        randomisation_caveat(
+            0.73,
+            "When the scores stop varying with the masks, the map becomes the seeded masks' own "
+            "coverage pattern, the same before and after.",
+        ),
+    )
     needs: ClassVar[frozenset[Need]] = frozenset()
 
     masks: int = Field(default=1000, ge=1, le=8000)

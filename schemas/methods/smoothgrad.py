@@ -5,7 +5,14 @@ from typing import Literal
 from pydantic import Field
 from typing_extensions import override
 
-from schemas.methods.contract import PARAMS_BY_METHOD, MethodParams, Seed, Workload, register_method
+from schemas.methods.contract import (
+    PARAMS_BY_METHOD,
+    MethodParams,
+    Seed,
+    Workload,
+    randomisation_caveat,
+    register_method,
+)
 
 SmoothGradBase = Literal["saliency", "integrated_gradients", "guided_backprop", "deeplift"]
 """The gradient methods SmoothGrad averages; each is signed when SmoothGrad's `abs` is false."""
@@ -24,6 +31,13 @@ class SmoothGradParams(MethodParams):
     reference = "Smilkov et al., ICML Workshop 2017"
     cost = "`samples` × the base method's passes"
     signed = False
+    caveats = (
+        randomisation_caveat(
+            0.64,
+            "Averaging |gradient| over noisy copies of the image keeps the image's own edges after"
+            " the head is re-drawn; it passes once the last convolution is re-drawn too.",
+        ),
+    )
 
     samples: int = Field(default=25, ge=1, le=256)
     noise: float = Field(default=0.15, ge=0.0, le=1.0, description="σ as a fraction of the range")
