@@ -53,9 +53,10 @@ MAX_LISTED_ERRORS = 20
 
 Result = ExplainResponse | VisualizationResponse
 Deferred = Callable[[], Sequence[Result | Exception]]
+"""A group's results still to render: computed, then finished off the compute path; a job
+whose rendering raised has its exception in its place."""
 STORE_RETRY_S = 0.5
 """Wait between attempts to store a computed batch while Redis is unavailable."""
-"""A group's results still to render: computed, then finished off the compute path."""
 
 
 class JobFailed(Exception):

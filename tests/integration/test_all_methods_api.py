@@ -35,18 +35,26 @@ def rgb_png(seed: int, size: int = 64) -> bytes:
     return out.getvalue()
 
 
-# Score-CAM runs a forward pass per channel of its layer: 2,048 at ResNet-50's default `layer4`,
-# 512 at the last block's second BatchNorm, the same module in both formats.
+# Score-CAM runs a forward pass per channel of its layer, so it runs on a narrower one where a
+# model has it: 2,048 channels at ResNet-50's default `layer4`, 512 at the last block's second
+# BatchNorm (the same module in both formats); 768 at Swin-T's default, 96 in its first stage
+# (`features.1`, channels-last like the default). ViT-B/16 has 768 in every block.
 SCORECAM_LAYER = {
     "resnet50": "layer4.2.bn2",
     "resnet50-onnx": "layer4/layer4/2/bn2/BatchNormalization",
+    "swin-t": "features.1",
 }
 
 
-def explain(client: httpx.Client, model: str, image: bytes, methods: list[str]) -> httpx.Response:
-    params = {m: CHEAP[m] for m in methods if m in CHEAP}
+def cheap_params(model: str, methods: list[str]) -> dict[str, dict[str, object]]:
+    """The `CHEAP` settings of those of `methods` that have them, for `model`."""
+    params: dict[str, dict[str, object]] = {m: dict(CHEAP[m]) for m in methods if m in CHEAP}
     if model in SCORECAM_LAYER and "scorecam" in params:
-        params["scorecam"] = {**params["scorecam"], "layer": SCORECAM_LAYER[model]}
+        params["scorecam"]["layer"] = SCORECAM_LAYER[model]
+    return params
+
+
+def explain(client: httpx.Client, model: str, image: bytes, methods: list[str]) -> httpx.Response:
     return client.post(
         "/v1/explanations?timeout=280",
         timeout=300,
@@ -54,7 +62,7 @@ def explain(client: httpx.Client, model: str, image: bytes, methods: list[str]) 
             "model": model,
             "image": base64.b64encode(image).decode(),
             "methods": methods,
-            "params": params,
+            "params": cheap_params(model, methods),
             "output": {"size": "model", "overlay": False},
         },
     )

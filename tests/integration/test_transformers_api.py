@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from private_stacks import private_stack  # type: ignore[import-not-found]
 from safetensors.torch import save_file
-from test_all_methods_api import CHEAP, METHODS
+from test_all_methods_api import METHODS, cheap_params
 from torch import nn
 from transformer_models import VIT_SIZE, build_tiny_deit, random_swin_t, random_vit_b_16
 
@@ -117,18 +117,6 @@ def client(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield http
 
 
-# Score-CAM runs a forward pass per channel of its layer: 768 at Swin-T's default, 96 in its
-# first stage (`features.1`, channels-last like the default). ViT-B/16 has 768 in every block.
-SCORECAM_LAYER = {"swin-t": "features.1"}
-
-
-def cheap(model_id: str, method: str) -> dict[str, object]:
-    """The method's cheap settings (`CHEAP`), on a smaller layer where Score-CAM has one."""
-    if method == "scorecam" and model_id in SCORECAM_LAYER:
-        return {**CHEAP[method], "layer": SCORECAM_LAYER[model_id]}
-    return dict(CHEAP[method])
-
-
 def png(height: int, width: int, seed: int) -> bytes:
     pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
     out = io.BytesIO()
@@ -164,7 +152,7 @@ def test_every_method_answers_a_map_or_the_reason(client: httpx.Client, model_id
                 "model": model_id,
                 "image": image,
                 "methods": [method],
-                "params": {method: cheap(model_id, method)} if method in CHEAP else {},
+                "params": cheap_params(model_id, [method]),
                 "output": {"size": "model", "overlay": False},
             },
         )
